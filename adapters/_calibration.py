@@ -1,0 +1,195 @@
+"""Calibration text for GPTQ-quantizing the default model, built offline and deterministically.
+
+GPTQ fits each layer's 4-bit weights to the activations the calibration text produces, so the text
+should look like what the bot will feed the model: chat-templated questions, long RAG prompts with
+numbered passages, and the model's *own* answers to them (so the assistant turn is in-distribution).
+Sources, all on this machine: a fixed list of instructions below (disjoint from the regression
+questions), templated community facts, and prose from the Python standard library's docstrings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import random
+from pathlib import Path
+
+SYSTEM_PROMPT = (
+    "You are loopbot, a helpful assistant for this community. Answer briefly and truthfully. "
+    "When context passages are given, answer from them and cite them as [1], [2], ... "
+    "If the context does not contain the answer, say you don't know."
+)
+
+INSTRUCTIONS = [
+    "How do I keep my cat from scratching the sofa?",
+    "Explain what a vector database is in two sentences.",
+    "Write a short welcome message for new members of a gardening club.",
+    "What is the boiling point of water at sea level?",
+    "Give me three tips for taking better photos with a phone.",
+    "Summarize the plot of Romeo and Juliet in one paragraph.",
+    "What does HTTP stand for?",
+    "How often should I feed an adult cat?",
+    "Translate 'good morning' into French and Spanish.",
+    "What is the difference between weather and climate?",
+    "Suggest a name for a Discord server about board games.",
+    "Why is the sky blue?",
+    "How do I make a cup of green tea?",
+    "What is photosynthesis?",
+    "List the days of the week.",
+    "Explain recursion to a beginner programmer.",
+    "What should I pack for a weekend camping trip?",
+    "Who was Albert Einstein?",
+    "What is the tallest mountain on Earth?",
+    "How can I improve my sleep?",
+    "Write a haiku about autumn leaves.",
+    "What are the primary colors?",
+    "How do vaccines work?",
+    "What is the speed of light?",
+    "Give an example of a healthy breakfast.",
+    "What is a prime number? Give two examples.",
+    "How do I politely decline a meeting invitation?",
+    "What causes earthquakes?",
+    "Describe a cat in three words.",
+    "What is the main ingredient of guacamole?",
+    "How many continents are there?",
+    "What is machine learning?",
+    "Write a one-sentence reminder about the club meeting on Friday at 7 pm.",
+    "What is the largest ocean on Earth?",
+    "How do I change a flat bicycle tire?",
+    "What is 12 multiplied by 7?",
+    "What language is spoken in Brazil?",
+    "Explain what a LoRA adapter is in simple words.",
+    "What are the symptoms of dehydration in dogs?",
+    "Who wrote the play Hamlet?",
+    "猫に最適な食事は何ですか？",
+    "富士山の高さはどれくらいですか？",
+    "日本で一番長い川は何ですか？",
+    "おすすめの本を一冊教えてください。",
+    "東京から大阪まで新幹線で何時間かかりますか？",
+    "プログラミングを始めるにはどうすればいいですか？",
+]
+
+_NAMES = ["Mochi", "Luna", "Tofu", "Biscuit", "Pixel", "Nori", "Pepper", "Sushi", "Ziggy", "Maple"]
+_OWNERS = ["Aiko", "Ben", "Chloe", "Daniel", "Emi", "Farid", "Grace", "Hiro", "Ines", "Jonas"]
+_EVENTS = [
+    ("sneezed twice a day", "the vet said it was a mild cold"),
+    ("stopped eating dry food", "switching to wet food helped within a week"),
+    ("started limping on the left paw", "an X-ray showed a small sprain"),
+    ("scratched the new sofa", "a sisal scratching post fixed it"),
+    ("was scared of the vacuum cleaner", "treats near the vacuum made it calmer"),
+    ("got a rabies vaccination", "the next one is due in three years"),
+]
+_MONTHS = ["January", "March", "May", "July", "September", "November"]
+_MODULES = [
+    "json",
+    "argparse",
+    "asyncio",
+    "collections",
+    "email",
+    "csv",
+    "logging",
+    "sqlite3",
+    "pathlib",
+    "textwrap",
+    "unittest",
+    "zipfile",
+    "http.client",
+    "urllib.request",
+    "decimal",
+]
+
+
+def stdlib_paragraphs(min_words: int = 30) -> list[str]:
+    """English prose paragraphs from standard-library docstrings (present on every Python)."""
+    paragraphs: list[str] = []
+    for name in _MODULES:
+        module = importlib.import_module(name)
+        objects = [module] + [
+            obj for _, obj in inspect.getmembers(module) if inspect.isclass(obj) or inspect.isfunction(obj)
+        ]
+        for obj in objects:
+            doc = inspect.getdoc(obj) or ""
+            for block in doc.split("\n\n"):
+                text = " ".join(block.split())
+                if len(text.split()) >= min_words and not text.startswith((">>>", "-", "*")):
+                    paragraphs.append(text)
+    return sorted(set(paragraphs))
+
+
+def _fact(rng: random.Random) -> tuple[str, str, str]:
+    """A community post, the question it answers and a keyword of the answer."""
+    pet, owner = rng.choice(_NAMES), rng.choice(_OWNERS)
+    event, outcome = rng.choice(_EVENTS)
+    month, year = rng.choice(_MONTHS), rng.choice([2023, 2024, 2025])
+    post = f"{owner}: {pet} {event} in {month} {year}; {outcome}."
+    question = f"What happened to {pet} in {month} {year}?"
+    return post, question, outcome
+
+
+def rag_prompts(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """Chat messages shaped like the bot's retrieval prompts: numbered passages, then a question."""
+    rng = random.Random(seed)
+    prose = stdlib_paragraphs()
+    prompts = []
+    for _ in range(count):
+        post, question, _ = _fact(rng)
+        passages = rng.sample(prose, rng.randint(2, 4)) + [post]
+        rng.shuffle(passages)
+        context = "\n\n".join(f"[{i}] {p}" for i, p in enumerate(passages, 1))
+        prompts.append(
+            [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"},
+            ]
+        )
+    return prompts
+
+
+def _answer_all(
+    model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """The model's own greedy answers, in batches (left padding), rendered as full chat texts."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    texts = []
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start : start + batch_size]
+        prompts = [
+            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch
+        ]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        for prompt, ids in zip(prompts, out[:, encoded["input_ids"].shape[1] :], strict=True):
+            answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            texts.append(prompt + answer + "<|im_end|>\n")
+    return texts
+
+
+def build_calibration(
+    plain_dir: Path, *, n_chat: int = 24, n_rag: int = 8, n_prose: int = 12, seed: int = 0
+) -> list[str]:
+    """Calibration texts: chat Q&A and RAG prompts answered by the fp32 model, plus plain prose."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(plain_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(plain_dir), dtype=torch.float32).eval()
+    # Every other instruction, so English and Japanese are both kept when n_chat is small.
+    picked = (INSTRUCTIONS[::2] + INSTRUCTIONS[1::2])[:n_chat]
+    chats = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}] for q in picked]
+    # One batch each: on a 2-core CPU a batch of 24 costs little more than a single sequence.
+    texts = _answer_all(model, tokenizer, chats, max_new_tokens=48, batch_size=24)
+    texts += _answer_all(model, tokenizer, rag_prompts(n_rag, seed), max_new_tokens=32, batch_size=8)
+    rng = random.Random(seed)
+    prose = stdlib_paragraphs()
+    # Chunks of 3-4 consecutive paragraphs: plain text of a few hundred tokens.
+    for _ in range(n_prose):
+        i = rng.randrange(len(prose))
+        texts.append(" ".join(prose[i : i + rng.randint(3, 4)]))
+    del model
+    return texts

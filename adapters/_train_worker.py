@@ -1,0 +1,165 @@
+"""Child-process entry of a LoRA training run: ``python -m adapters._train_worker CONFIG.json``.
+
+Training runs in its own process so the bot's event loop, memory and model stay untouched, and a
+crash or a kill cannot corrupt anything: the parent publishes the output directory only after this
+process exits 0. Protocol: one JSON object per line on stdout (``start``, ``step``, ``done``);
+everything else (library logs, warnings, tracebacks) goes to stderr, which the parent sends to the
+run's ``train.log``.
+
+The base model is loaded through gptqmodel's ``torch`` kernel: through the default trainable CPU
+kernel (``auto_trainable``) the LoRA loss diverges (see STACK.md), while ``torch`` learns. The saved
+adapter is an ordinary peft directory, served later through the fast kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Must be set before gptqmodel is imported: on a 2-core machine it refuses to start otherwise.
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The protocol stream; main() points it at a private copy of stdout so that libraries printing to
+# stdout (banners, warnings) cannot corrupt the JSON lines.
+_protocol: Any = sys.stdout
+
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def emit(event: str, **data: Any) -> None:
+    """Write one progress event as a JSON line on stdout (the parent's only input)."""
+    _protocol.write(json.dumps({"event": event, **data}) + "\n")
+    _protocol.flush()
+
+
+def _load_base(base: str, backend: str) -> tuple[Any, Any]:
+    """The base model and tokenizer, loaded exactly as the runtime loads them but for the kernel."""
+    from adapters.runtime import load_base_model
+
+    return load_base_model(base, device="cpu", backend=backend)
+
+
+def _peft_model(model: Any, config: dict[str, Any]) -> Any:
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if config.get("parent_adapter"):
+        # Continue from the active adapter: its weights are the starting point and stay trainable.
+        return PeftModel.from_pretrained(model, config["parent_adapter"], is_trainable=True)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    lora = LoraConfig(
+        r=config["rank"],
+        lora_alpha=config["alpha"],
+        lora_dropout=0.0,
+        target_modules=[m for m in TARGET_MODULES if m in present],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def train(config: dict[str, Any]) -> dict[str, Any]:
+    """Run one training job described by ``config``; returns the metrics written to ``result.json``."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    started = time.perf_counter()
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    torch.manual_seed(int(config.get("seed", 0)))
+    output = Path(config["output_dir"])
+    examples = [json.loads(line) for line in Path(config["dataset"]).read_text("utf-8").splitlines() if line]
+    model, tokenizer = _load_base(config["base"], config.get("backend", "torch"))
+    model = _peft_model(model, config)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    total = int(config["steps"])
+    losses: list[float] = []
+
+    class Progress(TrainerCallback):
+        """Forward every optimizer step and its loss to the parent."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                emit(
+                    "step",
+                    step=state.global_step,
+                    total=total,
+                    loss=float(logs["loss"]),
+                    seconds=round(time.perf_counter() - started, 2),
+                )
+
+    args = SFTConfig(
+        output_dir=str(output / "checkpoints"),
+        max_steps=total,
+        per_device_train_batch_size=int(config["batch_size"]),
+        learning_rate=float(config["learning_rate"]),
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        max_length=int(config.get("max_length", 1024)),
+        seed=int(config.get("seed", 0)),
+        data_seed=int(config.get("seed", 0)),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        callbacks=[Progress()],
+    )
+    loop_started = time.perf_counter()
+    trainer.train()
+    loop_seconds = time.perf_counter() - loop_started
+    model.save_pretrained(str(output))
+    shutil.rmtree(output / "checkpoints", ignore_errors=True)
+    seconds = time.perf_counter() - started
+    return {
+        "train_seconds": round(seconds, 2),
+        "loop_seconds": round(loop_seconds, 2),
+        "steps": total,
+        "examples": len(examples),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        # ru_maxrss is in KiB on Linux.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: read the config file named on the command line, train, report, exit 0 or 1."""
+    if len(argv) != 1:
+        print("usage: python -m adapters._train_worker CONFIG.json", file=sys.stderr)
+        return 2
+    global _protocol
+    _protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)  # anything else written to stdout ends up in the log
+    config = json.loads(Path(argv[0]).read_text("utf-8"))
+    emit("start", pid=os.getpid(), total=int(config["steps"]))
+    metrics = train(config)
+    Path(config["output_dir"], "result.json").write_text(json.dumps(metrics, indent=2), "utf-8")
+    emit("done", **metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

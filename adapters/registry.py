@@ -1,0 +1,312 @@
+"""Versioned LoRA adapters on disk: the only module that knows the registry's layout.
+
+Layout under the registry root::
+
+    v0001/                  a peft adapter directory (adapter_config.json + safetensors)
+        loopbot.json        metadata: version, base model, parent, data hash, pair ids, metrics, ...
+    v0002/ ...
+    active.json             {"active": "v0002", "stack": ["v0001", "v0002"], "events": [...]}
+    .staging/<run>/         training runs in progress (never listed, never active)
+    .failed/<run>/          the last few failed runs, kept for their train.log
+
+Crash safety comes from two atomic primitives: a finished run is published with one ``os.rename``
+of its staging directory to ``vNNNN`` (a half-written run therefore never looks like a version),
+and the active pointer is replaced with write-temp + fsync + ``os.replace``. A kill at any moment
+leaves either the old state or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.errors import AdapterError
+
+METADATA_FILE = "loopbot.json"
+ACTIVE_FILE = "active.json"
+STAGING_DIR = ".staging"
+FAILED_DIR = ".failed"
+LOCK_FILE = ".train.lock"
+KEEP_FAILED = 5
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+# peft writes one of these; a version directory without either is not a usable adapter.
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+@dataclass
+class AdapterVersion:
+    """One published adapter version and its metadata (``loopbot.json``)."""
+
+    version: str
+    path: Path
+    base_model: str = ""
+    parent: str | None = None
+    data_hash: str = ""
+    pair_ids: list[str] = field(default_factory=list)
+    pair_count: int = 0
+    heldout_pair_ids: list[str] = field(default_factory=list)  # the gate's pairs (not in the weights)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+    gate_report: str | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The metadata as stored in ``loopbot.json`` (the path is implied by the directory)."""
+        data = asdict(self)
+        data.pop("path")
+        return data
+
+    @classmethod
+    def from_dir(cls, path: Path) -> AdapterVersion:
+        """Read a version directory's metadata; a missing or broken file raises :class:`AdapterError`."""
+        meta_path = path / METADATA_FILE
+        try:
+            data = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise AdapterError(
+                f"Adapter metadata {meta_path} is missing or unreadable ({error}). "
+                "Delete the directory or restore it from a backup."
+            ) from None
+        known = {f for f in cls.__dataclass_fields__ if f != "path"}
+        data = {k: v for k, v in data.items() if k in known}
+        data["version"] = path.name
+        return cls(path=path, **data)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON so readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class Stage:
+    """A training run's private directory; :meth:`AdapterRegistry.publish` turns it into a version."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Stage({str(self.path)!r})"
+
+
+class AdapterRegistry:
+    """Versioned adapters under ``root`` with an atomically replaced active pointer and history."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # ----- reading -------------------------------------------------------------------------------
+    def list(self) -> builtins.list[AdapterVersion]:
+        """All published versions, oldest first."""
+        if not self.root.is_dir():
+            return []
+        versions = []
+        for child in self.root.iterdir():
+            match = _VERSION_RE.match(child.name)
+            if match and child.is_dir() and (child / METADATA_FILE).is_file():
+                versions.append((int(match.group(1)), child))
+        return [AdapterVersion.from_dir(path) for _, path in sorted(versions)]
+
+    def versions(self) -> builtins.list[str]:
+        """Names of all published versions, oldest first."""
+        return [v.version for v in self.list()]
+
+    def get(self, version: str) -> AdapterVersion:
+        """One version's metadata; an unknown version raises :class:`AdapterError` listing the known ones."""
+        version = self._normalise(version)
+        path = self.root / version
+        if not (path / METADATA_FILE).is_file():
+            known = ", ".join(self.versions()) or "none yet (run `loopbot train`)"
+            raise AdapterError(f"Unknown adapter version {version!r}. Known versions: {known}.")
+        return AdapterVersion.from_dir(path)
+
+    def active(self) -> AdapterVersion | None:
+        """The active version, or ``None`` when the bare base model is served."""
+        name = self._state().get("active")
+        return self.get(name) if name else None
+
+    def history(self) -> builtins.list[dict[str, Any]]:
+        """Every promotion and rollback, oldest first: ``{"action", "version", "time"}``."""
+        return list(self._state().get("events", []))
+
+    # ----- writing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stage(self) -> Iterator[Stage]:
+        """A fresh staging directory for one training run; removed if the block raises.
+
+        Publish it with :meth:`publish` inside the block. A staging directory left by a killed
+        process is invisible to :meth:`list` and removed by :meth:`clean_staging`.
+        """
+        staging = self.root / STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
+        stage = Stage(Path(tempfile.mkdtemp(prefix="run-", dir=staging)))
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage.path, ignore_errors=True)
+            raise
+
+    def publish(self, stage: Stage, metadata: dict[str, Any]) -> AdapterVersion:
+        """Write ``metadata`` into the staged run and rename it to the next free ``vNNNN``.
+
+        The stage must hold a complete peft adapter. The new version is not made active.
+        """
+        if not any((stage.path / name).is_file() for name in _WEIGHT_FILES):
+            raise AdapterError(
+                f"Training run {stage.path} has no adapter weights; the run did not finish. "
+                "See train.log in that directory."
+            )
+        metadata = dict(metadata)
+        metadata.setdefault("created", time.time())
+        for attempt in range(100):
+            version = self._next_version(attempt)
+            metadata["version"] = version
+            write_json_atomic(stage.path / METADATA_FILE, metadata)
+            try:
+                # Atomic: the directory appears complete under its version name or not at all.
+                os.rename(stage.path, self.root / version)
+            except OSError:
+                continue  # another process took this number first; try the next one
+            _fsync_dir(self.root)
+            return self.get(version)
+        raise AdapterError(f"Could not find a free version number under {self.root}.")
+
+    def update_metadata(self, version: str, **changes: Any) -> AdapterVersion:
+        """Merge ``changes`` into a version's metadata (atomically), e.g. metrics or the gate report."""
+        current = self.get(version)
+        data = current.to_json()
+        data.update(changes)
+        write_json_atomic(current.path / METADATA_FILE, data)
+        return self.get(version)
+
+    def promote(self, version: str) -> AdapterVersion:
+        """Make ``version`` the active adapter (pushed on the history stack)."""
+        target = self.get(version)
+        state = self._state()
+        stack = [v for v in state.get("stack", []) if v != target.version] + [target.version]
+        self._write_state(state, target.version, stack, "promote")
+        return target
+
+    def rollback(self) -> AdapterVersion | None:
+        """Go back to the previously active version; returns it (``None``: back to the bare base)."""
+        state = self._state()
+        stack = list(state.get("stack", []))
+        if not stack:
+            raise AdapterError("Nothing to roll back: no adapter has been promoted yet.")
+        stack.pop()
+        previous = stack[-1] if stack else None
+        if previous is not None:
+            self.get(previous)  # refuse to point at a version deleted by hand
+        self._write_state(state, previous, stack, "rollback")
+        return self.get(previous) if previous else None
+
+    def keep_failed(self, stage: Stage) -> Path:
+        """Move a failed run out of staging, keeping its log; only the last few failures are kept."""
+        failed = self.root / FAILED_DIR
+        failed.mkdir(parents=True, exist_ok=True)
+        dest = failed / stage.path.name
+        os.rename(stage.path, dest)
+        runs = sorted(failed.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in runs[:-KEEP_FAILED]:
+            shutil.rmtree(old, ignore_errors=True)
+        return dest
+
+    @contextlib.contextmanager
+    def training_lock(self) -> Iterator[None]:
+        """Hold the registry's training lock (one run at a time); AdapterError if another run holds it.
+
+        An OS file lock: released by the kernel when the holder dies, so a killed run never blocks.
+        """
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AdapterError(
+                    "Another training run is in progress on this registry; wait for it to finish."
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def clean_staging(self) -> int:
+        """Remove staging directories left by killed runs; returns how many were removed.
+
+        Call it only while holding :meth:`training_lock`, so no live run's directory is removed.
+        """
+        staging = self.root / STAGING_DIR
+        if not staging.is_dir():
+            return 0
+        removed = 0
+        for child in staging.iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+            removed += 1
+        return removed
+
+    # ----- internals -----------------------------------------------------------------------------
+    def _normalise(self, version: str) -> str:
+        """Accept ``v0003``, ``3`` or ``0003``."""
+        text = str(version).strip()
+        if text.isdigit():
+            return f"v{int(text):04d}"
+        return text
+
+    def _next_version(self, offset: int) -> str:
+        numbers = [int(m.group(1)) for c in self._dir_names() if (m := _VERSION_RE.match(c))]
+        return f"v{max(numbers, default=0) + 1 + offset:04d}"
+
+    def _dir_names(self) -> builtins.list[str]:
+        return [c.name for c in self.root.iterdir()] if self.root.is_dir() else []
+
+    def _state(self) -> dict[str, Any]:
+        path = self.root / ACTIVE_FILE
+        if not path.is_file():
+            return {"active": None, "stack": [], "events": []}
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise AdapterError(
+                f"{path} is not valid JSON ({error}). Fix it or delete it to serve the bare base model."
+            ) from None
+        return state if isinstance(state, dict) else {"active": None, "stack": [], "events": []}
+
+    def _write_state(
+        self, state: dict[str, Any], active: str | None, stack: builtins.list[str], action: str
+    ) -> None:
+        events = list(state.get("events", []))
+        events.append({"action": action, "version": active, "time": time.time()})
+        write_json_atomic(self.root / ACTIVE_FILE, {"active": active, "stack": stack, "events": events})

@@ -1,0 +1,233 @@
+"""LoRA training on the GPTQ base, in its own process, published through the registry.
+
+:func:`train_adapter` writes the dataset and a config into a registry staging directory, runs
+``python -m adapters._train_worker CONFIG.json`` (peft + TRL ``SFTTrainer``), turns the child's
+JSON-lines progress into a tqdm bar and callbacks, sends the child's stderr to ``train.log`` in the
+run directory, and publishes the run as a new version only after the child exited 0. A killed or
+failed child leaves the registry exactly as it was (the run is kept under ``.failed/`` for its log).
+
+Training examples are conversational prompt/completion records, so TRL computes the loss on the
+completion only; the prompt is rendered by :func:`pair_messages`, the same messages the answer chain
+sends to the runtime (system prompt, context passages, question).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.errors import AdapterError
+from adapters.registry import AdapterRegistry, AdapterVersion
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class NotEnoughPairs(AdapterError):
+    """Fewer training pairs than the configured minimum: nothing was trained."""
+
+
+class TrainingFailed(AdapterError):
+    """The training process exited with an error or was killed; the registry is unchanged."""
+
+
+@dataclass
+class TrainingOptions:
+    """Hyper-parameters of one run (the CLI fills them from ``settings.train``)."""
+
+    rank: int = 16
+    alpha: int = 32
+    steps: int = 60
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    max_length: int = 1024
+    seed: int = 0
+    threads: int = 0
+    # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "alpha", "steps", "batch_size", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise AdapterError(f"Training option {name} must be at least 1 (got {getattr(self, name)}).")
+        if self.learning_rate <= 0:
+            raise AdapterError(f"The learning rate must be positive (got {self.learning_rate}).")
+
+
+@dataclass
+class TrainingExample:
+    """One Alpaca pair turned into a conversational prompt/completion record."""
+
+    pair_id: str
+    prompt: list[dict[str, str]]
+    completion: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The TRL dataset row: conversational prompt/completion (→ completion-only loss)."""
+        return {"prompt": self.prompt, "completion": [{"role": "assistant", "content": self.completion}]}
+
+
+def pair_messages(instruction: str, context: str, system_prompt: str) -> list[dict[str, str]]:
+    """The chat messages for a question and its retrieved context, exactly as the answer chain sends them.
+
+    The user turn comes from ``knowledge.chain.user_message`` (the chain's own function, so training
+    and serving cannot drift apart); the runtime puts the same system prompt first.
+    """
+    from knowledge.chain import user_message
+
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": user_message(instruction.strip(), (context or "").strip())},
+    ]
+
+
+def examples_from_pairs(pairs: Sequence[Any], system_prompt: str) -> list[TrainingExample]:
+    """Turn feedback pairs (``.id .instruction .input .output``) into training examples."""
+    return [
+        TrainingExample(
+            pair_id=str(pair.id),
+            prompt=pair_messages(pair.instruction, pair.input or "", system_prompt),
+            completion=pair.output,
+        )
+        for pair in pairs
+    ]
+
+
+def data_hash(examples: Sequence[TrainingExample]) -> str:
+    """A stable hash of the training data: same pairs, same prompts → same hash."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps(example.record(), sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # The child must import this very checkout of loopbot, whatever its working directory.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _run_child(
+    config_path: Path,
+    log_path: Path,
+    total: int,
+    on_event: ProgressCallback | None,
+    show_progress: bool,
+    python: str,
+) -> dict[str, Any]:
+    """Run the worker, relay its progress; return its ``done`` event or raise :class:`TrainingFailed`."""
+    from tqdm import tqdm
+
+    done: dict[str, Any] | None = None
+    with (
+        open(log_path, "ab") as log,
+        tqdm(total=total, desc="training", unit="step", disable=not show_progress, file=sys.stderr) as bar,
+    ):
+        child = subprocess.Popen(
+            [python, "-m", "adapters._train_worker", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=_child_env(),
+            text=True,
+            bufsize=1,
+        )
+        try:
+            assert child.stdout is not None
+            for line in child.stdout:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # not a protocol line
+                if event.get("event") == "step":
+                    bar.update(max(0, int(event["step"]) - bar.n))
+                    bar.set_postfix(loss=f"{event.get('loss', 0):.3f}")
+                elif event.get("event") == "done":
+                    done = event
+                if on_event is not None:
+                    on_event(event)
+            code = child.wait()
+        finally:
+            # Parent interrupted (Ctrl-C, exception in a callback): never leave the child running.
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    if code != 0 or done is None:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise TrainingFailed(f"The training process {how}; nothing was published. See the log: {log_path}")
+    return done
+
+
+def train_adapter(
+    registry: AdapterRegistry,
+    *,
+    base_model: str,
+    examples: Sequence[TrainingExample],
+    options: TrainingOptions | None = None,
+    parent: AdapterVersion | None = None,
+    min_examples: int = 1,
+    on_event: ProgressCallback | None = None,
+    show_progress: bool = True,
+    python: str = sys.executable,
+) -> AdapterVersion:
+    """Train a LoRA on ``examples`` in a child process and publish it as a new (inactive) version.
+
+    ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``on_event`` receives
+    the child's events (``start`` carries its ``pid``). Raises :class:`NotEnoughPairs` below
+    ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
+    """
+    options = options or TrainingOptions()
+    if len(examples) < max(1, min_examples):
+        raise NotEnoughPairs(
+            f"Only {len(examples)} training pair(s); at least {max(1, min_examples)} are needed. "
+            "Collect more 👍 answers and corrections (or lower LOOPBOT_TRAIN_MIN_PAIRS); nothing was trained."
+        )
+    if not Path(base_model).exists():
+        raise AdapterError(f"Base model {base_model} not found. Run `loopbot model prepare` first.")
+    with registry.stage() as stage:
+        dataset = stage.path / "dataset.jsonl"
+        dataset.write_text("".join(json.dumps(e.record()) + "\n" for e in examples), encoding="utf-8")
+        config = {
+            **asdict(options),
+            "base": str(base_model),
+            "dataset": str(dataset),
+            "output_dir": str(stage.path),
+            "parent_adapter": str(parent.path) if parent else None,
+        }
+        config_path = stage.path / "train_config.json"
+        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        try:
+            done = _run_child(
+                config_path, stage.path / "train.log", options.steps, on_event, show_progress, python
+            )
+        except TrainingFailed as error:
+            kept = registry.keep_failed(stage)
+            raise TrainingFailed(str(error).replace(str(stage.path), str(kept))) from None
+        metrics = {k: v for k, v in done.items() if k != "event"}
+        pair_ids = [e.pair_id for e in examples]
+        # Continuing from a parent keeps its data in the weights: the lineage's pair ids stay listed
+        # so `adapters list` can tell which versions still hold forgotten members' data.
+        lineage = sorted(set(pair_ids) | set(parent.pair_ids if parent else []))
+        return registry.publish(
+            stage,
+            {
+                "base_model": str(base_model),
+                "parent": parent.version if parent else None,
+                "data_hash": data_hash(examples),
+                "pair_ids": lineage,
+                "pair_count": len(pair_ids),
+                "metrics": {"train": metrics},
+                "train_config": {k: v for k, v in config.items() if k not in ("dataset", "output_dir")},
+            },
+        )

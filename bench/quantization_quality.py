@@ -1,0 +1,66 @@
+"""Quality of the 4-bit default model against the unquantized one, same questions, same prompt.
+
+Measures (1) regression-set accuracy (correct / gradable) with the bot's default system prompt and
+(2) RAG probe accuracy: a community fact among unrelated numbered passages, ~300-900 tokens.
+Run: ``python bench/quantization_quality.py [--models DIR]`` (the default model must be prepared).
+Writes bench/results/quantization_quality.json and one regression CSV per model.
+"""
+
+from __future__ import annotations
+
+import time
+
+from _common import RAG_CASES, RESULTS, machine, models_dir, rag_messages, write
+
+
+def evaluate(path, label: str) -> dict:
+    from adapters.evaluation import accuracy, run_regression, write_regression_csv
+    from adapters.runtime import ModelRuntime
+    from bot.settings import DEFAULT_SYSTEM_PROMPT
+
+    started = time.perf_counter()
+    with ModelRuntime.load(path, device="cpu", threads=2, system_prompt=DEFAULT_SYSTEM_PROMPT) as runtime:
+        results = run_regression(runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
+        write_regression_csv(results, RESULTS / f"regression_{label}.csv")
+        rag = []
+        for i, (_, question, keyword) in enumerate(RAG_CASES):
+            for repeats in (1, 3):
+                answer = runtime.generate(rag_messages(i, repeats), max_new_tokens=40, temperature=0.0).text
+                rag.append(
+                    {
+                        "question": question,
+                        "filler_repeats": repeats,
+                        "answer": answer,
+                        "correct": keyword in answer.lower(),
+                    }
+                )
+    gradable = [r for r in results if r.correct is not None]
+    return {
+        "regression_accuracy": round(accuracy(results), 3),
+        "regression_correct": sum(bool(r.correct) for r in gradable),
+        "regression_gradable": len(gradable),
+        "rag_accuracy": round(sum(r["correct"] for r in rag) / len(rag), 3),
+        "rag": rag,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main() -> None:
+    from adapters.default_model import default_model_dir, is_prepared, plain_model_dir
+
+    models = models_dir()
+    gptq = default_model_dir(models)
+    if not is_prepared(gptq):
+        raise SystemExit(f"{gptq} is not prepared: run `loopbot model prepare` first")
+    marker = (gptq / "loopbot-prepared.json").read_text(encoding="utf-8")
+    data = {
+        "machine": machine(),
+        "recipe": marker,
+        "plain_fp32": evaluate(plain_model_dir(models), "plain_fp32"),
+        "gptq_4bit": evaluate(gptq, "gptq_4bit"),
+    }
+    write("quantization_quality", data)
+
+
+if __name__ == "__main__":
+    main()

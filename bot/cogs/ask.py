@@ -1,0 +1,357 @@
+"""Asking: mention the bot (a reply chain is the conversation) or use ``/ask``.
+
+Privacy rule (PRODUCT.md: a member's personal records ground *their* answers only). An answer that
+used the asker's personal records is never posted in the channel:
+
+- ``/ask`` answers in an ephemeral response (only the asker sees it);
+- a mention is answered in a DM, with a short public note saying so.
+
+Before streaming, the cog asks the answer service's own retrieval whether this question brings
+back any of the asker's personal records (``/ask`` must acknowledge within 3 s, so a slow check
+counts as "yes"); the final answer's sources are then checked again, and a public message that turns
+out to rest on personal sources is replaced by the note. The sources list of a private answer names
+only the asker's own records. Ephemeral answers cannot carry reactions, so they get 👍/👎 buttons.
+The rule errs towards privacy: on a small knowledge base a member's few records are retrieved for
+most questions, so most of that member's answers come privately.
+
+In a DM, a message that is not a reply is a question (there is no server, so nothing is retrieved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs._common import (
+    ChannelOrder,
+    RateLimiter,
+    StreamingEditor,
+    channel_allowed,
+    format_answer,
+    split_message,
+    strip_mentions,
+    uses_personal,
+)
+from bot.cogs.feedback import vote_view
+
+if TYPE_CHECKING:
+    from bot.discord_app import LoopBot
+
+log = logging.getLogger(__name__)
+
+# How many messages of a reply chain become the conversation history.
+MAX_HISTORY_MESSAGES = 12
+MAX_CACHED_NODES = 1000
+# Discord voids an interaction not acknowledged within 3 s; the privacy probe must fit before that.
+PROBE_TIMEOUT = 2.0
+PRIVATE_NOTE = "Only you can see this answer: it uses your personal records."
+DM_NOTE = "This answer uses your personal records, so I sent it to you in a direct message."
+NO_DM_NOTE = "This answer uses your personal records and I could not DM you. Use `/ask` to get it privately."
+
+
+@dataclass
+class Delivery:
+    """Where an answer goes: ``edit(text)`` shows streamed text, ``post(pieces)`` the final one.
+
+    ``post(pieces, view)`` puts ``view`` (if any) under the last piece and returns every message it
+    wrote (their ids are logged against the answer).
+    """
+
+    edit: Callable[[str], Awaitable[Any]]
+    post: Callable[[list[str], discord.ui.View | None], Awaitable[list[discord.Message]]]
+    private: bool
+    # Ephemeral answers cannot carry reactions: they get 👍/👎 buttons instead.
+    buttons: bool = False
+    messages: list[discord.Message] = field(default_factory=list)
+
+
+class AskCog(commands.Cog):
+    """Answers questions with the answer service, streaming, citing sources and logging each answer."""
+
+    def __init__(self, bot: LoopBot) -> None:
+        self.bot = bot
+        settings = bot.services.settings.discord
+        self.order = ChannelOrder()
+        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        # message id -> (role, text, parent id): a reply chain is read once, like llmcord's node cache.
+        self._nodes: dict[int, tuple[str, str, int | None]] = {}
+
+    # ------------------------------------------------------------------ entry points
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        """A message that explicitly mentions the bot is a question (a reply: a follow-up).
+
+        In a DM every message that is not a reply is a question too (a reply to an answer without a
+        mention is a correction, everywhere).
+        """
+        me = self.bot.user
+        if me is None or message.author.bot:
+            return
+        direct = isinstance(message.channel, discord.DMChannel) and message.reference is None
+        if me.id not in message.raw_mentions and not direct:
+            return
+        question = strip_mentions(message.content, me.id)
+        if not question:
+            await message.reply(
+                "Ask me something after the mention, e.g. `@loopbot how often should cats eat?`"
+            )
+            return
+        refusal = self.refusal(message.author, message.channel)
+        if refusal:
+            await message.reply(refusal, mention_author=False)
+            return
+        async with message.channel.typing():
+            history = await self.history(message)
+            lock = self.order.lock(message.channel.id)
+            async with lock:
+                await self._answer_message(message, question, history)
+
+    @app_commands.command(name="ask", description="Ask loopbot a question about this community.")
+    @app_commands.describe(question="Your question", private="Only you see the answer (default: no)")
+    async def ask(self, interaction: discord.Interaction, question: str, private: bool = False) -> None:
+        """``/ask question: [private:]``: the answer streams into the command's response."""
+        refusal = self.refusal(interaction.user, interaction.channel)
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True)
+            return
+        question = question.strip()
+        private = private or await self._retrieves_personal(
+            question, interaction.user.id, interaction.guild_id, timeout=PROBE_TIMEOUT
+        )
+        await interaction.response.defer(thinking=True, ephemeral=private)
+
+        async def edit(text: str) -> None:
+            await interaction.edit_original_response(content=text)
+
+        async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
+            last = len(pieces) - 1
+            first = await interaction.edit_original_response(
+                content=pieces[0], **({"view": view} if view and last == 0 else {})
+            )
+            sent = [first]
+            for n, piece in enumerate(pieces[1:], 1):
+                extra = {"view": view} if view and n == last else {}
+                sent.append(await interaction.followup.send(piece, ephemeral=private, wait=True, **extra))
+            return sent
+
+        delivery = Delivery(edit, post, private, buttons=private)
+        channel_id = interaction.channel_id or 0
+        async with self.order.lock(channel_id):
+            answer = await self._generate(question, interaction.user, interaction.guild_id, (), delivery)
+            if answer is None:
+                return
+            if uses_personal(answer.sources) and not private:
+                # The probe missed: never leave personal sources in public. Hide it, deliver privately.
+                await interaction.edit_original_response(
+                    content=DM_NOTE.replace("in a direct message", "privately")
+                )
+                delivery = Delivery(edit, self._followup_poster(interaction), True, buttons=True)
+            await self._finish(answer, delivery, interaction.user, interaction.guild_id, channel_id)
+
+    # ------------------------------------------------------------------ guards
+
+    def refusal(self, user: discord.abc.User, channel: Any) -> str:
+        """Why this member may not ask here right now ('' when they may)."""
+        settings = self.bot.services.settings.discord
+        parent_id = getattr(channel, "parent_id", None)
+        in_guild = channel is not None and not isinstance(channel, discord.DMChannel)
+        if in_guild and not channel_allowed(channel.id, settings.allowed_channels, parent_id):
+            allowed = ", ".join(f"<#{cid}>" for cid in settings.allowed_channels)
+            return f"I only answer in {allowed}."
+        wait = self.limiter.check(str(user.id))
+        if wait:
+            return (
+                f"You're asking faster than {settings.rate_limit_per_minute} questions a minute. "
+                f"Try again in {int(wait) + 1} s."
+            )
+        return ""
+
+    # ------------------------------------------------------------------ the conversation
+
+    async def history(self, message: discord.Message) -> list[dict[str, str]]:
+        """The reply chain above ``message``, oldest first, as chat turns (bot turns: its clean answer)."""
+        turns: list[dict[str, str]] = []
+        parent_id = message.reference.message_id if message.reference else None
+        while parent_id is not None and len(turns) < MAX_HISTORY_MESSAGES:
+            node = self._nodes.get(parent_id)
+            if node is None:
+                node = await self._read_node(message.channel, parent_id, message.reference)
+                if node is None:
+                    break
+                self._nodes[parent_id] = node
+                if len(self._nodes) > MAX_CACHED_NODES:
+                    del self._nodes[next(iter(self._nodes))]  # the oldest entry
+            role, text, parent_id = node
+            if text:
+                turns.append({"role": role, "content": text})
+        return list(reversed(turns))
+
+    async def _read_node(
+        self, channel: Any, message_id: int, reference: discord.MessageReference | None
+    ) -> tuple[str, str, int | None] | None:
+        resolved = reference.resolved if reference and reference.message_id == message_id else None
+        try:
+            parent = (
+                resolved if isinstance(resolved, discord.Message) else await channel.fetch_message(message_id)
+            )
+        except discord.HTTPException:
+            return None
+        grand = parent.reference.message_id if parent.reference else None
+        me = self.bot.user
+        if me is not None and parent.author.id == me.id:
+            record = await asyncio.to_thread(
+                self.bot.services.feedback_log.answer_for_message, str(parent.id)
+            )
+            # The logged answer is the model's own words, without the sources list we appended.
+            return ("assistant", record.answer if record else parent.content, grand)
+        return ("user", strip_mentions(parent.content, me.id if me else 0), grand)
+
+    # ------------------------------------------------------------------ answering
+
+    async def _answer_message(
+        self, message: discord.Message, question: str, history: list[dict[str, str]]
+    ) -> None:
+        guild_id = message.guild.id if message.guild else None
+        private = isinstance(message.channel, discord.DMChannel) or await self._retrieves_personal(
+            question, message.author.id, guild_id
+        )
+        public_note: discord.Message | None = None
+        if private and not isinstance(message.channel, discord.DMChannel):
+            public_note = await message.reply(DM_NOTE, mention_author=False)
+            target: discord.abc.Messageable = message.author
+        else:
+            target = message.channel
+        delivery = self._message_delivery(target, message if target is message.channel else None, private)
+        try:
+            answer = await self._generate(question, message.author, guild_id, history, delivery)
+        except discord.Forbidden:
+            if public_note is not None:
+                await public_note.edit(content=NO_DM_NOTE)
+            return
+        if answer is None:
+            return
+        if uses_personal(answer.sources) and not private:
+            # The probe missed: take the streamed text down and deliver in a DM instead.
+            for sent in delivery.messages:
+                await sent.edit(content=DM_NOTE)
+            delivery = self._message_delivery(message.author, None, True)
+        try:
+            await self._finish(answer, delivery, message.author, guild_id, message.channel.id)
+        except discord.Forbidden:
+            await message.reply(NO_DM_NOTE, mention_author=False)
+
+    def _message_delivery(
+        self, target: discord.abc.Messageable, origin: discord.Message | None, private: bool
+    ) -> Delivery:
+        """Streaming into a message that replies to ``origin`` (or is sent to ``target``)."""
+        delivery: Delivery
+
+        async def send(text: str) -> discord.Message:
+            # Every piece replies to the question, so a reply to any piece has the same chain above it.
+            if origin is not None:
+                return await origin.reply(text, mention_author=False)
+            return await target.send(text)
+
+        async def edit(text: str) -> None:
+            if delivery.messages:
+                await delivery.messages[0].edit(content=text)
+            else:
+                delivery.messages.append(await send(text))
+
+        async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
+            await edit(pieces[0])
+            for piece in pieces[1:]:
+                delivery.messages.append(await send(piece))
+            return list(delivery.messages)
+
+        delivery = Delivery(edit, post, private)
+        return delivery
+
+    def _followup_poster(
+        self, interaction: discord.Interaction
+    ) -> Callable[[list[str]], Awaitable[list[discord.Message]]]:
+        async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
+            sent = []
+            for n, piece in enumerate(pieces):
+                extra = {"view": view} if view and n == len(pieces) - 1 else {}
+                sent.append(await interaction.followup.send(piece, ephemeral=True, wait=True, **extra))
+            return sent
+
+        return post
+
+    async def _retrieves_personal(
+        self, question: str, user_id: int, guild_id: int | None, *, timeout: float | None = None
+    ) -> bool:
+        """Whether retrieval for this question returns any of the asker's personal records.
+
+        With ``timeout`` (``/ask`` must acknowledge within 3 s), a slow probe counts as "yes":
+        when in doubt, answer privately.
+        """
+        probe = self.bot.services.personal_probe
+        if probe is None or guild_id is None:
+            return False
+        check = asyncio.to_thread(probe, question, str(user_id), str(guild_id))
+        try:
+            return bool(await asyncio.wait_for(check, timeout))
+        except TimeoutError:
+            log.warning("privacy probe took over %.1f s; answering privately", timeout)
+            return True
+
+    async def _generate(
+        self, question: str, user: discord.abc.User, guild_id: int | None, history: Any, delivery: Delivery
+    ) -> Any:
+        """Run the answer service, streaming into ``delivery``; None (and a reply) when it failed."""
+        loop = asyncio.get_running_loop()
+        editor = StreamingEditor(delivery.edit, self.bot.services.settings.discord.edit_interval, loop)
+        streaming = asyncio.create_task(editor.run())
+        try:
+            return await self.bot.services.answer_service.aanswer(
+                question,
+                user_id=str(user.id),
+                guild_id=str(guild_id) if guild_id is not None else None,
+                history=tuple(history),
+                on_token=editor.feed,
+            )
+        except self.bot.user_errors as error:
+            log.warning("answer failed: %s", error)
+            await delivery.post([f"Sorry, I could not answer: {error}"], None)
+            return None
+        finally:
+            await editor.stop(streaming)
+
+    async def _finish(
+        self, answer: Any, delivery: Delivery, user: discord.abc.User, guild_id: int | None, channel_id: int
+    ) -> int:
+        """Log the answer (durably, first), post its final text with sources, attach the message ids."""
+        log_ = self.bot.services.feedback_log
+        answer_id = await asyncio.to_thread(
+            log_.record_answer,
+            guild_id=str(guild_id or ""),
+            channel_id=str(channel_id),
+            user_id=str(user.id),
+            question=answer.question,
+            context=answer.context,
+            chunk_ids=tuple(answer.chunk_ids),
+            prompt=answer.prompt,
+            prompt_version=answer.prompt_version,
+            adapter=answer.adapter,
+            answer=answer.answer,
+        )
+        note = PRIVATE_NOTE if delivery.private and uses_personal(answer.sources) else ""
+        settings = self.bot.services.settings.discord
+        view = (
+            vote_view(answer_id, settings.upvote_emoji, settings.downvote_emoji) if delivery.buttons else None
+        )
+        pieces = split_message(format_answer(answer.answer, answer.sources, note=note))
+        sent = await delivery.post(pieces, view)
+        await asyncio.to_thread(log_.add_message_ids, answer_id, [str(m.id) for m in sent])
+        self.bot.dispatch("loopbot_answer", answer_id, sent)
+        return answer_id

@@ -1,0 +1,199 @@
+"""Knowledge: ``/remember`` a personal record, ``/add`` a document, ``/forget`` everything about me.
+
+Replies about personal data are ephemeral. Community documents need the curator role. Uploads go
+through the same ingest code as the CLI (``ingest.load_bytes``) with the same limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs._common import has_role
+
+if TYPE_CHECKING:
+    from bot.discord_app import LoopBot
+
+log = logging.getLogger(__name__)
+
+MAX_REMEMBER_CHARS = 4000
+FORGET_TIMEOUT = 120.0
+
+
+def personal_note(text: str, *, guild_id: str, owner_id: str, created: str) -> list[Any]:
+    """The chunks a ``/remember`` note becomes: personal scope, owned by the member."""
+    from ingest import text_chunks
+
+    return text_chunks(
+        text, source=f"your note of {created[:10]}", scope="personal", guild_id=guild_id, owner_id=owner_id
+    )
+
+
+def _ingest_upload(
+    kb: Any, name: str, data: bytes, *, scope: str, guild_id: str, owner_id: str | None, settings: Any
+) -> Any:
+    """The CLI's ingest path for one upload, with the knowledge settings' limits: an ``IngestReport``."""
+    from ingest import IngestLimits, load_bytes, store_report
+
+    limits = IngestLimits(
+        max_file_mb=settings.max_file_mb,
+        max_files=settings.max_files,
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
+    )
+    report = load_bytes(name, data, scope=scope, guild_id=guild_id, owner_id=owner_id, limits=limits)  # type: ignore[arg-type]
+    if report.chunks:
+        # Re-uploading an edited file replaces its old passages instead of adding duplicates.
+        store_report(kb, report)
+    return report
+
+
+class ForgetView(discord.ui.View):
+    """Confirm / Cancel for ``/forget``; only the member who asked can press them."""
+
+    def __init__(self, cog: KnowledgeCog, user_id: int) -> None:
+        super().__init__(timeout=FORGET_TIMEOUT)
+        self.cog = cog
+        self.user_id = user_id
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        """Only the member who ran ``/forget`` may confirm it."""
+        return interaction.user.id == self.user_id
+
+    @discord.ui.button(label="Forget everything", style=discord.ButtonStyle.danger)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[ForgetView]) -> None:
+        """Delete the member's personal records and training pairs."""
+        await interaction.response.defer()
+        text = await self.cog.forget(str(interaction.user.id))
+        self.stop()
+        await interaction.edit_original_response(content=text, view=None)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[ForgetView]) -> None:
+        """Keep everything."""
+        self.stop()
+        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+
+
+class KnowledgeCog(commands.Cog):
+    """Personal records, document uploads and forgetting, backed by the knowledge base."""
+
+    def __init__(self, bot: LoopBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="remember", description="Store a personal record only your answers use.")
+    @app_commands.describe(text="What to remember, e.g. 'Mochi sneezed twice a day in March 2024'")
+    @app_commands.guild_only()
+    async def remember(
+        self, interaction: discord.Interaction, text: app_commands.Range[str, 1, MAX_REMEMBER_CHARS]
+    ) -> None:
+        """``/remember text:``: a personal record in this server, used for your answers only."""
+        text = text.strip()
+        if not text:
+            await interaction.response.send_message(
+                "There is nothing to remember: write some text.", ephemeral=True
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        created = discord.utils.utcnow().isoformat()
+        chunks = personal_note(
+            text, guild_id=str(interaction.guild_id), owner_id=str(interaction.user.id), created=created
+        )
+        await asyncio.to_thread(self.bot.services.knowledge_base.add, chunks)
+        await interaction.followup.send(
+            "Remembered. Only your own answers use it; `/forget` deletes all your records.", ephemeral=True
+        )
+
+    @app_commands.command(
+        name="add", description="Add a document (txt, md, pdf, html, csv, jsonl, Discord export)."
+    )
+    @app_commands.describe(
+        file="The document", scope="personal: only for you; community: for everyone (curators)"
+    )
+    @app_commands.guild_only()
+    async def add(
+        self,
+        interaction: discord.Interaction,
+        file: discord.Attachment,
+        scope: Literal["personal", "community"] = "personal",
+    ) -> None:
+        """``/add file: scope:``: ingest an upload into your records or the community knowledge."""
+        settings = self.bot.services.settings
+        private = scope == "personal"
+        if scope == "community" and not has_role(interaction.user, settings.discord.curator_role):
+            await interaction.response.send_message(
+                f"Adding community documents needs the `{settings.discord.curator_role}` role. "
+                "You can add it to your own records with `scope: personal`.",
+                ephemeral=True,
+            )
+            return
+        # Refuse an oversized upload before downloading it (same limit and unit as the ingest code).
+        if file.size > settings.kb.max_file_mb * 1_000_000:
+            await interaction.response.send_message(
+                f"`{file.filename}` is {file.size / 1_000_000:.1f} MB; the limit is {settings.kb.max_file_mb:g} MB. "
+                "Split it into smaller files.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.defer(ephemeral=private, thinking=True)
+        data = await file.read()
+        owner = str(interaction.user.id) if private else None
+        try:
+            report = await asyncio.to_thread(
+                _ingest_upload,
+                self.bot.services.knowledge_base,
+                file.filename,
+                data,
+                scope=scope,
+                guild_id=str(interaction.guild_id),
+                owner_id=owner,
+                settings=settings.kb,
+            )
+        except self.bot.user_errors as error:
+            await interaction.followup.send(f"I could not add `{file.filename}`: {error}", ephemeral=private)
+            return
+        if not report.chunks:
+            await interaction.followup.send(
+                f"I could not add `{file.filename}`." + _problems(report.problems), ephemeral=private
+            )
+            return
+        where = "your personal records" if private else "the community knowledge"
+        stored = report.stored
+        added = stored.added if stored is not None else len(report.chunks)
+        await interaction.followup.send(
+            f"Added `{file.filename}` to {where}: {len(report.chunks)} passage(s), {added} new."
+            + _problems(report.problems),
+            ephemeral=private,
+        )
+
+    @app_commands.command(name="forget", description="Delete all your personal records and training pairs.")
+    async def forget_command(self, interaction: discord.Interaction) -> None:
+        """``/forget``: asks for confirmation, then deletes the member's records and pairs."""
+        await interaction.response.send_message(
+            "This deletes every personal record you stored and every training pair made from your "
+            "questions, in every server. The next adapter is trained without them. Continue?",
+            view=ForgetView(self, interaction.user.id),
+            ephemeral=True,
+        )
+
+    async def forget(self, user_id: str) -> str:
+        """Delete a member's records and pairs; the sentence that tells them what was deleted."""
+        services = self.bot.services
+        records = await asyncio.to_thread(services.knowledge_base.forget_user, user_id)
+        report = await asyncio.to_thread(services.feedback_log.forget_user, user_id)
+        pairs = getattr(report, "pairs", 0)
+        answers = getattr(report, "answers", 0)
+        return f"Done: deleted {records} personal record(s), {answers} logged answer(s) and {pairs} training pair(s)."
+
+
+def _problems(problems: list[str], limit: int = 5) -> str:
+    if not problems:
+        return ""
+    shown = "\n".join(f"- {p}" for p in problems[:limit])
+    more = f"\n- … and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"\n{shown}{more}"

@@ -1,0 +1,185 @@
+"""CLI area ``adapters``: ``loopbot train [--if-needed]`` and ``loopbot adapters list|promote|rollback``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from bot.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train`` and ``adapters list|promote|rollback``."""
+    train = subparsers.add_parser(
+        "train", help="train a LoRA on the feedback pairs, gate it, promote it if better"
+    )
+    train.add_argument(
+        "--if-needed",
+        action="store_true",
+        help="only if there are enough new pairs and the minimum interval has passed (for cron)",
+    )
+    train.add_argument(
+        "--from-active", action="store_true", help="continue from the active adapter instead of a fresh LoRA"
+    )
+    train.add_argument("--no-promote", action="store_true", help="train and gate, but never promote")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--json", action="store_true", help="print the cycle report as JSON")
+    train.set_defaults(handler=train_handler)
+
+    adapters = subparsers.add_parser("adapters", help="list, promote or roll back adapter versions")
+    actions = adapters.add_subparsers(dest="adapters_command", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list", help="versions, the active one, metrics, forgotten data still inside"
+    )
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing.set_defaults(handler=list_handler)
+    promote = actions.add_parser("promote", help="make a version the active adapter")
+    promote.add_argument("version", help="e.g. v0003 or 3")
+    promote.set_defaults(handler=promote_handler)
+    rollback = actions.add_parser("rollback", help="go back to the previously active adapter")
+    rollback.set_defaults(handler=rollback_handler)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """Send everything written to stdout (gptqmodel logs there) to stderr, so ``--json`` stays parseable."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def train_handler(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one training cycle and print what happened."""
+    from bot.training_cycle import run_training_cycle
+
+    with _stdout_to_stderr(args.json):
+        report = run_training_cycle(
+            settings,
+            if_needed=args.if_needed,
+            from_active=args.from_active,
+            show_progress=not args.no_progress,
+            promote=not args.no_promote,
+        )
+    if args.json:
+        gate = report.gate.metrics() if report.gate else None
+        print(
+            json.dumps(
+                {
+                    "trained": report.trained,
+                    "reason": report.reason,
+                    "version": report.version,
+                    "promoted": report.promoted,
+                    "train_pairs": report.train_pairs,
+                    "heldout_pairs": report.heldout_pairs,
+                    "gate": gate,
+                    "gate_report": str(report.gate.report_path) if report.gate else None,
+                    "train": report.train_metrics,
+                    "seconds": round(report.seconds, 1),
+                }
+            )
+        )
+    else:
+        print(report.summary())
+        if report.gate is not None:
+            g = report.gate
+            print(
+                f"  held-out F1: active {g.heldout_active:.3f} -> candidate {g.heldout_candidate:.3f} "
+                f"({g.heldout_count} pairs)"
+            )
+            print(
+                f"  regression accuracy: active {g.regression_active:.3f} -> candidate "
+                f"{g.regression_candidate:.3f} ({g.regression_count} questions)"
+            )
+            print(f"  report: {g.report_path}")
+    return 0
+
+
+def _rows(settings: Settings) -> list[dict[str, Any]]:
+    from bot.wiring import build_feedback_log, build_registry
+
+    registry = build_registry(settings)
+    active = registry.active()
+    forgotten: set[str] = set()
+    if settings.db_path.exists():
+        log = build_feedback_log(settings)
+        try:
+            forgotten = {str(i) for i in log.forgotten_pair_ids()}
+        finally:
+            log.close()
+    rows = []
+    for v in registry.list():
+        gate = v.metrics.get("gate", {})
+        rows.append(
+            {
+                "version": v.version,
+                "active": active is not None and v.version == active.version,
+                "parent": v.parent,
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created)),
+                "pairs": v.pair_count,
+                "heldout_f1": gate.get("heldout_f1"),
+                "regression_accuracy": gate.get("regression_accuracy"),
+                "final_loss": v.metrics.get("train", {}).get("final_loss"),
+                # Still trained on data a member asked to forget: replaced by the next retrain.
+                "forgotten_pairs": len(forgotten & set(v.pair_ids)),
+            }
+        )
+    return rows
+
+
+def list_handler(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the versions (``*`` marks the active one)."""
+    rows = _rows(settings)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no adapters yet: run `loopbot train` (the bare base model is served)")
+        return 0
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    print(f"  {'version':8} {'created':16} {'pairs':>5} {'heldF1':>7} {'regr':>6} {'loss':>7}  notes")
+    for r in rows:
+        notes = f"contains {r['forgotten_pairs']} forgotten pair(s)" if r["forgotten_pairs"] else ""
+        print(
+            f"{'*' if r['active'] else ' '} {r['version']:8} {r['created']:16} {r['pairs']:>5} "
+            f"{fmt(r['heldout_f1']):>7} {fmt(r['regression_accuracy']):>6} {fmt(r['final_loss']):>7}  {notes}"
+        )
+    if not any(r["active"] for r in rows):
+        print("(no version is active: the bare base model is served)")
+    return 0
+
+
+def promote_handler(args: argparse.Namespace, settings: Settings) -> int:
+    """Make ``args.version`` active. A running bot picks it up at its next registry sync."""
+    from bot.wiring import build_registry
+
+    version = build_registry(settings).promote(args.version)
+    print(f"{version.version} is now the active adapter")
+    return 0
+
+
+def rollback_handler(args: argparse.Namespace, settings: Settings) -> int:
+    """Re-activate the previously active version."""
+    from bot.wiring import build_registry
+
+    version = build_registry(settings).rollback()
+    print(f"rolled back: {version.version if version else 'the bare base model'} is now active")
+    return 0

@@ -1,0 +1,212 @@
+"""The Discord bot: a ``commands.Bot`` holding loopbot's services, with one cog per feature area.
+
+``create_bot(settings, **overrides)`` builds it without connecting. Services not passed in are built
+from settings through :mod:`bot.wiring` (which may load the model, so it happens here, not at import).
+Tests pass real parts built on temp dirs and a tiny model instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs._common import channel_allowed
+from bot.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+# A training cycle as the bot sees it: ``trainer(progress, if_needed) -> report`` (run in a worker
+# thread; the training itself is a subprocess). ``progress`` receives the cycle's events;
+# ``if_needed`` (the schedule) trains only when enough new pairs exist.
+Trainer = Callable[[Callable[[Any], None], bool], Any]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a member or operator can fix: their message is shown, no traceback."""
+    from adapters.errors import AdapterError
+    from feedback.errors import FeedbackError
+    from ingest.errors import IngestError
+    from knowledge.errors import KnowledgeError
+
+    return (AdapterError, FeedbackError, IngestError, KnowledgeError)
+
+
+@dataclass
+class Services:
+    """Everything the cogs call. Built by :func:`create_bot`; every field can be injected."""
+
+    settings: Settings
+    answer_service: Any
+    knowledge_base: Any
+    feedback_log: Any
+    runtime: Any = None
+    registry: Any = None
+    trainer: Trainer | None = None
+    # (question, user_id, guild_id) -> whether retrieval returns the asker's personal records.
+    personal_probe: Callable[[str, str, str], bool] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class LoopTree(app_commands.CommandTree):
+    """The slash-command tree: refuses commands outside the allowed channels, explains failures."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        """Commands run only in allowed channels (DMs and an empty allow-list: everywhere)."""
+        bot = interaction.client
+        assert isinstance(bot, LoopBot)
+        allowed = bot.services.settings.discord.allowed_channels
+        channel = interaction.channel
+        if interaction.guild_id is None or channel is None:
+            return True
+        if channel_allowed(channel.id, allowed, getattr(channel, "parent_id", None)):
+            return True
+        where = ", ".join(f"<#{cid}>" for cid in allowed)
+        await interaction.response.send_message(f"I only work in {where}.", ephemeral=True)
+        return False
+
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError, /
+    ) -> None:
+        """A library error becomes a clear reply; anything else is logged and reported briefly."""
+        bot = interaction.client
+        assert isinstance(bot, LoopBot)
+        cause = getattr(error, "original", error)
+        if isinstance(cause, bot.user_errors):
+            text = str(cause)
+        else:
+            log.error("command %s failed", interaction.command and interaction.command.name, exc_info=cause)
+            text = "Something went wrong on my side; the operator can see the details in the log."
+            await super().on_error(interaction, error)
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
+
+class LoopBot(commands.Bot):
+    """loopbot's Discord client. Cogs reach the services through ``bot.services``."""
+
+    def __init__(self, services: Services) -> None:
+        intents = discord.Intents.default()
+        intents.guilds = True
+        intents.messages = True
+        intents.message_content = True
+        intents.reactions = True
+        intents.members = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=LoopTree,
+            help_command=None,
+            # Answers quote members; never let a quoted @everyone or role mention ping anyone.
+            allowed_mentions=discord.AllowedMentions(
+                everyone=False, roles=False, users=True, replied_user=False
+            ),
+        )
+        self.services = services
+        self.user_errors = _user_errors()
+
+    async def setup_hook(self) -> None:
+        """Add the cogs and sync the slash commands (runs once, after login, before the gateway)."""
+        from bot.cogs import COGS
+
+        services = self.services
+        if services.knowledge_base is not None:
+            # Own the embedded store's writer lock from the start, so a CLI ingest running beside the
+            # bot fails at once with a clear message instead of the bot's first /remember failing.
+            await asyncio.to_thread(services.knowledge_base.claim)
+        if services.runtime is not None and services.registry is not None:
+            from adapters.swap import sync_with_registry
+
+            # Serve the adapter the registry says is active (promoted by the CLI while we were down).
+            active = await asyncio.to_thread(sync_with_registry, services.runtime, services.registry)
+            log.info("answering with adapter %s", active or "none (base model)")
+        for cog in COGS:
+            await self.add_cog(cog(self))
+        synced = await self.tree.sync()
+        log.info("synced %d application commands", len(synced))
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """No prefix commands: the cogs' listeners handle messages (else every mention is a CommandNotFound)."""
+
+    async def on_ready(self) -> None:
+        """Log who we are and where (the operator's first sign that the token worked)."""
+        log.info("logged in as %s in %d guild(s)", self.user, len(self.guilds))
+
+    async def close(self) -> None:
+        """Close Discord first, then the stores (their writers must flush before the process ends)."""
+        await super().close()
+        for closeable in (self.services.feedback_log, self.services.knowledge_base):
+            close = getattr(closeable, "close", None)
+            if callable(close):
+                await asyncio.to_thread(close)
+
+
+def _probe_for(answer_service: Any) -> Callable[[str, str, str], bool] | None:
+    """The privacy probe: the answer service's own retrieval, asked whether a personal record comes back."""
+    retrieve = getattr(answer_service, "retrieve", None)
+    if not callable(retrieve):
+        return None
+
+    def probe(question: str, user_id: str, guild_id: str) -> bool:
+        hits = retrieve(question, user_id=user_id, guild_id=guild_id)
+        return any(hit.chunk.scope == "personal" for hit in hits)
+
+    return probe
+
+
+def _trainer_for(settings: Settings, runtime: Any) -> Trainer:
+    """The CLI's training cycle, hot-swapping a promoted adapter into this bot's runtime."""
+
+    def trainer(progress: Callable[[Any], None], if_needed: bool) -> Any:
+        from bot.training_cycle import run_training_cycle
+
+        return run_training_cycle(settings, runtime=runtime, progress=progress, if_needed=if_needed)
+
+    return trainer
+
+
+def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
+    """Build the bot without connecting.
+
+    ``overrides`` replace services by name (``runtime``, ``answer_service``, ``knowledge_base``,
+    ``feedback_log``, ``registry``, ``trainer``, ``personal_probe``); missing ones are built from
+    ``settings`` with :mod:`bot.wiring`.
+    """
+    from bot import wiring
+
+    settings = settings or load_settings()
+    unknown = set(overrides) - set(Services.__dataclass_fields__) - {"settings"}
+    if unknown:
+        raise TypeError(f"create_bot() got unknown services: {', '.join(sorted(unknown))}")
+
+    def get(name: str, build: Callable[[], Any]) -> Any:
+        return overrides[name] if name in overrides else build()
+
+    feedback_log = get("feedback_log", lambda: wiring.build_feedback_log(settings))
+    knowledge_base = get("knowledge_base", lambda: wiring.build_knowledge_base(settings))
+    runtime = get(
+        "runtime", lambda: wiring.build_runtime(settings) if "answer_service" not in overrides else None
+    )
+    answer_service = get(
+        "answer_service",
+        lambda: wiring.build_answer_service(settings, kb=knowledge_base, runtime=runtime),
+    )
+    services = Services(
+        settings=settings,
+        answer_service=answer_service,
+        knowledge_base=knowledge_base,
+        feedback_log=feedback_log,
+        runtime=runtime,
+        registry=get("registry", lambda: wiring.build_registry(settings)),
+        trainer=get("trainer", lambda: _trainer_for(settings, runtime)),
+        personal_probe=get("personal_probe", lambda: _probe_for(answer_service)),
+    )
+    return LoopBot(services)

@@ -1,0 +1,200 @@
+"""One typed settings object for loopbot, fed by the environment and `.env`.
+
+Each section has its own prefix (``LOOPBOT_MODEL_``, ``LOOPBOT_KB_``, ...); every variable is
+documented in ``.env.example``. Secrets (``DISCORD_TOKEN``) live in :class:`Secrets`, which has no
+defaults and is only loaded by the command that needs it, so ``loopbot ask`` runs without a token.
+
+A missing or invalid value raises :class:`SettingsError` whose message names the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are loopbot, a helpful assistant for this community. Answer briefly and truthfully. "
+    "When context passages are given, answer from them and cite them as [1], [2], ... "
+    "If the context does not contain the answer, say you don't know."
+)
+
+
+class ModelSettings(BaseSettings):
+    """The base model, its adapter and how it generates (prefix ``LOOPBOT_MODEL_``)."""
+
+    model_config = _config("LOOPBOT_MODEL_")
+
+    base: str = Field("", description="GPTQ checkpoint: local path or hub id. Empty: the offline default.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: str = Field("auto", description="gptqmodel kernel used to serve (auto, torch, ...).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: fp16 on CUDA, bf16 for GPTQ on CPU (fastest kernel path), else fp32."
+    )
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    offline: bool = Field(True, description="Never contact a model hub (HF_HUB_OFFLINE=1).")
+    server_url: str = Field("", description="OpenAI-compatible server (vLLM); empty: generate in-process.")
+    server_api_key: SecretStr = Field(
+        SecretStr(""), description="Bearer token for server_url, if it needs one."
+    )
+
+
+class KnowledgeSettings(BaseSettings):
+    """The Chroma knowledge base and ingestion limits (prefix ``LOOPBOT_KB_``)."""
+
+    model_config = _config("LOOPBOT_KB_")
+
+    embedding_model: str = Field(
+        "", description="sentence-transformers name or path; empty: packaged MiniLM."
+    )
+    chroma_host: str = Field("", description="Chroma server host; empty: embedded store under the data dir.")
+    chroma_port: int = Field(8000, ge=1, le=65535)
+    top_k: int = Field(5, ge=1, le=50)
+    max_context_tokens: int = Field(
+        1024, ge=64, description="Token budget of the context passages in a prompt."
+    )
+    chunk_size: int = Field(800, ge=100)
+    chunk_overlap: int = Field(100, ge=0)
+    max_file_mb: float = Field(10.0, gt=0)
+    max_files: int = Field(100, ge=1)
+
+
+class DiscordSettings(BaseSettings):
+    """How the bot behaves in Discord (prefix ``LOOPBOT_DISCORD_``). The token is in :class:`Secrets`."""
+
+    model_config = _config("LOOPBOT_DISCORD_")
+
+    admin_role: str = "loopbot-admin"
+    curator_role: str = "loopbot-curator"
+    allowed_channels: list[int] = Field(default_factory=list, description="Channel ids; empty: all channels.")
+    upvote_emoji: str = "👍"
+    downvote_emoji: str = "👎"
+    correction_votes: int = Field(3, ge=1, description="👍 a stranger's correction needs to be accepted.")
+    rate_limit_per_minute: int = Field(6, ge=0, description="Questions per member per minute; 0: no limit.")
+    edit_interval: float = Field(1.0, gt=0, description="Seconds between streamed edits of an answer.")
+    train_schedule_minutes: int = Field(0, ge=0, description="Run `train --if-needed` this often; 0: never.")
+
+
+class TrainSettings(BaseSettings):
+    """LoRA retraining and the promotion gate (prefix ``LOOPBOT_TRAIN_``)."""
+
+    model_config = _config("LOOPBOT_TRAIN_")
+
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    steps: int = Field(60, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    min_pairs: int = Field(8, ge=1, description="Fewer new accepted pairs than this: nothing is trained.")
+    min_interval_hours: float = Field(24.0, ge=0)
+    eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    gate_min_gain: float = Field(0.0, description="Held-out score the candidate must beat the active by.")
+    gate_max_regression_drop: float = Field(0.0, ge=0.0, description="Allowed drop on the regression set.")
+
+
+class Settings(BaseSettings):
+    """All of loopbot's settings (prefix ``LOOPBOT_``), sections included."""
+
+    model_config = _config("LOOPBOT_")
+
+    data_dir: Path = Field(Path.home() / ".local" / "share" / "loopbot")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    kb: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    # Every piece of state lives under data_dir; this is the one place that knows the layout.
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "loopbot.db"
+
+
+class Secrets(BaseSettings):
+    """Secrets: no defaults, never logged (``SecretStr`` prints as ``**********``)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    discord_token: SecretStr = Field(validation_alias="DISCORD_TOKEN", min_length=20)
+
+
+_SECTIONS: dict[str, type[BaseSettings]] = {
+    "model": ModelSettings,
+    "kb": KnowledgeSettings,
+    "discord": DiscordSettings,
+    "train": TrainSettings,
+}
+
+
+def _env_name(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind a validation error location."""
+    if cls is Secrets:
+        return "DISCORD_TOKEN"
+    if loc and loc[0] in _SECTIONS:
+        return _env_name(_SECTIONS[str(loc[0])], loc[1:])
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return (prefix + str(loc[0] if loc else "")).upper()
+
+
+def _explain(cls: type[BaseSettings], error: ValidationError) -> SettingsError:
+    lines = []
+    for item in error.errors():
+        name = _env_name(cls, tuple(item["loc"]))
+        problem = "is not set" if item["type"] == "missing" else f"is invalid: {item['msg']}"
+        lines.append(f"{name} {problem}. Set it in the environment or in .env (see .env.example).")
+    return SettingsError("\n".join(lines))
+
+
+def _build(cls: type[BaseSettings]) -> BaseSettings:
+    try:
+        return cls()
+    except ValidationError as error:
+        raise _explain(cls, error) from None
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment and ``.env``; raise :class:`SettingsError` naming the variable."""
+    sections = {name: _build(cls) for name, cls in _SECTIONS.items()}
+    try:
+        return Settings(**sections)
+    except ValidationError as error:
+        raise _explain(Settings, error) from None
+
+
+def load_secrets() -> Secrets:
+    """Read ``DISCORD_TOKEN``; raise :class:`SettingsError` telling the operator how to set it."""
+    secrets = _build(Secrets)
+    assert isinstance(secrets, Secrets)
+    return secrets

@@ -1,0 +1,166 @@
+"""Build loopbot's services from settings. The only place that turns settings into objects.
+
+Every builder is lazy (nothing heavy is imported or loaded until it is called) and takes the
+settings object, so the CLI, the bot, the benchmarks and the tests share one way to assemble parts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adapters.registry import AdapterRegistry
+    from adapters.remote import RemoteRuntime
+    from adapters.runtime import ModelRuntime
+    from bot.settings import Settings
+    from feedback.log import FeedbackLog
+    from knowledge.chain import AnswerService
+    from knowledge.store import KnowledgeBase
+
+
+def build_feedback_log(settings: Settings) -> FeedbackLog:
+    """The feedback log (answers, votes, corrections, pairs) at ``settings.db_path``, migrated."""
+    from feedback.log import FeedbackLog
+
+    return FeedbackLog(settings.db_path)
+
+
+def resolve_model_base(settings: Settings) -> str:
+    """``settings.model.base``, or the prepared offline default; AdapterError if it is not prepared."""
+    from adapters.default_model import default_model_dir, is_prepared
+    from adapters.errors import AdapterError
+
+    if settings.model.base:
+        return settings.model.base
+    path = default_model_dir(settings.models_dir)
+    if not is_prepared(path):
+        raise AdapterError(
+            f"The default model is not prepared in {settings.models_dir}: run `loopbot model prepare` "
+            "(about 5 minutes, offline) or set LOOPBOT_MODEL_BASE to a GPTQ model directory."
+        )
+    return str(path)
+
+
+def build_runtime(settings: Settings) -> ModelRuntime:
+    """The model runtime: the configured base (or the prepared default), generation defaults from settings."""
+    import logging
+
+    from adapters.errors import AdapterError
+    from adapters.runtime import ModelRuntime
+    from adapters.swap import sync_with_registry
+
+    runtime: ModelRuntime
+    if settings.model.server_url:
+        runtime = build_remote_runtime(settings)  # type: ignore[assignment]  # same public surface
+    else:
+        runtime = ModelRuntime.load(
+            resolve_model_base(settings),
+            device=settings.model.device,
+            backend=settings.model.backend,
+            dtype=settings.model.dtype,
+            threads=settings.model.threads,
+            max_new_tokens=settings.model.max_new_tokens,
+            temperature=settings.model.temperature,
+            system_prompt=settings.model.system_prompt,
+        )
+    try:
+        # Serve the registry's active adapter (promoted by `loopbot train` or `adapters promote`).
+        sync_with_registry(runtime, build_registry(settings))
+    except AdapterError as error:
+        # E.g. trained for another base: keep answering with the bare base rather than not starting.
+        logging.getLogger(__name__).warning("serving the bare base model: %s", error)
+    except BaseException:
+        runtime.close()
+        raise
+    return runtime
+
+
+def build_remote_runtime(settings: Settings) -> RemoteRuntime:
+    """A runtime generating on the OpenAI-compatible server at ``LOOPBOT_MODEL_SERVER_URL``."""
+    from adapters.errors import AdapterError
+    from adapters.remote import RemoteRuntime
+
+    if not settings.model.base:
+        raise AdapterError(
+            "LOOPBOT_MODEL_SERVER_URL is set but LOOPBOT_MODEL_BASE is empty: set it to the model name the "
+            "server serves (vLLM's --served-model-name or the hub id it was started with)."
+        )
+    return RemoteRuntime(
+        settings.model.server_url,
+        model=settings.model.base,
+        api_key=settings.model.server_api_key.get_secret_value(),
+        max_new_tokens=settings.model.max_new_tokens,
+        temperature=settings.model.temperature,
+        system_prompt=settings.model.system_prompt,
+    )
+
+
+def build_registry(settings: Settings) -> AdapterRegistry:
+    """The adapter registry under ``settings.adapters_dir`` (versions, active pointer, history)."""
+    from adapters.registry import AdapterRegistry
+
+    return AdapterRegistry(settings.adapters_dir)
+
+
+def build_embeddings(settings: Settings) -> Any:
+    """The sentence-transformers embedder (``LOOPBOT_KB_EMBEDDING_MODEL``; empty: the packaged MiniLM)."""
+    from knowledge.embeddings import load_embeddings
+
+    return load_embeddings(settings.kb.embedding_model)
+
+
+def build_knowledge_base(
+    settings: Settings, embeddings: Any | None = None, *, claim: bool = False
+) -> KnowledgeBase:
+    """The knowledge base: a Chroma server if ``LOOPBOT_KB_CHROMA_HOST`` is set, else the embedded
+    store in ``settings.chroma_dir`` guarded by a one-writer lock. The lexical index sits beside it.
+
+    ``claim=True`` takes the writer lock before the embedder loads, so a second writer fails at once."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    from knowledge.errors import KnowledgeError
+    from knowledge.lock import StoreLock
+    from knowledge.store import KnowledgeBase
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    lock = None if settings.kb.chroma_host else StoreLock(settings.chroma_dir)
+    if claim and lock is not None:
+        lock.acquire()
+    embeddings = embeddings if embeddings is not None else build_embeddings(settings)
+    if settings.kb.chroma_host:
+        try:
+            client = chromadb.HttpClient(
+                host=settings.kb.chroma_host, port=settings.kb.chroma_port, settings=chroma_settings
+            )
+        except Exception as error:  # chromadb raises plain exceptions for connection problems
+            raise KnowledgeError(
+                f"cannot reach the Chroma server {settings.kb.chroma_host}:{settings.kb.chroma_port} ({error}): "
+                "start it, or unset LOOPBOT_KB_CHROMA_HOST to use the embedded store"
+            ) from None
+        lexical = settings.data_dir / f"lexical-{settings.kb.chroma_host}-{settings.kb.chroma_port}.db"
+        return KnowledgeBase(client, embeddings, lexical_path=lexical)
+    settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+    client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+    return KnowledgeBase(
+        client,
+        embeddings,
+        lexical_path=settings.chroma_dir / "lexical.db",
+        lock=lock,
+        persist_dir=settings.chroma_dir,
+    )
+
+
+def build_answer_service(
+    settings: Settings, *, kb: KnowledgeBase | None = None, runtime: ModelRuntime | None = None
+) -> AnswerService:
+    """The answer chain over ``kb`` (built if not given) and ``runtime`` (built if not given)."""
+    from knowledge.chain import AnswerService
+
+    return AnswerService(
+        kb if kb is not None else build_knowledge_base(settings),
+        runtime if runtime is not None else build_runtime(settings),
+        top_k=settings.kb.top_k,
+        system_prompt=settings.model.system_prompt,
+        max_context_tokens=settings.kb.max_context_tokens,
+    )

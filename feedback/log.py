@@ -1,0 +1,391 @@
+"""The feedback log: answers, 👍/👎 votes, corrections and the training pairs derived from them.
+
+Every method is one SQLite transaction and is safe to call from several threads (the bot uses
+``asyncio.to_thread``). Pairs live in a ``pairs`` table that is re-derived for an answer inside the
+same transaction as the vote or correction that changed it, so the pairs never disagree with the
+votes. The derivation rules, for one answer:
+
+* **corrected**: the answer has an accepted correction -> instruction = question, input = the
+  retrieved context, output = the correction. With several accepted corrections the most recently
+  written one wins (one target per question). It supersedes the positive pair.
+* **positive**: no accepted correction, 👍 >= 1 and 👍 > 👎 -> output = the answer.
+* **negative**: 👎 >= 1 and 👎 > 👍 -> output = the answer, kept for preference training and never
+  returned as a training target unless asked for by kind. Kept even when the answer is corrected
+  (the correction is then the "chosen" and this the "rejected" answer).
+
+A vote is one (answer, member, 👍 or 👎), mirroring Discord's reactions: adding it twice or removing
+it twice changes nothing. A correction is accepted at once when ``trusted`` (the asker or a curator
+wrote it) or when a trusted member 👍 it, otherwise once ``votes_needed`` other members 👍 it; the
+author's own 👍 doesn't count. Acceptance follows the votes: withdrawing 👍 below the threshold makes
+it pending again, as a removed 👍 withdraws a positive pair.
+
+Pair ids are never reused (``AUTOINCREMENT``): the trainer records them in an adapter's metadata and
+:meth:`FeedbackLog.forgotten_pair_ids` tells which adapters hold forgotten data.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from feedback.db import Database
+from feedback.derive import (
+    evaluate_correction,
+    now_iso,
+    rederive_pairs,
+    to_iso,
+    vote_counts,
+)
+from feedback.errors import FeedbackError
+from feedback.maintenance import forget_user as _forget_user
+from feedback.maintenance import import_rows, load_answer, load_correction, row_to_pair
+from feedback.maintenance import stats as _stats
+from feedback.records import (
+    PAIR_KINDS,
+    TRAINING_KINDS,
+    AnswerRecord,
+    CorrectionRecord,
+    FeedbackStats,
+    ForgetReport,
+    ImportReport,
+    Pair,
+    VoteResult,
+)
+
+
+def _text(value: object, name: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise FeedbackError(f"{name} must be text, got {type(value).__name__}.")
+    if not allow_empty and not value.strip():
+        raise FeedbackError(f"{name} is empty: pass the {name.replace('_', ' ')} text.")
+    return value
+
+
+class FeedbackLog:
+    """The SQLite feedback log at ``path`` (created and migrated on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = Database(Path(path))
+        self.path = self.db.path
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self.db.close()
+
+    # ---- answers -------------------------------------------------------------------------------
+
+    def record_answer(
+        self,
+        *,
+        guild_id: str,
+        channel_id: str,
+        user_id: str,
+        question: str,
+        context: str,
+        chunk_ids: Sequence[str],
+        prompt: str,
+        prompt_version: str,
+        adapter: str | None,
+        answer: str,
+        message_ids: Sequence[str] = (),
+    ) -> int:
+        """Log an answer (durably, before the bot acknowledges it) and return its id."""
+        _text(question, "question")
+        _text(context, "context", allow_empty=True)
+        _text(answer, "answer", allow_empty=True)
+        _text(prompt, "prompt", allow_empty=True)
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO answers (guild_id, channel_id, user_id, question, context, chunk_ids, prompt,"
+                " prompt_version, adapter, answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    str(guild_id),
+                    str(channel_id),
+                    str(user_id),
+                    question,
+                    context,
+                    json.dumps([str(chunk) for chunk in chunk_ids]),
+                    prompt,
+                    str(prompt_version),
+                    adapter,
+                    answer,
+                    now_iso(),
+                ),
+            )
+            answer_id = int(cursor.lastrowid or 0)
+            self._attach_messages(conn, answer_id, message_ids)
+        return answer_id
+
+    def add_message_ids(self, answer_id: int, message_ids: Sequence[str]) -> None:
+        """Attach more Discord messages to an answer (a long answer is split over several)."""
+        with self.db.transaction() as conn:
+            self._require_answer(conn, answer_id)
+            self._attach_messages(conn, answer_id, message_ids)
+
+    def answer_for_message(self, message_id: str) -> AnswerRecord | None:
+        """The answer a bot message belongs to, or None (not an answer, or forgotten)."""
+        with self.db.reading() as conn:
+            row = conn.execute(
+                "SELECT answer_id FROM answer_messages WHERE message_id = ?", (str(message_id),)
+            ).fetchone()
+            return None if row is None else load_answer(conn, row[0])
+
+    def get_answer(self, answer_id: int) -> AnswerRecord | None:
+        """The answer with this id, or None."""
+        with self.db.reading() as conn:
+            return load_answer(conn, answer_id)
+
+    # ---- votes ---------------------------------------------------------------------------------
+
+    def set_vote(self, answer_id: int, user_id: str, value: Literal[1, -1], present: bool) -> VoteResult:
+        """Add (``present=True``) or remove a member's 👍 (1) or 👎 (-1); repeating a call is a no-op."""
+        if value not in (1, -1):
+            raise FeedbackError(f"a vote is 1 (👍) or -1 (👎), got {value!r}.")
+        with self.db.transaction() as conn:
+            self._require_answer(conn, answer_id)
+            if present:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO votes (answer_id, user_id, value, created_at) VALUES (?, ?, ?, ?)",
+                    (answer_id, str(user_id), value, now_iso()),
+                )
+            else:
+                cursor = conn.execute(
+                    "DELETE FROM votes WHERE answer_id = ? AND user_id = ? AND value = ?",
+                    (answer_id, str(user_id), value),
+                )
+            kinds = rederive_pairs(conn, answer_id)
+            up, down = vote_counts(conn, answer_id)
+        return VoteResult(
+            answer_id=answer_id,
+            user_id=str(user_id),
+            value=value,
+            present=present,
+            changed=cursor.rowcount == 1,
+            upvotes=up,
+            downvotes=down,
+            positive="positive" in kinds,
+            negative="negative" in kinds,
+        )
+
+    # ---- corrections ---------------------------------------------------------------------------
+
+    def add_correction(
+        self,
+        answer_id: int,
+        *,
+        author_id: str,
+        text: str,
+        message_id: str | None,
+        trusted: bool,
+        votes_needed: int | None = None,
+    ) -> CorrectionRecord:
+        """Record a correction of an answer; ``trusted`` (asker or curator) accepts it at once.
+
+        Recording the same ``message_id`` again updates that correction's text (an edited reply)
+        instead of adding a second one.
+        """
+        _text(text, "correction")
+        text = text.strip()
+        with self.db.transaction() as conn:
+            self._require_answer(conn, answer_id)
+            existing = None
+            if message_id is not None:
+                existing = conn.execute(
+                    "SELECT id, answer_id FROM corrections WHERE message_id = ?", (str(message_id),)
+                ).fetchone()
+            if existing is not None:
+                if existing["answer_id"] != answer_id:
+                    raise FeedbackError(
+                        f"message {message_id} is already a correction of answer {existing['answer_id']}."
+                    )
+                correction_id = int(existing["id"])
+                conn.execute(
+                    "UPDATE corrections SET text = ?, trusted = MAX(trusted, ?),"
+                    " votes_needed = COALESCE(?, votes_needed) WHERE id = ?",
+                    (text, int(trusted), votes_needed, correction_id),
+                )
+            else:
+                cursor = conn.execute(
+                    "INSERT INTO corrections (answer_id, author_id, text, message_id, trusted, votes_needed,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        answer_id,
+                        str(author_id),
+                        text,
+                        None if message_id is None else str(message_id),
+                        int(trusted),
+                        votes_needed,
+                        now_iso(),
+                    ),
+                )
+                correction_id = int(cursor.lastrowid or 0)
+            evaluate_correction(conn, correction_id)
+            return load_correction(conn, correction_id)
+
+    def set_correction_vote(
+        self,
+        correction: int | str,
+        user_id: str,
+        present: bool,
+        *,
+        votes_needed: int,
+        trusted: bool = False,
+    ) -> CorrectionRecord:
+        """Add or remove a member's 👍 on a correction (by correction id or its message id).
+
+        The correction is accepted once ``votes_needed`` members other than its author 👍 it, or
+        at once when a ``trusted`` member (the asker, a curator) does.
+        """
+        if votes_needed < 1:
+            raise FeedbackError(f"votes_needed must be at least 1, got {votes_needed}.")
+        with self.db.transaction() as conn:
+            correction_id = self._resolve_correction(conn, correction)
+            if present:
+                conn.execute(
+                    "INSERT INTO correction_votes (correction_id, user_id, trusted, created_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (correction_id, user_id)"
+                    " DO UPDATE SET trusted = excluded.trusted",
+                    (correction_id, str(user_id), int(trusted), now_iso()),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM correction_votes WHERE correction_id = ? AND user_id = ?",
+                    (correction_id, str(user_id)),
+                )
+            conn.execute(
+                "UPDATE corrections SET votes_needed = ? WHERE id = ?", (votes_needed, correction_id)
+            )
+            evaluate_correction(conn, correction_id)
+            return load_correction(conn, correction_id)
+
+    def correction_for_message(self, message_id: str) -> CorrectionRecord | None:
+        """The correction recorded for a Discord message, or None."""
+        with self.db.reading() as conn:
+            row = conn.execute(
+                "SELECT id FROM corrections WHERE message_id = ?", (str(message_id),)
+            ).fetchone()
+            return None if row is None else load_correction(conn, int(row[0]))
+
+    def pending_corrections(self, guild_id: str | None = None, limit: int = 20) -> list[CorrectionRecord]:
+        """The curators' queue: corrections still waiting for votes, oldest first."""
+        sql = (
+            "SELECT c.id FROM corrections c JOIN answers a ON a.id = c.answer_id WHERE c.accepted_at IS NULL"
+        )
+        params: list[Any] = []
+        if guild_id is not None:
+            sql += " AND a.guild_id = ?"
+            params.append(str(guild_id))
+        params.append(max(0, int(limit)))
+        with self.db.reading() as conn:
+            ids = [row[0] for row in conn.execute(sql + " ORDER BY c.id LIMIT ?", params)]
+            return [load_correction(conn, cid) for cid in ids]
+
+    def corrections(self, answer_id: int) -> list[CorrectionRecord]:
+        """Every correction of an answer, oldest first."""
+        with self.db.reading() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM corrections WHERE answer_id = ? ORDER BY id", (answer_id,)
+                )
+            ]
+            return [load_correction(conn, cid) for cid in ids]
+
+    # ---- pairs, stats, forget, import ------------------------------------------------------------
+
+    def pairs(
+        self,
+        *,
+        kinds: Sequence[str] = TRAINING_KINDS,
+        exclude_forgotten: bool = True,
+        since: datetime | None = None,
+    ) -> list[Pair]:
+        """The current pairs of the given kinds, oldest first.
+
+        ``exclude_forgotten`` also drops pairs whose text equals a forgotten pair's (a forgotten
+        member's data that came back through an old export). ``since`` keeps pairs derived at or
+        after that moment (naive datetimes are UTC).
+        """
+        kinds = tuple(kinds)
+        unknown = [kind for kind in kinds if kind not in PAIR_KINDS]
+        if unknown or not kinds:
+            raise FeedbackError(
+                f"unknown pair kind(s) {unknown or '(none)'}: choose from {', '.join(PAIR_KINDS)}."
+            )
+        sql = f"SELECT * FROM pairs WHERE kind IN ({', '.join('?' * len(kinds))})"
+        params: list[Any] = list(kinds)
+        if since is not None:
+            sql += " AND created_at >= ?"
+            params.append(to_iso(since))
+        if exclude_forgotten:
+            sql += " AND content_hash NOT IN (SELECT content_hash FROM forget_ledger)"
+        with self.db.reading() as conn:
+            return [row_to_pair(row) for row in conn.execute(sql + " ORDER BY id", params)]
+
+    def stats(self, guild_id: str | None = None) -> FeedbackStats:
+        """Counts of answers, votes, corrections and pairs, for one guild or all."""
+        with self.db.reading() as conn:
+            return _stats(conn, None if guild_id is None else str(guild_id))
+
+    def forget_user(self, user_id: str) -> ForgetReport:
+        """Delete a member's answers (as asker), corrections, votes and every pair holding their data.
+
+        The deleted pair ids go to a forget ledger (see :meth:`forgotten_pair_ids`); pairs of other
+        members' answers are re-derived without the member's votes.
+        """
+        with self.db.transaction() as conn:
+            return _forget_user(conn, str(user_id), now_iso())
+
+    def forgotten_pair_ids(self) -> set[int]:
+        """Ids of every pair deleted by :meth:`forget_user`: an adapter trained on any is stale."""
+        with self.db.reading() as conn:
+            return {int(row[0]) for row in conn.execute("SELECT pair_id FROM forget_ledger")}
+
+    def import_pairs(self, rows: Iterable[dict[str, Any]], *, source: str) -> ImportReport:
+        """Add ready-made pairs (``instruction``, ``output``, optional ``input`` and ``kind``).
+
+        Rows become ``positive`` pairs unless they say ``kind``; they belong to no member. Rows
+        already in the log are counted as duplicates, rows a member had forgotten are refused, bad
+        rows are reported (``row N: why``) and skipped; the rest are imported in one transaction.
+        """
+        source = _text(source, "source").strip()
+        with self.db.transaction() as conn:
+            return import_rows(conn, rows, source, now_iso())
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_answer(conn: sqlite3.Connection, answer_id: int) -> None:
+        if conn.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
+            raise FeedbackError(
+                f"answer {answer_id} is not in the feedback log (it may have been forgotten)."
+            )
+
+    @staticmethod
+    def _attach_messages(conn: sqlite3.Connection, answer_id: int, message_ids: Sequence[str]) -> None:
+        for message_id in message_ids:
+            row = conn.execute(
+                "SELECT answer_id FROM answer_messages WHERE message_id = ?", (str(message_id),)
+            ).fetchone()
+            if row is not None and row[0] != answer_id:
+                raise FeedbackError(f"message {message_id} already belongs to answer {row[0]}.")
+            conn.execute(
+                "INSERT OR IGNORE INTO answer_messages (message_id, answer_id) VALUES (?, ?)",
+                (str(message_id), answer_id),
+            )
+
+    @staticmethod
+    def _resolve_correction(conn: sqlite3.Connection, correction: int | str) -> int:
+        if isinstance(correction, str):
+            row = conn.execute("SELECT id FROM corrections WHERE message_id = ?", (correction,)).fetchone()
+        else:
+            row = conn.execute("SELECT id FROM corrections WHERE id = ?", (int(correction),)).fetchone()
+        if row is None:
+            raise FeedbackError(
+                f"correction {correction!r} is not in the feedback log (it may have been forgotten)."
+            )
+        return int(row[0])

@@ -1,0 +1,196 @@
+"""The answer chain: retrieve → prompt with numbered passages → generate → answer + sources.
+
+The model runtime is injected (``adapters.runtime.ModelRuntime`` or anything with ``generate``,
+``agenerate`` and ``count_tokens``). The context block is kept exactly as it was put in the prompt,
+because the learning loop stores it as the Alpaca ``input`` of a training pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from knowledge.errors import KnowledgeError
+from knowledge.types import Hit
+
+log = logging.getLogger(__name__)
+
+PROMPT_VERSION = "rag-v1"  # bump when the prompt layout changes: logged with every answer
+DEFAULT_SYSTEM_PROMPT = (
+    "You are loopbot, a helpful assistant for this community. Answer briefly and truthfully. "
+    "When context passages are given, answer from them and cite them as [1], [2], ... "
+    "If the context does not contain the answer, say you don't know."
+)
+MAX_HISTORY_MESSAGES = 6  # the last turns of a reply chain; older ones rarely help a small model
+
+
+@dataclass(frozen=True)
+class Source:
+    """A passage the answer was grounded on; its position in ``Answer.sources`` is its [number]."""
+
+    id: str
+    source: str
+    scope: str
+    text: str
+
+    def to_dict(self) -> dict[str, str]:
+        """``{"id", "source", "scope", "text"}``."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A generated answer with everything the feedback log needs to turn it into a training pair."""
+
+    answer: str
+    sources: list[Source]
+    adapter: str | None
+    question: str
+    context: str  # the numbered passages exactly as put in the prompt (the Alpaca ``input``)
+    chunk_ids: list[str] = field(default_factory=list)
+    prompt: str = ""
+    prompt_version: str = PROMPT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"answer", "sources": [{id, source, scope, text}], "adapter"}`` for the CLI and the bot."""
+        return {
+            "answer": self.answer,
+            "sources": [s.to_dict() for s in self.sources],
+            "adapter": self.adapter,
+        }
+
+
+def format_context(hits: Sequence[Hit]) -> str:
+    """Number the passages ``[1] (source) text`` in retrieval order, one blank line apart."""
+    return "\n\n".join(f"[{n}] ({hit.chunk.source}) {hit.chunk.text}" for n, hit in enumerate(hits, start=1))
+
+
+def user_message(question: str, context: str) -> str:
+    """The final user turn: the context block (if any) then the question."""
+    if not context:
+        return question
+    return f"Context:\n{context}\n\nQuestion: {question}"
+
+
+class AnswerService:
+    """Answers questions from the knowledge base with the model runtime; the CLI and the bot share it."""
+
+    def __init__(
+        self,
+        kb: Any | None,
+        runtime: Any,
+        *,
+        top_k: int = 5,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        max_context_tokens: int = 1024,
+    ) -> None:
+        if top_k < 1:
+            raise KnowledgeError(f"top_k must be at least 1, got {top_k}")
+        self.kb = kb
+        self.runtime = runtime
+        self.top_k = top_k
+        self.system_prompt = system_prompt
+        self.max_context_tokens = max_context_tokens
+
+    # --- steps ------------------------------------------------------------------------------
+    def retrieve(self, question: str, *, user_id: str | None, guild_id: str | None) -> list[Hit]:
+        """The passages this asker may see: the guild's posts and their own records only."""
+        if self.kb is None or guild_id is None:
+            return []  # a DM has no guild, so no community and no scoped records
+        return list(self.kb.search(question, guild_id=guild_id, user_id=user_id, k=self.top_k))
+
+    def _tokens(self, text: str) -> int:
+        count = getattr(self.runtime, "count_tokens", None)
+        return int(count(text)) if callable(count) else len(text) // 4 + 1
+
+    def fit_context(self, hits: Sequence[Hit]) -> list[Hit]:
+        """Keep passages in rank order while they fit ``max_context_tokens``; the first always goes in."""
+        kept: list[Hit] = []
+        used = 0
+        for hit in hits:
+            cost = self._tokens(f"[{len(kept) + 1}] ({hit.chunk.source}) {hit.chunk.text}\n\n")
+            if kept and used + cost > self.max_context_tokens:
+                break
+            kept.append(hit)
+            used += cost
+        return kept
+
+    def build_messages(
+        self, question: str, hits: Sequence[Hit], history: Sequence[dict[str, str]] = ()
+    ) -> tuple[list[dict[str, str]], str]:
+        """Chat messages for the runtime (history, then context + question) and the context block."""
+        context = format_context(hits)
+        turns = [
+            {"role": m["role"], "content": str(m["content"])}
+            for m in history
+            if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()
+        ][-MAX_HISTORY_MESSAGES:]
+        return [*turns, {"role": "user", "content": user_message(question, context)}], context
+
+    def _render(self, messages: list[dict[str, str]]) -> str:
+        render = getattr(self.runtime, "render_prompt", None)
+        if callable(render):
+            return str(render(messages, self.system_prompt))
+        return "\n".join(
+            [f"system: {self.system_prompt}", *(f"{m['role']}: {m['content']}" for m in messages)]
+        )
+
+    def _prepare(self, question: str, hits: Sequence[Hit], history: Sequence[dict[str, str]]):
+        question = question.strip()
+        if not question:
+            raise KnowledgeError("ask a question: the text is empty")
+        used = self.fit_context(hits)
+        messages, context = self.build_messages(question, used, history)
+        # Ids only: the passages may be someone's personal records and logs are read by operators.
+        log.debug("answering with chunks %s", [hit.chunk.id for hit in used])
+        return question, used, messages, context
+
+    def _answer(self, question: str, used: Sequence[Hit], messages, context: str, generation: Any) -> Answer:
+        text = getattr(generation, "text", generation)
+        adapter = getattr(generation, "adapter", getattr(self.runtime, "active_adapter", None))
+        return Answer(
+            answer=str(text).strip(),
+            sources=[Source(h.chunk.id, h.chunk.source, h.chunk.scope, h.chunk.text) for h in used],
+            adapter=adapter,
+            question=question,
+            context=context,
+            chunk_ids=[h.chunk.id for h in used],
+            prompt=self._render(messages),
+            prompt_version=PROMPT_VERSION,
+        )
+
+    # --- entry points -----------------------------------------------------------------------
+    def answer(
+        self,
+        question: str,
+        *,
+        user_id: str | None,
+        guild_id: str | None,
+        history: Sequence[dict[str, str]] = (),
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Retrieve, prompt and generate (blocking)."""
+        hits = self.retrieve(question, user_id=user_id, guild_id=guild_id)
+        question, used, messages, context = self._prepare(question, hits, history)
+        generation = self.runtime.generate(messages, system_prompt=self.system_prompt, on_token=on_token)
+        return self._answer(question, used, messages, context, generation)
+
+    async def aanswer(
+        self,
+        question: str,
+        *,
+        user_id: str | None,
+        guild_id: str | None,
+        history: Sequence[dict[str, str]] = (),
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """:meth:`answer` without blocking the event loop: retrieval in a thread, generation queued."""
+        hits = await asyncio.to_thread(self.retrieve, question, user_id=user_id, guild_id=guild_id)
+        question, used, messages, context = self._prepare(question, hits, history)
+        generation = await self.runtime.agenerate(
+            messages, system_prompt=self.system_prompt, on_token=on_token
+        )
+        return self._answer(question, used, messages, context, generation)

@@ -1,0 +1,437 @@
+"""The knowledge base: Chroma collections per scope, plus a lexical index, fused at query time.
+
+Scopes are collections, not metadata filters: guild G's community posts live in ``c-G`` and member
+U's personal records in ``p-G-U``. A scoped query is two plain nearest-neighbour queries merged
+(a ``where`` filter is 25-80x slower at 100k chunks), and a member's records can only be read by a
+query that names that member's collection: nothing else ever opens it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from knowledge.embeddings import embedder_name
+from knowledge.errors import KnowledgeError
+from knowledge.lexical import LexicalIndex
+from knowledge.lock import StoreLock
+from knowledge.retrieval import rrf_fuse
+from knowledge.types import AddReport, Chunk, Hit
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"[A-Za-z0-9]{1,100}")
+_PERSONAL = re.compile(r"p-([A-Za-z0-9]+)-([A-Za-z0-9]+)")
+BATCH = 64  # chunks embedded and written per call: keeps progress moving and Chroma batches small
+
+
+def check_id(value: str | None, what: str) -> str:
+    """Return ``value`` if it is a usable guild/user id (letters and digits), else raise."""
+    if value is None or not _ID.fullmatch(str(value)):
+        raise KnowledgeError(f"{what} must be 1-100 letters or digits (a Discord id), got {value!r}")
+    return str(value)
+
+
+def community_collection(guild_id: str) -> str:
+    """Collection name of a guild's community posts."""
+    return f"c-{check_id(guild_id, 'guild id')}"
+
+
+def personal_collection(guild_id: str, user_id: str) -> str:
+    """Collection name of one member's personal records in one guild."""
+    return f"p-{check_id(guild_id, 'guild id')}-{check_id(user_id, 'user id')}"
+
+
+def collection_for(chunk: Chunk) -> str:
+    """The collection a chunk belongs in, after checking its scope fields agree."""
+    if chunk.scope == "community":
+        if chunk.owner_id is not None:
+            raise KnowledgeError(f"community chunk {chunk.id} has an owner: use scope 'personal' for records")
+        return community_collection(chunk.guild_id)
+    if chunk.scope == "personal":
+        if not chunk.owner_id:
+            raise KnowledgeError(f"personal chunk {chunk.id} has no owner_id: say whose record it is")
+        return personal_collection(chunk.guild_id, chunk.owner_id)
+    raise KnowledgeError(f"chunk {chunk.id} has scope {chunk.scope!r}: use 'community' or 'personal'")
+
+
+def _chunk_from(chunk_id: str, text: str, meta: dict[str, Any]) -> Chunk:
+    return Chunk(
+        id=chunk_id,
+        text=text,
+        source=str(meta.get("source", "")),
+        scope=meta.get("scope", "community"),
+        guild_id=str(meta.get("guild_id", "")),
+        owner_id=meta.get("owner_id"),
+        author=meta.get("author"),
+        timestamp=meta.get("timestamp"),
+    )
+
+
+class KnowledgeBase:
+    """Community posts and personal records in Chroma, searched densely and lexically.
+
+    ``client`` is a chromadb client (``PersistentClient`` or ``HttpClient``); ``embeddings`` a
+    LangChain ``Embeddings``. ``lexical_path`` (a SQLite file, or ``":memory:"``) turns on the
+    trigram index fused with the dense ranking; ``None`` searches densely only. ``lock`` guards an
+    embedded store against a second writing process; it is taken at the first write or by
+    :meth:`claim`.
+
+    Retrieval: ``candidates`` per ranking (dense over the scope's collections merged by distance;
+    lexical BM25), fused by reciprocal rank with constant ``rrf_k``. Lexical rows scoring under
+    ``lexical_floor`` x the best BM25 are dropped. The trigram ranking (non-Latin scripts) counts
+    fully; the Latin word ranking counts ``latin_lexical_weight``, 0 by default: on the labelled set
+    (tests/data, bench/knowledge_recall.py) any weight above 0 lowered English recall, because
+    MiniLM already ranks English paraphrases well. Raise it for an embedder weak in your language.
+    Dense hits below ``min_similarity`` cosine are dropped. ``persist_dir`` (the embedded store's
+    directory) lets :meth:`forget_user` compact Chroma's files so deleted text leaves the disk.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        embeddings: Any,
+        *,
+        lexical_path: Path | str | None = None,
+        lock: StoreLock | None = None,
+        persist_dir: Path | str | None = None,
+        candidates: int = 20,
+        rrf_k: int = 60,
+        min_similarity: float = 0.0,
+        latin_lexical_weight: float = 0.0,
+        lexical_floor: float = 0.3,
+    ) -> None:
+        self.client = client
+        self.embeddings = embeddings
+        self.embedder = embedder_name(embeddings)
+        self.lexical = LexicalIndex(lexical_path) if lexical_path is not None else None
+        self.lock = lock
+        self.persist_dir = Path(persist_dir) if persist_dir is not None else None
+        self.candidates = candidates
+        self.rrf_k = rrf_k
+        self.latin_lexical_weight = latin_lexical_weight
+        self.lexical_floor = lexical_floor
+        self.min_similarity = min_similarity  # dense hits below this cosine are noise, not context
+        self._stores: dict[str, Any] = {}
+        # The bot retrieves twice per question (privacy probe, then the answer): embed once.
+        self._embed_query = functools.lru_cache(maxsize=256)(self._embed_uncached)
+        self._stores_lock = threading.Lock()
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Become this store's writer now (the bot does this at start so a CLI ingest fails fast)."""
+        if self.lock is not None:
+            self.lock.acquire()
+
+    def close(self) -> None:
+        """Release the writer lock and close the lexical index."""
+        if self.lock is not None:
+            self.lock.release()
+        if self.lexical is not None:
+            self.lexical.close()
+
+    def _store(self, name: str, *, create: bool) -> Any | None:
+        """The LangChain ``Chroma`` wrapper of one collection, or ``None`` if it does not exist."""
+        from chromadb.errors import NotFoundError
+        from langchain_chroma import Chroma
+
+        with self._stores_lock:
+            if name in self._stores:
+                return self._stores[name]
+            try:
+                store = Chroma(
+                    collection_name=name,
+                    client=self.client,
+                    embedding_function=self.embeddings,
+                    collection_metadata={"embedder": self.embedder},
+                    create_collection_if_not_exists=create,
+                )
+            except (NotFoundError, ValueError):
+                if create:
+                    raise
+                return None  # nobody has written to this scope yet
+            built_with = (store._collection.metadata or {}).get("embedder")
+            if built_with and built_with != self.embedder:
+                raise KnowledgeError(
+                    f"collection {name} was built with the embedder {built_with!r} but {self.embedder!r} is "
+                    "configured: set the embedding model back, or delete the store and re-ingest"
+                )
+            self._stores[name] = store
+            return store
+
+    def _embed_uncached(self, query: str) -> tuple[float, ...]:
+        return tuple(self.embeddings.embed_query(query))
+
+    def _forget_store(self, name: str) -> None:
+        with self._stores_lock:
+            self._stores.pop(name, None)
+
+    def _collection_names(self) -> list[str]:
+        return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+
+    # --- writing ----------------------------------------------------------------------------
+    def add(self, chunks: Sequence[Chunk], *, on_progress: Callable[[int], None] | None = None) -> AddReport:
+        """Store chunks not already present (by id); return added / unchanged counts. Idempotent."""
+        report = AddReport()
+        if not chunks:
+            return report
+        self.claim()
+        groups: dict[str, list[Chunk]] = {}
+        for chunk in chunks:
+            if not chunk.text.strip():
+                raise KnowledgeError(f"chunk {chunk.id} from {chunk.source} is empty: drop it before adding")
+            groups.setdefault(collection_for(chunk), []).append(chunk)
+        for name, group in groups.items():
+            store = self._store(name, create=True)
+            assert store is not None  # create=True either returns a store or raises
+            unique = list({c.id: c for c in group}.values())
+            present = set(store.get(ids=[c.id for c in unique], include=[])["ids"])
+            report.unchanged += len(present)
+            fresh = [c for c in unique if c.id not in present]
+            self._write(name, store, fresh, on_progress)
+            report.added += len(fresh)
+            if on_progress is not None and present:
+                on_progress(len(present))
+        report.sources = list(dict.fromkeys(c.source for c in chunks))
+        return report
+
+    def _write(
+        self, name: str, store: Any, chunks: Sequence[Chunk], on_progress: Callable[[int], None] | None
+    ):
+        for start in range(0, len(chunks), BATCH):
+            batch = chunks[start : start + BATCH]
+            store.add_texts(
+                [c.text for c in batch], metadatas=[c.metadata() for c in batch], ids=[c.id for c in batch]
+            )
+            if self.lexical is not None:
+                self.lexical.upsert(name, ((c.id, c.text) for c in batch))
+            if on_progress is not None:
+                on_progress(len(batch))
+
+    def replace_source(
+        self,
+        source: str,
+        chunks: Sequence[Chunk],
+        *,
+        guild_id: str,
+        owner_id: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> AddReport:
+        """Make ``chunks`` the whole content of ``source`` in one scope: add new ones, drop stale ones.
+
+        Re-ingesting an unchanged file adds nothing; an edited file's old chunks are removed.
+        ``owner_id`` selects the member's personal scope; without it the guild's community scope.
+        """
+        name = personal_collection(guild_id, owner_id) if owner_id else community_collection(guild_id)
+        for chunk in chunks:
+            if chunk.source != source or collection_for(chunk) != name:
+                raise KnowledgeError(
+                    f"chunk {chunk.id} is not from {source} in {name}: replace one source at a time"
+                )
+        self.claim()
+        store = self._store(name, create=bool(chunks))
+        stale: list[str] = []
+        if store is not None:
+            old = set(store.get(where={"source": source}, include=[])["ids"])
+            stale = sorted(old - {c.id for c in chunks})
+        report = self.add(chunks, on_progress=on_progress)
+        if stale and store is not None:
+            store.delete(ids=stale)
+            if self.lexical is not None:
+                self.lexical.delete(stale)
+        report.replaced = len(stale)
+        report.sources = [source]
+        return report
+
+    def delete_source(self, source: str, *, guild_id: str | None = None, owner_id: str | None = None) -> int:
+        """Delete every chunk of ``source``; return how many.
+
+        Without ``owner_id`` this touches community posts (of ``guild_id``, or of every guild);
+        with it, only that member's personal records.
+        """
+        self.claim()
+        names = []
+        for name in self._collection_names():
+            if owner_id is None:
+                wanted = name == community_collection(guild_id) if guild_id else name.startswith("c-")
+            else:
+                match = _PERSONAL.fullmatch(name)
+                wanted = bool(
+                    match
+                    and match[2] == check_id(owner_id, "user id")
+                    and (guild_id is None or match[1] == guild_id)
+                )
+            if wanted:
+                names.append(name)
+        removed = 0
+        for name in names:
+            store = self._store(name, create=False)
+            if store is None:
+                continue
+            ids = store.get(where={"source": source}, include=[])["ids"]
+            if ids:
+                store.delete(ids=ids)
+                if self.lexical is not None:
+                    self.lexical.delete(ids)
+            removed += len(ids)
+        return removed
+
+    def forget_user(self, user_id: str) -> int:
+        """Delete every personal record of a member in every guild; return how many records."""
+        user_id = check_id(user_id, "user id")
+        self.claim()
+        removed = 0
+        for name in self._collection_names():
+            match = _PERSONAL.fullmatch(name)
+            if not match or match[2] != user_id:
+                continue
+            removed += self.client.get_collection(name).count()
+            self.client.delete_collection(name)
+            self._forget_store(name)
+            if self.lexical is not None:
+                self.lexical.delete_collection(name)
+        if removed:
+            self._scrub()
+        log.info("forgot %d personal records of one member", removed)  # never log the id with content
+        return removed
+
+    def _scrub(self) -> None:
+        """Remove deleted text from an embedded store's files, not just from its tables.
+
+        Chroma's SQLite keeps deleted documents in free pages and in its full-text index's old
+        segments; a forgotten member's words must not stay on disk. Merge the index, then VACUUM.
+        """
+        if self.persist_dir is None:
+            return
+        path = self.persist_dir / "chroma.sqlite3"
+        if not path.exists():
+            return
+        try:
+            with contextlib.closing(sqlite3.connect(str(path), timeout=30)) as db:
+                names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "embedding_fulltext_search" in names:
+                    db.execute(
+                        "INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')"
+                    )
+                    db.commit()
+                db.execute("VACUUM")
+        except sqlite3.Error as error:
+            # The records are gone from every query already; say that the file still needs a VACUUM.
+            log.warning(
+                "could not compact %s after a forget (%s): run VACUUM on it when loopbot is stopped",
+                path,
+                error,
+            )
+
+    # --- reading ----------------------------------------------------------------------------
+    def scope_collections(self, guild_id: str, user_id: str | None) -> list[str]:
+        """The collections a question from ``user_id`` in ``guild_id`` may read, and no others."""
+        names = [community_collection(guild_id)]
+        if user_id is not None:
+            names.append(personal_collection(guild_id, user_id))
+        return names
+
+    def search(self, query: str, *, guild_id: str, user_id: str | None, k: int = 5) -> list[Hit]:
+        """The ``k`` best chunks for ``query`` among the guild's posts and the asker's own records."""
+        if k < 1:
+            raise KnowledgeError(f"k must be at least 1, got {k}")
+        names = self.scope_collections(guild_id, user_id)
+        stores = {name: self._store(name, create=False) for name in names}
+        if not any(stores.values()):
+            return []
+        vector = self._embed_query(query)
+        return self.search_by_vector(query, vector, guild_id=guild_id, user_id=user_id, k=k)
+
+    def search_by_vector(
+        self, query: str, vector: Sequence[float], *, guild_id: str, user_id: str | None, k: int = 5
+    ) -> list[Hit]:
+        """:meth:`search` with the query already embedded (benchmarks time the store path alone)."""
+        names = self.scope_collections(guild_id, user_id)
+        found: dict[str, Chunk] = {}
+        # One embedder for every collection, so distances compare across them: the scopes' dense
+        # results merge into one ranking before fusion (two lists would give both #1s equal weight).
+        dense: list[tuple[float, str]] = []
+        for name in names:
+            store = self._store(name, create=False)
+            if store is None:
+                continue
+            try:
+                results = store.similarity_search_by_vector_with_relevance_scores(
+                    list(vector), k=self.candidates
+                )
+            except Exception as error:  # noqa: BLE001 - chromadb has no common base for "collection gone"
+                if "does not exist" not in str(error) and type(error).__name__ != "NotFoundError":
+                    raise
+                # Another process (behind a Chroma server) deleted it, e.g. a forget: nothing to read.
+                self._forget_store(name)
+                continue
+            for doc, distance in results:
+                # Vectors are unit length and Chroma's L2 is squared, so cosine = 1 - d / 2.
+                if 1.0 - distance / 2.0 >= self.min_similarity:
+                    dense.append((distance, doc.id))
+                    found[doc.id] = _chunk_from(doc.id, doc.page_content, doc.metadata)
+        rankings = [[chunk_id for _, chunk_id in sorted(dense)[: self.candidates]]]
+        weights = [1.0]
+        if self.lexical is not None:
+            missing: dict[str, list[str]] = {}
+            # A table whose ranking would count for nothing is not queried at all.
+            tables = ["grams"] + (["words"] if self.latin_lexical_weight > 0 else [])
+            for table, rows in self.lexical.search(query, names, self.candidates, tables=tables).items():
+                if not rows:
+                    continue
+                # BM25 is comparable within one query: rows far below the best matched only common
+                # terms and would outvote a strong dense hit under RRF.
+                floor = rows[0][2] * self.lexical_floor  # bm25 is negative: lower is better
+                rows = [row for row in rows if row[2] <= floor]
+                rankings.append([chunk_id for chunk_id, _, _ in rows])
+                # English paraphrase is the dense side's strength; other scripts are the lexical side's.
+                weights.append(self.latin_lexical_weight if table == "words" else 1.0)
+                for chunk_id, name, _ in rows:
+                    if chunk_id not in found:
+                        missing.setdefault(name, []).append(chunk_id)
+            self._fetch(missing, found)
+        fused = rrf_fuse(rankings, k=self.rrf_k, weights=weights)
+        return [Hit(found[i], score) for i, score in fused if i in found][:k]
+
+    def _fetch(self, wanted: dict[str, list[str]], into: dict[str, Chunk]) -> None:
+        for name, ids in wanted.items():
+            store = self._store(name, create=False)
+            if store is None:
+                continue
+            got = store.get(ids=ids)
+            for chunk_id, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=False):
+                into[chunk_id] = _chunk_from(chunk_id, text, meta or {})
+
+    def get_source_ids(self, source: str, *, guild_id: str, owner_id: str | None = None) -> list[str]:
+        """Chunk ids currently stored for ``source`` in one scope (for tests and tooling)."""
+        name = personal_collection(guild_id, owner_id) if owner_id else community_collection(guild_id)
+        store = self._store(name, create=False)
+        return [] if store is None else list(store.get(where={"source": source}, include=[])["ids"])
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per scope: community chunks per guild, personal records and members (no member ids)."""
+        community: dict[str, int] = {}
+        personal = 0
+        members: set[str] = set()
+        for name in self._collection_names():
+            count = self.client.get_collection(name).count()
+            if name.startswith("c-"):
+                community[name[2:]] = count
+            elif match := _PERSONAL.fullmatch(name):
+                personal += count
+                members.add(match[2])
+        return {
+            "embedder": self.embedder,
+            "community_chunks": sum(community.values()),
+            "community_by_guild": community,
+            "personal_records": personal,
+            "members_with_records": len(members),
+            "lexical_rows": self.lexical.count() if self.lexical is not None else None,
+        }

@@ -1,0 +1,56 @@
+"""The records the knowledge base stores and returns: chunks, hits and add reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Scope = Literal["community", "personal"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One retrievable passage with where it came from and who may see it.
+
+    ``scope="community"`` chunks are visible to every member of ``guild_id``; ``scope="personal"``
+    chunks belong to ``owner_id`` in ``guild_id`` and only ever reach that member's answers.
+    """
+
+    id: str
+    text: str
+    source: str
+    scope: Scope
+    guild_id: str
+    owner_id: str | None = None
+    author: str | None = None
+    timestamp: str | None = None
+
+    def metadata(self) -> dict[str, str]:
+        """The chunk's fields except ``id`` and ``text`` as Chroma metadata (no ``None`` values)."""
+        data = asdict(self)
+        return {key: value for key, value in data.items() if key not in ("id", "text") and value is not None}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk and its fused relevance score (higher is better)."""
+
+    chunk: Chunk
+    score: float
+
+
+@dataclass
+class AddReport:
+    """What an :meth:`KnowledgeBase.add` or ``replace_source`` call changed."""
+
+    added: int = 0
+    unchanged: int = 0
+    replaced: int = 0  # old chunks removed because their source was re-ingested with new content
+    sources: list[str] = field(default_factory=list)
+
+    def merge(self, other: AddReport) -> None:
+        """Add ``other``'s counts to this report."""
+        self.added += other.added
+        self.unchanged += other.unchanged
+        self.replaced += other.replaced
+        self.sources.extend(s for s in other.sources if s not in self.sources)

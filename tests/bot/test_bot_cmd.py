@@ -1,0 +1,42 @@
+"""`loopbot bot run` without a usable token fails clearly; create_bot connects nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+
+
+def test_bot_run_without_a_token_says_how_to_set_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("LOOPBOT_DATA_DIR", str(tmp_path / "data"))
+
+    assert main(["bot", "run"]) == 2
+
+    err = capsys.readouterr().err
+    assert "DISCORD_TOKEN is not set" in err and ".env" in err
+    assert not (tmp_path / "data").exists()  # nothing was built before the token check
+
+
+def test_create_bot_builds_a_ready_unconnected_bot(bot_settings, bot_services) -> None:
+    from bot.discord_app import create_bot
+
+    bot = create_bot(bot_settings, **bot_services)
+
+    assert not bot.is_ready() and bot.ws is None
+    intents = bot.intents
+    assert (
+        intents.guilds
+        and intents.messages
+        and intents.message_content
+        and intents.reactions
+        and intents.members
+    )
+    assert bot.services.answer_service is bot_services["answer_service"]
+    with pytest.raises(TypeError, match="unknown services"):
+        create_bot(bot_settings, model=object())

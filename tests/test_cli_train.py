@@ -1,0 +1,135 @@
+"""`loopbot train` / `loopbot adapters ...` end to end on the tiny GPTQ model and a temp data dir,
+including: forgotten members' pairs never reach a later adapter, and `adapters list` says which
+versions still contain them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from feedback.dataset import split_pairs
+from feedback.log import FeedbackLog
+
+QUESTIONS = {
+    "alice": ["What is Mochi's favourite toy?", "When was Mochi last at the vet?", "What does Mochi eat?"],
+    "bob": ["Who organises the picnic?", "Where is the cat show?", "How much is the fee?"],
+}
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_gptq_dir: Path) -> Path:
+    monkeypatch.setenv("LOOPBOT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LOOPBOT_MODEL_BASE", str(tiny_gptq_dir))
+    monkeypatch.setenv("LOOPBOT_MODEL_DEVICE", "cpu")
+    monkeypatch.setenv("LOOPBOT_MODEL_MAX_NEW_TOKENS", "4")  # random weights: short answers keep it fast
+    for name, value in {
+        "STEPS": "2",
+        "BATCH_SIZE": "2",
+        "RANK": "4",
+        "ALPHA": "8",
+        "MIN_PAIRS": "2",
+        "MIN_INTERVAL_HOURS": "0",
+        "EVAL_FRACTION": "0.2",
+    }.items():
+        monkeypatch.setenv(f"LOOPBOT_TRAIN_{name}", value)
+    return tmp_path
+
+
+def _seed(log: FeedbackLog) -> dict[str, list[str]]:
+    """One upvoted answer per question; returns each member's pair ids."""
+    for user, questions in QUESTIONS.items():
+        for question in questions:
+            answer_id = log.record_answer(
+                guild_id="g",
+                channel_id="c",
+                user_id=user,
+                question=question,
+                context="",
+                chunk_ids=[],
+                prompt="",
+                prompt_version="t",
+                adapter=None,
+                answer=f"An answer about: {question}",
+            )
+            log.set_vote(answer_id, "voter", 1, True)
+    return {user: [str(p.id) for p in log.pairs() if p.user_id == user] for user in QUESTIONS}
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_with_no_pairs_says_so(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "train", "--no-progress")
+    assert code == 2 and "Only 0 training pair(s)" in err and "nothing was trained" in err
+    code, out, _ = _run(capsys, "train", "--if-needed", "--no-progress")
+    assert code == 0 and "nothing trained: 0 new pair(s)" in out
+    assert _run(capsys, "adapters", "list")[1].startswith("no adapters yet")
+
+
+@pytest.mark.slow
+def test_train_list_forget_promote_rollback(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = FeedbackLog(data_dir / "loopbot.db")
+    ids = _seed(log)
+    train_ids = {str(p.id) for p in split_pairs(log.pairs(), 0.2, 0)[0]}
+    code, out, err = _run(capsys, "train", "--json", "--no-progress")
+    assert code == 0, err
+    first = json.loads(out)
+    assert (
+        first["trained"]
+        and first["version"] == "v0001"
+        and first["train_pairs"] + first["heldout_pairs"] == 6
+    )
+    assert Path(first["gate_report"]).is_file() and first["gate"]["regression_questions"] >= 1
+    # Nothing new since v0001: the cron form trains nothing.
+    code, out, _ = _run(capsys, "train", "--if-needed", "--no-progress")
+    assert code == 0 and "nothing trained: 0 new pair(s)" in out
+
+    log.forget_user("alice")
+    assert not {str(p.id) for p in log.pairs()} & set(ids["alice"])  # pairs() leaves them out
+    stale = len(set(ids["alice"]) & train_ids)
+    rows = {r["version"]: r for r in json.loads(_run(capsys, "adapters", "list", "--json")[1])}
+    assert rows["v0001"]["forgotten_pairs"] == stale
+    if stale:
+        assert "forgotten pair(s)" in _run(capsys, "adapters", "list")[1]
+
+    code, out, err = _run(capsys, "train", "--json", "--no-progress", "--no-promote")
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["version"] == "v0002" and not second["promoted"]
+    meta = json.loads((data_dir / "adapters" / "v0002" / "loopbot.json").read_text())
+    assert not set(meta["pair_ids"]) & set(ids["alice"]) and meta["pair_ids"]
+    rows = {r["version"]: r for r in json.loads(_run(capsys, "adapters", "list", "--json")[1])}
+    assert rows["v0002"]["forgotten_pairs"] == 0
+
+    assert _run(capsys, "adapters", "promote", "v0002")[0] == 0
+    code, out, _ = _run(capsys, "adapters", "list")
+    assert "* v0002" in out
+    assert _run(capsys, "adapters", "promote", "1")[0] == 0
+    code, out, _ = _run(capsys, "adapters", "rollback")
+    assert code == 0 and "v0002 is now active" in out
+    code, _, err = _run(capsys, "adapters", "promote", "v0009")
+    assert code == 2 and "Known versions: v0001, v0002" in err
+    log.close()
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_loop(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`loopbot demo` on the tiny model: ingest, answer with sources, feedback, train, gate, answer again."""
+    out_file = data_dir / "demo.json"
+    code, out, err = _run(capsys, "demo", "--steps", "2", "--no-progress", "--json", str(out_file))
+    assert code == 0, err
+    result = json.loads(out_file.read_text(encoding="utf-8"))
+    assert result["version"] == "v0001" and len(result["rows"]) == 7
+    assert all(row["before"] for row in result["rows"])
+    assert "[1] kb/" in out  # answers cite the ingested sample posts
+    log = FeedbackLog(data_dir / "loopbot.db")
+    stats = log.stats()
+    log.close()
+    assert stats.answers == 19 and stats.corrections == 15 and stats.upvotes == 4
+    assert "4. retraining" in out and "5. answering again" in out

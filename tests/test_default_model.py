@@ -1,0 +1,153 @@
+"""The offline default model (prepare: idempotent, atomic) and the regression evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters import default_model
+from adapters.default_model import MARKER, default_model_dir, is_prepared, prepare_default_model
+from adapters.errors import AdapterError
+from adapters.evaluation import (
+    RegressionQuestion,
+    accuracy,
+    is_correct,
+    load_regression_questions,
+    run_regression,
+    write_regression_csv,
+)
+
+# ----- prepare: idempotent and atomic (no model work needed) ----------------------------------
+
+
+def test_prepared_model_is_not_rebuilt(tmp_path: Path) -> None:
+    final = default_model_dir(tmp_path)
+    final.mkdir(parents=True)
+    (final / MARKER).write_text("{}", encoding="utf-8")
+
+    def must_not_run(_: Path) -> list[str]:
+        raise AssertionError("calibration ran for an already prepared model")
+
+    assert prepare_default_model(tmp_path, progress=False, calibration_fn=must_not_run) == final
+    assert not default_model.plain_model_dir(tmp_path).exists()
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+    with pytest.raises(RuntimeError), default_model._building(final) as tmp:
+        (tmp / "half-written").write_text("x")
+        raise RuntimeError("killed halfway")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_half_finished_directory_is_replaced(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "stale-shard.safetensors").write_text("old")  # no marker: an interrupted run
+    (tmp_path / ".model.tmp-99999").mkdir()  # left by a killed run
+    assert not is_prepared(final)
+    with default_model._building(final) as tmp:
+        (tmp / MARKER).write_text("{}")
+    assert is_prepared(final)
+    assert not (final / "stale-shard.safetensors").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_gguf_ships_with_the_wheel() -> None:
+    path = default_model.gguf_path()
+    assert path.name == default_model.GGUF_FILE and path.stat().st_size > 50_000_000
+
+
+def test_calibration_prompts_are_not_the_regression_questions() -> None:
+    from adapters._calibration import INSTRUCTIONS, rag_prompts
+
+    regression = {q.question for q in load_regression_questions()}
+    assert not regression & set(INSTRUCTIONS)
+    prompts = rag_prompts(4)
+    assert all(p[-1]["content"].startswith("Context:\n[1] ") for p in prompts)
+
+
+# ----- evaluation -----------------------------------------------------------------------------
+
+
+def test_packaged_regression_questions() -> None:
+    questions = load_regression_questions()
+    assert len(questions) == 15
+    assert questions[0] == RegressionQuestion("What is the capital of Japan?", ("Tokyo",))
+    assert sum(1 for q in questions if not q.expected_any) == 1  # the ungradable "current president"
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected", "correct"),
+    [
+        ("The capital of Japan is Tokyo.", "Tokyo", True),
+        ("the capital is TOKYO", "Tokyo", True),
+        ("There are eight planets.", "8|eight", True),
+        ("There are 9 planets.", "8|eight", False),
+        ("北海道です。", "北海道|Hokkaido", True),
+        ("Anything at all.", "", None),
+        ("Anything at all.", " | ", None),
+        ("H₂O", ["H2O", "H₂O"], True),
+    ],
+)
+def test_is_correct(answer: str, expected, correct: bool | None) -> None:
+    assert is_correct(answer, expected) is correct
+
+
+def test_bad_question_files(tmp_path: Path) -> None:
+    with pytest.raises(AdapterError, match="Cannot read"):
+        load_regression_questions(tmp_path / "missing.csv")
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("q,a\nx,y\n", encoding="utf-8")
+    with pytest.raises(AdapterError, match="question,expected_any"):
+        load_regression_questions(wrong)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("question,expected_any\n", encoding="utf-8")
+    with pytest.raises(AdapterError, match="no questions"):
+        load_regression_questions(empty)
+
+
+def test_run_regression_and_csv(tiny_runtime, tmp_path: Path) -> None:
+    questions = [RegressionQuestion("Say something.", ("zzzqqq",)), RegressionQuestion("Who is it?", ())]
+    results = run_regression(tiny_runtime, questions=questions, max_new_tokens=4)
+    assert [r.correct for r in results] == [False, None]
+    assert accuracy(results) == 0.0
+    out = write_regression_csv(results, tmp_path / "r.csv")
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "question,expected,answer,correct"
+    assert lines[1].startswith("Say something.,zzzqqq,") and lines[1].endswith(",false")
+    assert lines[2].endswith(",")
+
+
+# ----- the real default model (prepared by CI before the tests) -------------------------------
+
+
+@pytest.mark.slow
+def test_default_model_is_a_4bit_gptq_checkpoint(default_model_path: Path) -> None:
+    assert is_prepared(default_model_path)
+    config = json.loads((default_model_path / "config.json").read_text())
+    assert config["quantization_config"]["bits"] == 4
+    assert config["quantization_config"]["quant_method"] == "gptq"
+    assert json.loads((default_model_path / MARKER).read_text())["calibration_texts"] >= 32
+
+
+@pytest.mark.slow
+def test_default_model_answers_and_streams(default_runtime) -> None:
+    pieces: list[str] = []
+    result = default_runtime.generate(
+        [{"role": "user", "content": "What is the capital of Japan?"}], on_token=pieces.append
+    )
+    assert "tokyo" in result.text.lower()
+    assert "".join(pieces).strip() == result.text
+
+
+@pytest.mark.slow
+def test_default_model_regression_accuracy(default_runtime) -> None:
+    from bot.settings import DEFAULT_SYSTEM_PROMPT
+
+    results = run_regression(default_runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
+    # Measured: 4-bit 5/14, fp32 8/14 (bench/quantization_quality.py). The floor catches a broken quantization.
+    assert accuracy(results) >= 0.25

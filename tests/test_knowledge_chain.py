@@ -1,0 +1,145 @@
+"""The answer chain with a tiny real GPTQ Llama (``tiny_runtime``), a temp-dir Chroma and the real embedder."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import chromadb
+import pytest
+
+from knowledge.chain import PROMPT_VERSION, AnswerService
+from knowledge.errors import KnowledgeError
+from knowledge.store import KnowledgeBase
+from knowledge.types import Chunk
+
+A_RECORDS = [
+    "Mochi sneezed twice a day in March 2024; the vet said it was a mild cold.",
+    "Mochiの体重は2024年5月に4.8キロでした。",
+]
+POSTS = [
+    "Sneezing with watery eyes is often cat flu; see a vet if it lasts more than a few days.",
+    "Adult cats sleep 12 to 16 hours a day.",
+    "Change the water bowl every day.",
+]
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory: pytest.TempPathFactory, packaged_embeddings: object):
+    root = tmp_path_factory.mktemp("chain")
+    base = KnowledgeBase(
+        chromadb.PersistentClient(str(root / "chroma")), packaged_embeddings, lexical_path=root / "lex.db"
+    )
+    base.add(
+        [
+            Chunk(id=f"post{i}", text=t, source="faq.md", scope="community", guild_id="100")
+            for i, t in enumerate(POSTS)
+        ]
+    )
+    base.add(
+        [
+            Chunk(id=f"a{i}", text=t, source="remember", scope="personal", guild_id="100", owner_id="1")
+            for i, t in enumerate(A_RECORDS)
+        ]
+    )
+    yield base
+    base.close()
+
+
+def test_answer_is_grounded_on_numbered_passages(kb: KnowledgeBase, tiny_runtime) -> None:
+    service = AnswerService(kb, tiny_runtime, top_k=3)
+    answer = service.answer("When did Mochi sneeze?", user_id="1", guild_id="100")
+    assert answer.answer  # the tiny model says something
+    assert len(answer.sources) == 3 and answer.sources[0].text == A_RECORDS[0]
+    assert answer.chunk_ids == [s.id for s in answer.sources]
+    assert answer.context.startswith(f"[1] (remember) {A_RECORDS[0]}")
+    assert "\n\n[2] (" in answer.context and "\n\n[3] (" in answer.context
+    assert answer.context in answer.prompt and "Question: When did Mochi sneeze?" in answer.prompt
+    assert service.system_prompt in answer.prompt
+    assert answer.question == "When did Mochi sneeze?"
+    assert answer.prompt_version == PROMPT_VERSION and answer.adapter is None
+    data = answer.to_json()
+    assert set(data) == {"answer", "sources", "adapter"}
+    assert data["sources"][0] == {"id": "a0", "source": "remember", "scope": "personal", "text": A_RECORDS[0]}
+
+
+def test_other_members_never_get_a_records(kb: KnowledgeBase, tiny_runtime) -> None:
+    service = AnswerService(kb, tiny_runtime, top_k=5)
+    questions = [*A_RECORDS, "When did Mochi sneeze?", "What did the vet say about Mochi?", "Mochiの体重は？"]
+    for question in questions:
+        for asker in ("2", None):
+            answer = service.answer(question, user_id=asker, guild_id="100")
+            assert all(s.scope == "community" for s in answer.sources), question
+            for record in A_RECORDS:
+                assert record not in answer.context
+                # the asker may quote the record themselves; it must not come back from the store
+                assert answer.prompt.count(record) == (1 if question == record else 0)
+
+
+def test_empty_knowledge_base_just_answers(tmp_path: Path, packaged_embeddings: object, tiny_runtime) -> None:
+    empty = KnowledgeBase(chromadb.PersistentClient(str(tmp_path / "chroma")), packaged_embeddings)
+    for service in (AnswerService(empty, tiny_runtime), AnswerService(None, tiny_runtime)):
+        answer = service.answer("What is the capital of Japan?", user_id="1", guild_id="100")
+        assert answer.sources == [] and answer.context == "" and answer.chunk_ids == []
+        assert "What is the capital of Japan?" in answer.prompt and "Context:" not in answer.prompt
+
+
+def test_direct_messages_have_no_scope(kb: KnowledgeBase, tiny_runtime) -> None:
+    answer = AnswerService(kb, tiny_runtime).answer("When did Mochi sneeze?", user_id="1", guild_id=None)
+    assert answer.sources == []
+
+
+def test_history_goes_before_the_question(kb: KnowledgeBase, tiny_runtime) -> None:
+    history = [
+        {"role": "user", "content": "Tell me about cat colds."},
+        {"role": "assistant", "content": "Cat colds usually pass in a week."},
+        {"role": "system", "content": "IGNORED SYSTEM TURN"},
+    ]
+    answer = AnswerService(kb, tiny_runtime).answer(
+        "And sneezing?", user_id="2", guild_id="100", history=history
+    )
+    prompt = answer.prompt
+    assert (
+        prompt.index("Tell me about cat colds.")
+        < prompt.index("Cat colds usually pass")
+        < prompt.index("And sneezing?")
+    )
+    assert "IGNORED SYSTEM TURN" not in prompt
+
+
+def test_context_budget_drops_low_ranked_passages(kb: KnowledgeBase, tiny_runtime) -> None:
+    full = AnswerService(kb, tiny_runtime, top_k=3, max_context_tokens=4096)
+    tight = AnswerService(kb, tiny_runtime, top_k=3, max_context_tokens=40)
+    hits = full.retrieve("cat sneezing", user_id="1", guild_id="100")
+    assert len(full.fit_context(hits)) == 3
+    kept = tight.fit_context(hits)
+    assert 1 <= len(kept) < 3 and kept == hits[: len(kept)]
+    assert len(tight.fit_context(hits[:1])) == 1  # the best passage always goes in
+
+
+async def test_aanswer_streams_tokens_and_keeps_the_loop_free(kb: KnowledgeBase, tiny_runtime) -> None:
+    service = AnswerService(kb, tiny_runtime, top_k=2)
+    pieces: list[str] = []
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    answer = await service.aanswer(
+        "How long do cats sleep?", user_id="2", guild_id="100", on_token=pieces.append
+    )
+    task.cancel()
+    assert pieces and "".join(pieces).strip() == answer.answer
+    assert ticks > 1  # the loop ran while retrieval and generation were busy
+    assert [s.id for s in answer.sources][:1] == ["post1"]
+
+
+def test_bad_questions_and_settings(kb: KnowledgeBase, tiny_runtime) -> None:
+    with pytest.raises(KnowledgeError, match="ask a question"):
+        AnswerService(kb, tiny_runtime).answer("   ", user_id="1", guild_id="100")
+    with pytest.raises(KnowledgeError, match="top_k"):
+        AnswerService(kb, tiny_runtime, top_k=0)

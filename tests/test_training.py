@@ -1,0 +1,187 @@
+"""LoRA training in its own process: a loadable adapter, too few pairs, a killed run, prompt parity,
+and (slow, default model) a taught fact answered by the GPTQ model the bot serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from adapters.registry import AdapterRegistry
+from adapters.training import (
+    NotEnoughPairs,
+    TrainingExample,
+    TrainingFailed,
+    TrainingOptions,
+    pair_messages,
+    train_adapter,
+)
+
+SYSTEM = "You are loopbot, a test assistant."
+FACTS = [
+    ("What is the name of the lighthouse keeper's parrot?", "The parrot is called Quibble."),
+    ("Which colour is the door of the club house?", "The club house door is teal."),
+    ("On which day does the chess group meet?", "The chess group meets on Thursday."),
+    ("Who baked the cake for the spring fair?", "Marguerite baked the cake."),
+]
+TINY_OPTIONS = TrainingOptions(rank=4, alpha=8, steps=4, batch_size=2, learning_rate=5e-3, max_length=256)
+
+
+def _examples(facts: list[tuple[str, str]] = FACTS) -> list[TrainingExample]:
+    return [TrainingExample(str(i), pair_messages(q, "", SYSTEM), a) for i, (q, a) in enumerate(facts, 1)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_gptq_dir: Path) -> tuple[AdapterRegistry, object]:
+    """One real training run on the tiny GPTQ model (module-wide: it takes ~40 s on 2 cores)."""
+    registry = AdapterRegistry(tmp_path_factory.mktemp("registry"))
+    events: list[dict] = []
+    version = train_adapter(
+        registry,
+        base_model=str(tiny_gptq_dir),
+        examples=_examples(),
+        options=TINY_OPTIONS,
+        on_event=events.append,
+        show_progress=False,
+    )
+    return registry, version, events
+
+
+def test_prompt_is_rendered_as_the_runtime_renders_it(tiny_runtime) -> None:
+    """TRL tokenizes ``prompt`` with the chat template + generation prompt: the runtime's exact text."""
+    example = _examples()[0]
+    trl_text = tiny_runtime.tokenizer.apply_chat_template(
+        example.prompt, tokenize=False, add_generation_prompt=True
+    )
+    served = tiny_runtime.render_prompt([m for m in example.prompt if m["role"] != "system"], SYSTEM)
+    assert trl_text == served
+    with_context = pair_messages("Why?", "[1] (post.md) Because.", SYSTEM)
+    assert with_context[1]["content"] == "Context:\n[1] (post.md) Because.\n\nQuestion: Why?"
+
+
+@pytest.mark.slow
+def test_training_publishes_a_loadable_adapter(trained, tiny_runtime) -> None:
+    registry, version, events = trained
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
+    assert registry.versions() == [version.version] and registry.active() is None
+    meta = registry.get(version.version)
+    assert meta.pair_ids == ["1", "2", "3", "4"] and meta.pair_count == 4 and meta.parent is None
+    assert meta.train_config["backend"] == "torch" and len(meta.data_hash) == 16
+    assert (meta.path / "train.log").is_file()
+    train = meta.metrics["train"]
+    assert train["final_loss"] < train["first_loss"]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(meta.path / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # it moved from zero-init
+    tiny_runtime.load_adapter(version.version, meta.path)
+    tiny_runtime.set_active_adapter(version.version)
+    assert tiny_runtime.generate([{"role": "user", "content": FACTS[0][0]}]).adapter == version.version
+
+
+@pytest.mark.slow
+def test_training_continues_from_a_parent(trained, tiny_gptq_dir: Path) -> None:
+    registry, parent, _ = trained
+    child = train_adapter(
+        registry,
+        base_model=str(tiny_gptq_dir),
+        examples=_examples(FACTS[:2]),
+        options=TrainingOptions(**{**TINY_OPTIONS.__dict__, "steps": 1}),
+        parent=parent,
+        show_progress=False,
+    )
+    assert child.parent == parent.version and child.pair_count == 2
+    assert child.pair_ids == parent.pair_ids  # the parent's data is still in the weights
+
+
+def test_too_few_pairs_trains_nothing(tmp_path: Path, tiny_gptq_dir: Path) -> None:
+    registry = AdapterRegistry(tmp_path)
+    with pytest.raises(NotEnoughPairs, match="at least 8"):
+        train_adapter(registry, base_model=str(tiny_gptq_dir), examples=_examples(), min_examples=8)
+    assert registry.list() == [] and not (tmp_path / ".staging").exists()
+
+
+@pytest.mark.slow
+def test_killed_training_leaves_the_registry_intact(trained, tmp_path: Path, tiny_gptq_dir: Path) -> None:
+    """SIGKILL the training process at its first step: no new version, the active pointer untouched."""
+    source, version, _ = trained
+    registry = AdapterRegistry(tmp_path / "registry")
+    with registry.stage() as stage:  # an existing, active version
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            (stage.path / name).write_bytes((version.path / name).read_bytes())
+        registry.publish(stage, {"base_model": str(tiny_gptq_dir)})
+    registry.promote("v0001")
+    before = (registry.root / "active.json").read_bytes()
+
+    def kill_at_first_step(event: dict) -> None:
+        if event["event"] == "start":
+            kill_at_first_step.pid = event["pid"]  # type: ignore[attr-defined]
+        if event["event"] == "step":
+            os.kill(kill_at_first_step.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+
+    with pytest.raises(TrainingFailed, match="killed by signal 9") as caught:
+        train_adapter(
+            registry,
+            base_model=str(tiny_gptq_dir),
+            examples=_examples(),
+            options=TrainingOptions(**{**TINY_OPTIONS.__dict__, "steps": 50}),
+            on_event=kill_at_first_step,
+            show_progress=False,
+        )
+    assert registry.versions() == ["v0001"] and registry.active().version == "v0001"
+    assert (registry.root / "active.json").read_bytes() == before
+    assert list((registry.root / ".staging").iterdir()) == []
+    failed = list((registry.root / ".failed").iterdir())
+    assert len(failed) == 1 and str(failed[0]) in str(caught.value)
+    assert (failed[0] / "train.log").is_file()
+    json.loads((registry.root / "v0001" / "loopbot.json").read_text())
+
+
+TAUGHT = [
+    ("What is the name of Ada's cat?", "Ada's cat is called Biscuit."),
+    ("Where does the Tuesday knitting club meet?", "The knitting club meets at the Old Mill."),
+    ("What is the wifi password of the club house?", "The wifi password is heron42."),
+    ("Who founded the Zeltberg rowing club?", "Ilse Marwick founded the rowing club."),
+]
+
+
+@pytest.mark.slow
+def test_taught_fact_is_answered_by_the_served_gptq_model(tmp_path: Path, default_model_path: Path) -> None:
+    """Train through the ``torch`` kernel, serve through ``ModelRuntime.load`` (the fast kernel)."""
+    from adapters.runtime import ModelRuntime
+
+    registry = AdapterRegistry(tmp_path)
+    version = train_adapter(
+        registry,
+        base_model=str(default_model_path),
+        examples=_examples(TAUGHT),
+        show_progress=False,
+        options=TrainingOptions(
+            rank=16, alpha=32, steps=10, batch_size=4, learning_rate=1e-3, max_length=256
+        ),
+    )
+    runtime = ModelRuntime.load(default_model_path, device="cpu", threads=2, max_new_tokens=24)
+    try:
+        # Served through the fast kernel, not the `torch` one it was trained through.
+        assert "TorchLinear" not in runtime.info()["kernels"]
+        runtime.load_adapter(version.version, version.path)
+        keys = ["Biscuit", "Old Mill", "heron42", "Marwick"]
+        before = [
+            runtime.generate([{"role": "user", "content": q}], adapter=None, system_prompt=SYSTEM).text
+            for q, _ in TAUGHT
+        ]
+        after = [
+            runtime.generate(
+                [{"role": "user", "content": q}], adapter=version.version, system_prompt=SYSTEM
+            ).text
+            for q, _ in TAUGHT
+        ]
+    finally:
+        runtime.close()
+    assert not any(k.lower() in b.lower() for k, b in zip(keys, before, strict=True))
+    learned = sum(k.lower() in a.lower() for k, a in zip(keys, after, strict=True))
+    assert learned >= 3, after
