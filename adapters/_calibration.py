@@ -4,7 +4,8 @@ GPTQ fits each layer's 4-bit weights to the activations the calibration text pro
 should look like what the bot will feed the model: chat-templated questions, long RAG prompts with
 numbered passages, and the model's *own* answers to them (so the assistant turn is in-distribution).
 Sources, all on this machine: a fixed list of instructions below (disjoint from the regression
-questions), templated community facts, and prose from the Python standard library's docstrings.
+questions), general-topic requests, templated community facts, and prose from the Python standard
+library's docstrings.
 """
 
 from __future__ import annotations
@@ -68,6 +69,31 @@ INSTRUCTIONS = [
     "東京から大阪まで新幹線で何時間かかりますか？",
     "プログラミングを始めるにはどうすればいいですか？",
 ]
+
+# General-knowledge requests on everyday topics (none a regression-set topic): the model's own longer
+# answers to them roughly double the calibration tokens, which lowered the 4-bit model's KL
+# divergence from the fp32 one (bench/quantization_recipes.py).
+TOPICS = [
+    "rivers", "volcanoes", "the moon", "bread baking", "chess", "honey bees", "trains", "the ocean tides",
+    "rainbows", "dinosaurs", "coffee", "bicycles", "the Roman Empire", "penguins", "electricity", "pianos",
+    "deserts", "the human heart", "football", "clouds", "libraries", "robots", "the Great Wall of China",
+    "tigers", "recycling", "airplanes", "snow", "the Internet", "pyramids of Egypt", "elephants",
+    "gardening", "glass", "the periodic table", "jazz music", "forests", "birthdays", "umbrellas",
+    "mountains", "bridges", "whales", "solar energy", "cheese", "the alphabet", "sleep", "maps", "owls",
+    "castles", "paper", "spiders", "olympic games", "rice", "lightning", "kites", "the brain",
+    "submarines", "mushrooms", "clocks", "wolves", "the desert cactus", "printing press", "shoes",
+    "butterflies", "telescopes", "islands",
+]  # fmt: skip
+_TOPIC_REQUESTS = ["Tell me about {}.", "Write a short paragraph about {}.", "Give me three facts about {}.",
+                   "Why are {} important?"]  # fmt: skip
+
+
+def topic_requests(count: int) -> list[str]:
+    """``count`` distinct requests: every topic in the first phrasing, then in the next, and so on."""
+    if count > len(TOPICS) * len(_TOPIC_REQUESTS):
+        raise ValueError(f"at most {len(TOPICS) * len(_TOPIC_REQUESTS)} topic requests")
+    return [_TOPIC_REQUESTS[i // len(TOPICS)].format(TOPICS[i % len(TOPICS)]) for i in range(count)]
+
 
 _NAMES = ["Mochi", "Luna", "Tofu", "Biscuit", "Pixel", "Nori", "Pepper", "Sushi", "Ziggy", "Maple"]
 _OWNERS = ["Aiko", "Ben", "Chloe", "Daniel", "Emi", "Farid", "Grace", "Hiro", "Ines", "Jonas"]
@@ -170,9 +196,16 @@ def _answer_all(
 
 
 def build_calibration(
-    plain_dir: Path, *, n_chat: int = 24, n_rag: int = 8, n_prose: int = 12, seed: int = 0
+    plain_dir: Path,
+    *,
+    n_chat: int = 24,
+    n_rag: int = 8,
+    n_prose: int = 12,
+    n_topics: int = 192,
+    seed: int = 0,
 ) -> list[str]:
-    """Calibration texts: chat Q&A and RAG prompts answered by the fp32 model, plus plain prose."""
+    """Calibration texts: chat Q&A and RAG prompts answered by the fp32 model, plain prose, and the
+    model's longer answers to general-topic requests."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -191,5 +224,10 @@ def build_calibration(
     for _ in range(n_prose):
         i = rng.randrange(len(prose))
         texts.append(" ".join(prose[i : i + rng.randint(3, 4)]))
+    topics = [
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": r}]
+        for r in topic_requests(n_topics)
+    ]
+    texts += _answer_all(model, tokenizer, topics, max_new_tokens=96, batch_size=16)
     del model
     return texts

@@ -134,3 +134,55 @@ def write_regression_csv(results: Sequence[RegressionResult], path: Path) -> Pat
                 [r.question, r.expected, r.answer, "" if r.correct is None else str(r.correct).lower()]
             )
     return path
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """How far a model's next-token predictions are from a reference model's, on the reference's answers.
+
+    ``agreement``: share of answer tokens where the model's top token is the reference's greedy token;
+    ``kl``: mean KL(reference || model) per answer token, in nats. Both are teacher-forced, so one
+    early disagreement does not derail the rest; a broken quantization scores agreement near 0.
+    """
+
+    agreement: float
+    kl: float
+    tokens: int
+
+
+def divergence_from_reference(
+    model: Any,
+    reference: Any,
+    tokenizer: Any,
+    conversations: Sequence[list[dict[str, str]]],
+    *,
+    max_new_tokens: int = 48,
+) -> Divergence:
+    """Compare ``model`` with ``reference`` (both Hugging Face causal LMs, same tokenizer).
+
+    The reference answers each conversation greedily; both models then score prompt + answer.
+    """
+    import torch
+
+    agree = tokens = 0
+    kl = 0.0
+    with torch.inference_mode():
+        for messages in conversations:
+            prompt = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"].to(reference.device)
+            out = reference.generate(
+                prompt, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            answer = out[0, prompt.shape[1] :]
+            if answer.numel() == 0:
+                continue
+            span = slice(prompt.shape[1] - 1, out.shape[1] - 1)  # positions that predict the answer
+            ref_lp = torch.log_softmax(reference(out).logits[0, span].float(), -1)
+            lp = torch.log_softmax(model(out.to(model.device)).logits[0, span].float().to(ref_lp.device), -1)
+            agree += int((lp.argmax(-1) == answer).sum())
+            kl += float((ref_lp.exp() * (ref_lp - lp)).sum())
+            tokens += answer.numel()
+    if not tokens:
+        raise AdapterError("The reference model produced no answer tokens to compare against.")
+    return Divergence(agree / tokens, kl / tokens, tokens)

@@ -1,7 +1,10 @@
 """Quality of the 4-bit default model against the unquantized one, same questions, same prompt.
 
-Measures (1) regression-set accuracy (correct / gradable) with the bot's default system prompt and
-(2) RAG probe accuracy: a community fact among unrelated numbered passages, ~300-900 tokens.
+Measures (1) regression-set accuracy (correct / gradable) with the bot's default system prompt,
+(2) RAG probe accuracy: a community fact among unrelated numbered passages, ~300-900 tokens, and
+(3) divergence from the fp32 model on its own greedy regression answers (teacher-forced top-1
+agreement and KL per token), which varies far less than 14 right-or-wrong answers.
+Each model is served as the bot serves it (``dtype=auto``: the GPTQ model in bf16 on CPU).
 Run: ``python bench/quantization_quality.py [--models DIR]`` (the default model must be prepared).
 Writes bench/results/quantization_quality.json and one regression CSV per model.
 """
@@ -45,6 +48,30 @@ def evaluate(path, label: str) -> dict:
     }
 
 
+def divergence(models) -> dict:
+    from adapters._loading import load_base_model
+    from adapters.default_model import default_model_dir, plain_model_dir
+    from adapters.evaluation import divergence_from_reference, load_regression_questions
+    from bot.settings import DEFAULT_SYSTEM_PROMPT
+
+    conversations = [
+        [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": q.question}]
+        for q in load_regression_questions()
+    ]
+    reference, tokenizer = load_base_model(plain_model_dir(models), device="cpu", dtype="float32")
+    out = {}
+    for label, path, dtype in (
+        ("plain_bf16", plain_model_dir(models), "bfloat16"),
+        ("gptq_4bit_bf16 (served)", default_model_dir(models), "auto"),
+        ("gptq_4bit_fp32", default_model_dir(models), "float32"),
+    ):
+        model, _ = load_base_model(path, device="cpu", dtype=dtype)
+        d = divergence_from_reference(model, reference, tokenizer, conversations)
+        out[label] = {"agreement": round(d.agreement, 4), "kl": round(d.kl, 4), "tokens": d.tokens}
+        del model
+    return out
+
+
 def main() -> None:
     from adapters.default_model import default_model_dir, is_prepared, plain_model_dir
 
@@ -58,6 +85,7 @@ def main() -> None:
         "recipe": marker,
         "plain_fp32": evaluate(plain_model_dir(models), "plain_fp32"),
         "gptq_4bit": evaluate(gptq, "gptq_4bit"),
+        "divergence_from_fp32": divergence(models),
     }
     write("quantization_quality", data)
 

@@ -13,6 +13,7 @@ from adapters.errors import AdapterError
 from adapters.evaluation import (
     RegressionQuestion,
     accuracy,
+    divergence_from_reference,
     is_correct,
     load_regression_questions,
     run_regression,
@@ -62,10 +63,12 @@ def test_gguf_ships_with_the_wheel() -> None:
 
 
 def test_calibration_prompts_are_not_the_regression_questions() -> None:
-    from adapters._calibration import INSTRUCTIONS, rag_prompts
+    from adapters._calibration import INSTRUCTIONS, rag_prompts, topic_requests
 
     regression = {q.question for q in load_regression_questions()}
     assert not regression & set(INSTRUCTIONS)
+    requests = topic_requests(192)
+    assert len(set(requests)) == 192 and not regression & set(requests)
     prompts = rag_prompts(4)
     assert all(p[-1]["content"].startswith("Context:\n[1] ") for p in prompts)
 
@@ -122,6 +125,24 @@ def test_run_regression_and_csv(tiny_runtime, tmp_path: Path) -> None:
     assert lines[2].endswith(",")
 
 
+def test_divergence_is_zero_against_itself_and_grows_with_noise(tiny_model_dir: Path) -> None:
+    import torch
+
+    from adapters._loading import load_base_model
+
+    model, tokenizer = load_base_model(tiny_model_dir, dtype="float32")
+    noisy, _ = load_base_model(tiny_model_dir, dtype="float32")
+    with torch.no_grad():
+        for param in noisy.parameters():
+            param.add_(torch.randn_like(param) * param.std())
+    conversations = [[{"role": "user", "content": q}] for q in ("Hello?", "What is two plus two?")]
+    same = divergence_from_reference(model, model, tokenizer, conversations, max_new_tokens=12)
+    assert same.tokens > 0 and same.agreement == 1.0 and same.kl == pytest.approx(0.0, abs=1e-5)
+    worse = divergence_from_reference(noisy, model, tokenizer, conversations, max_new_tokens=12)
+    assert worse.tokens == same.tokens
+    assert worse.kl > 0.01 and worse.agreement < 1.0
+
+
 # ----- the real default model (prepared by CI before the tests) -------------------------------
 
 
@@ -145,9 +166,31 @@ def test_default_model_answers_and_streams(default_runtime) -> None:
 
 
 @pytest.mark.slow
+def test_default_model_stays_close_to_the_unquantized_model(default_model_path: Path) -> None:
+    from adapters._loading import load_base_model
+    from bot.settings import DEFAULT_SYSTEM_PROMPT
+
+    quantized, tokenizer = load_base_model(default_model_path, device="cpu")  # served dtype (bf16)
+    plain, _ = load_base_model(default_model.plain_model_dir(default_model_path.parent), device="cpu")
+    conversations = [
+        [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": q.question}]
+        for q in load_regression_questions()
+    ]
+    divergence = divergence_from_reference(quantized, plain, tokenizer, conversations)
+    # Measured (bench/quantization_quality.py): agreement 0.91, KL 0.075 nats/token; the plain model
+    # itself served in bf16: agreement 0.99. A broken quantization scores agreement near 0.
+    assert divergence.tokens > 300
+    assert divergence.agreement >= 0.85
+    assert divergence.kl <= 0.25
+
+
+@pytest.mark.slow
 def test_default_model_regression_accuracy(default_runtime) -> None:
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     results = run_regression(default_runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
-    # Measured: 4-bit 5/14, fp32 8/14 (bench/quantization_quality.py). The floor catches a broken quantization.
-    assert accuracy(results) >= 0.25
+    # Measured (bench/quantization_quality.py): 4-bit 5/14 here, fp32 8/14. The same recipe prepared
+    # on another CPU answered 3/14 (bf16 arithmetic differs), so 14 exact answers are too few to bound
+    # quality: the divergence test above does that. This floor catches a broken answer path, which
+    # answers 0-1 of them.
+    assert sum(bool(r.correct) for r in results) >= 2, [(r.question, r.answer) for r in results]

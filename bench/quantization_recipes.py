@@ -1,0 +1,104 @@
+"""How the default model's quantization recipe was chosen: quantize the prepared plain model with
+each candidate recipe, then measure what ``quantization_quality.py`` measures for the served model:
+regression accuracy (bf16, the bot's prompt) and divergence from the fp32 model (agreement, KL).
+
+Run: ``python bench/quantization_recipes.py [NAME ...]`` (the default model must be prepared; each
+recipe costs 3-8 minutes on 2 cores). Writes bench/results/quantization_recipes.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine, models_dir, write
+
+# name: (QuantizeConfig overrides, quantize batch size, calibration: "base" = 44 texts, "topics" = +192)
+RECIPES = {
+    "g32-asym-base": ({}, 4, "base"),
+    "g32-sym-base": ({"sym": True}, 4, "base"),
+    "g32-asym-damp0.01-base": ({"damp_percent": 0.01}, 4, "base"),
+    "g32-asym-gptaq-base": ({"gptaq": {"alpha": 0.25}}, 1, "base"),  # GPTAQ needs batch size 1
+    "g32-asym-topics (chosen)": ({}, 4, "topics"),
+}
+
+
+def calibration(plain: Path, kind: str, cache: dict[str, list[str]]) -> list[str]:
+    from adapters._calibration import build_calibration
+
+    if kind not in cache:
+        cache[kind] = build_calibration(plain, n_topics=0 if kind == "base" else 192)
+    return cache[kind]
+
+
+def measure(path: Path, plain: Path) -> dict:
+    from adapters._loading import load_base_model
+    from adapters.evaluation import (
+        accuracy,
+        divergence_from_reference,
+        load_regression_questions,
+        run_regression,
+    )
+    from adapters.runtime import ModelRuntime
+    from bot.settings import DEFAULT_SYSTEM_PROMPT
+
+    with ModelRuntime.load(path, device="cpu", threads=2) as runtime:
+        results = run_regression(runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
+    conversations = [
+        [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": q.question}]
+        for q in load_regression_questions()
+    ]
+    reference, tokenizer = load_base_model(plain, device="cpu", dtype="float32")
+    model, _ = load_base_model(path, device="cpu")
+    d = divergence_from_reference(model, reference, tokenizer, conversations)
+    return {
+        "regression_correct": sum(bool(r.correct) for r in results),
+        "regression_accuracy": round(accuracy(results), 3),
+        "agreement": round(d.agreement, 4),
+        "kl": round(d.kl, 4),
+    }
+
+
+def main(names: list[str]) -> None:
+    import torch
+    from gptqmodel import GPTQModel, QuantizeConfig
+    from transformers import AutoTokenizer
+
+    from adapters.default_model import BITS, GROUP_SIZE, plain_model_dir
+
+    plain = plain_model_dir(models_dir())
+    tokenizer = AutoTokenizer.from_pretrained(str(plain))
+    cache: dict[str, list[str]] = {}
+    rows = []
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}: pick from {list(RECIPES)}")
+    for name in names or list(RECIPES):
+        overrides, batch_size, kind = RECIPES[name]
+        texts = calibration(plain, kind, cache)
+        config = {"bits": BITS, "group_size": GROUP_SIZE, "desc_act": False, "sym": False, **overrides}
+        with tempfile.TemporaryDirectory(prefix="loopbot-recipe-") as scratch:
+            started = time.perf_counter()
+            model = GPTQModel.load(str(plain), QuantizeConfig(**config), device="cpu", dtype=torch.float32)
+            with contextlib.chdir(scratch):
+                model.quantize(texts, batch_size=batch_size, tokenizer=tokenizer)
+            model.save(f"{scratch}/model")
+            tokenizer.save_pretrained(f"{scratch}/model")
+            del model
+            seconds = round(time.perf_counter() - started)
+            row = {"recipe": name, "config": config, "calibration_texts": len(texts), "quantize_s": seconds}
+            row.update(measure(Path(scratch) / "model", plain))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    write("quantization_recipes", {"machine": machine(), "recipes": rows})
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--models" in args:  # read by models_dir()
+        del args[args.index("--models") : args.index("--models") + 2]
+    main(args)
