@@ -54,6 +54,7 @@ class AdapterVersion:
     data_hash: str = ""
     pair_ids: list[str] = field(default_factory=list)
     pair_count: int = 0
+    anchor_count: int = 0  # replayed base-model answers trained on too (not feedback pairs)
     heldout_pair_ids: list[str] = field(default_factory=list)  # the gate's pairs (not in the weights)
     metrics: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0

@@ -100,6 +100,31 @@ def examples_from_pairs(pairs: Sequence[Any], system_prompt: str) -> list[Traini
     ]
 
 
+def anchor_examples(
+    runtime: Any, questions: Sequence[str], system_prompt: str, *, max_new_tokens: int = 48
+) -> list[TrainingExample]:
+    """The base model's own greedy answers (no adapter) to general ``questions``, as training examples.
+
+    Mixed into a run (replay), they hold the adapter to the base model's behaviour on everything the
+    feedback pairs do not cover, so teaching community facts does not erode general answers.
+    """
+    futures = [
+        runtime.submit(
+            pair_messages(q, "", system_prompt)[1:],  # the runtime adds the system prompt itself
+            system_prompt=system_prompt,
+            adapter=None,
+            temperature=0.0,
+            max_new_tokens=max_new_tokens,
+        )
+        for q in questions
+    ]
+    return [
+        TrainingExample(f"anchor-{i}", pair_messages(q, "", system_prompt), future.result().text)
+        for i, (q, future) in enumerate(zip(questions, futures, strict=True))
+        if future.result().text.strip()
+    ]
+
+
 def data_hash(examples: Sequence[TrainingExample]) -> str:
     """A stable hash of the training data: same pairs, same prompts → same hash."""
     digest = hashlib.sha256()
@@ -174,6 +199,7 @@ def train_adapter(
     *,
     base_model: str,
     examples: Sequence[TrainingExample],
+    anchors: Sequence[TrainingExample] = (),
     options: TrainingOptions | None = None,
     parent: AdapterVersion | None = None,
     min_examples: int = 1,
@@ -183,6 +209,8 @@ def train_adapter(
 ) -> AdapterVersion:
     """Train a LoRA on ``examples`` in a child process and publish it as a new (inactive) version.
 
+    ``anchors`` (see :func:`anchor_examples`) are trained on too but are not feedback pairs: they
+    count neither towards ``min_examples`` nor in the version's pair ids.
     ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``on_event`` receives
     the child's events (``start`` carries its ``pid``). Raises :class:`NotEnoughPairs` below
     ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
@@ -197,7 +225,8 @@ def train_adapter(
         raise AdapterError(f"Base model {base_model} not found. Run `loopbot model prepare` first.")
     with registry.stage() as stage:
         dataset = stage.path / "dataset.jsonl"
-        dataset.write_text("".join(json.dumps(e.record()) + "\n" for e in examples), encoding="utf-8")
+        rows = [*examples, *anchors]
+        dataset.write_text("".join(json.dumps(e.record()) + "\n" for e in rows), encoding="utf-8")
         config = {
             **asdict(options),
             "base": str(base_model),
@@ -224,9 +253,10 @@ def train_adapter(
             {
                 "base_model": str(base_model),
                 "parent": parent.version if parent else None,
-                "data_hash": data_hash(examples),
+                "data_hash": data_hash(rows),
                 "pair_ids": lineage,
                 "pair_count": len(pair_ids),
+                "anchor_count": len(anchors),
                 "metrics": {"train": metrics},
                 "train_config": {k: v for k, v in config.items() if k not in ("dataset", "output_dir")},
             },

@@ -107,15 +107,19 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--anchors", type=int, default=None, help="replayed base answers (default LOOPBOT_TRAIN_ANCHORS)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
     import torch
 
+    from adapters._calibration import INSTRUCTIONS
     from adapters.evaluation import accuracy, run_regression
     from adapters.registry import AdapterRegistry
     from adapters.runtime import ModelRuntime
-    from adapters.training import TrainingOptions, examples_from_pairs, train_adapter
+    from adapters.training import TrainingOptions, anchor_examples, examples_from_pairs, train_adapter
     from bot.settings import load_settings
     from bot.wiring import resolve_model_base
     from feedback.log import FeedbackLog
@@ -164,6 +168,10 @@ def main() -> int:
             "answers": base_rows,
         }
         print(f"base: facts {base_acc:.2f}, regression {accuracy(base_reg):.2f}", flush=True)
+        # As the training cycle does: the base model's own answers to general questions, replayed.
+        n_anchors = settings.train.anchors if args.anchors is None else args.anchors
+        anchors = anchor_examples(runtime, INSTRUCTIONS[:n_anchors], system_prompt)
+        result["anchors"] = len(anchors)
         _save(result)
         for size in sizes:
             examples = examples_from_pairs(pairs[:size], system_prompt)
@@ -179,7 +187,12 @@ def main() -> int:
                 threads=2,
             )
             version = train_adapter(
-                registry, base_model=base, examples=examples, options=options, show_progress=True
+                registry,
+                base_model=base,
+                examples=examples,
+                anchors=anchors,
+                options=options,
+                show_progress=True,
             )
             swap_started = time.perf_counter()
             runtime.load_adapter(version.version, version.path)
@@ -205,6 +218,7 @@ def main() -> int:
                 "regression_accuracy_after": accuracy(reg),
                 "train": train,
                 "swap_seconds": round(swap_seconds, 3),
+                "anchors": len(anchors),
                 "seconds_per_100_pairs": round(train["loop_seconds"] / (steps * batch) * 100, 1),
                 "answers": rows,
                 "regression_answers": [r.__dict__ for r in reg],

@@ -102,6 +102,13 @@ class TrainSettings(BaseSettings):
     min_pairs: int = Field(8, ge=1, description="Fewer new accepted pairs than this: nothing is trained.")
     min_interval_hours: float = Field(24.0, ge=0)
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    anchors: int = Field(
+        16,
+        ge=0,
+        le=48,
+        description="General questions the base model answers for itself, replayed in every run "
+        "so the adapter keeps the base's general answers; 0: none.",
+    )
     gate_min_gain: float = Field(0.0, description="Held-out score the candidate must beat the active by.")
     gate_max_regression_drop: float = Field(0.0, ge=0.0, description="Allowed drop on the regression set.")
 

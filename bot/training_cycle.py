@@ -114,9 +114,10 @@ def run_training_cycle(
     members' pairs are never used (``FeedbackLog.pairs`` leaves them out) and a parent adapter that
     still holds them is not continued from. ``progress`` receives the training process's events.
     """
+    from adapters._calibration import INSTRUCTIONS as ANCHOR_QUESTIONS
     from adapters.gate import GateThresholds, run_gate
     from adapters.swap import ensure_loaded, swap_to
-    from adapters.training import NotEnoughPairs, examples_from_pairs, train_adapter
+    from adapters.training import NotEnoughPairs, anchor_examples, examples_from_pairs, train_adapter
     from bot.wiring import build_feedback_log, build_registry, build_runtime, resolve_model_base
     from feedback.dataset import split_pairs
 
@@ -144,29 +145,31 @@ def run_training_cycle(
     parent = None
     if from_active and active is not None and not forgotten & set(active.pair_ids):
         parent = active
-    with registry.training_lock():
-        registry.clean_staging()  # leftovers of killed runs; no other run is live while we hold the lock
-        version = train_adapter(
-            registry,
-            base_model=resolve_model_base(settings),
-            examples=examples_from_pairs(train_pairs, system_prompt),
-            options=training_options(settings),
-            parent=parent,
-            min_examples=settings.train.min_pairs,
-            on_event=progress,
-            show_progress=show_progress,
-        )
-    report = CycleReport(
-        trained=True,
-        reason="trained",
-        version=version.version,
-        train_pairs=len(train_pairs),
-        heldout_pairs=len(heldout_pairs),
-        train_metrics=dict(version.metrics.get("train", {})),
-    )
     own_runtime = runtime is None
     gate_runtime = build_runtime(settings) if own_runtime else runtime
     try:
+        anchors = anchor_examples(gate_runtime, ANCHOR_QUESTIONS[: settings.train.anchors], system_prompt)
+        with registry.training_lock():
+            registry.clean_staging()  # leftovers of killed runs; no other run is live while we hold it
+            version = train_adapter(
+                registry,
+                base_model=resolve_model_base(settings),
+                examples=examples_from_pairs(train_pairs, system_prompt),
+                anchors=anchors,
+                options=training_options(settings),
+                parent=parent,
+                min_examples=settings.train.min_pairs,
+                on_event=progress,
+                show_progress=show_progress,
+            )
+        report = CycleReport(
+            trained=True,
+            reason="trained",
+            version=version.version,
+            train_pairs=len(train_pairs),
+            heldout_pairs=len(heldout_pairs),
+            train_metrics=dict(version.metrics.get("train", {})),
+        )
         ensure_loaded(gate_runtime, version)
         if active is not None:
             ensure_loaded(gate_runtime, active)

@@ -16,6 +16,7 @@ from adapters.training import (
     TrainingExample,
     TrainingFailed,
     TrainingOptions,
+    anchor_examples,
     pair_messages,
     train_adapter,
 )
@@ -84,18 +85,35 @@ def test_training_publishes_a_loadable_adapter(trained, tiny_runtime) -> None:
 
 
 @pytest.mark.slow
-def test_training_continues_from_a_parent(trained, tiny_gptq_dir: Path) -> None:
+def test_training_continues_from_a_parent_with_anchors(trained, tiny_gptq_dir: Path, tiny_runtime) -> None:
     registry, parent, _ = trained
+    questions = ["Tell me about rivers.", "What is a prime number?"]
+    anchors = anchor_examples(tiny_runtime, questions, SYSTEM, max_new_tokens=8)
+    base_answer = tiny_runtime.generate(
+        [{"role": "user", "content": questions[0]}],
+        system_prompt=SYSTEM,
+        adapter=None,
+        temperature=0.0,
+        max_new_tokens=8,
+    ).text
+    assert [a.prompt for a in anchors] == [pair_messages(q, "", SYSTEM) for q in questions]
+    assert anchors[0].completion == base_answer
     child = train_adapter(
         registry,
         base_model=str(tiny_gptq_dir),
         examples=_examples(FACTS[:2]),
+        anchors=anchors,
         options=TrainingOptions(**{**TINY_OPTIONS.__dict__, "steps": 1}),
         parent=parent,
         show_progress=False,
     )
     assert child.parent == parent.version and child.pair_count == 2
-    assert child.pair_ids == parent.pair_ids  # the parent's data is still in the weights
+    assert (
+        child.pair_ids == parent.pair_ids
+    )  # the parent's data is still in the weights; anchors are no pairs
+    assert child.anchor_count == 2 and registry.get(child.version).anchor_count == 2
+    rows = (child.path / "dataset.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 4 and json.loads(rows[-1])["completion"][0]["content"] == anchors[-1].completion
 
 
 def test_too_few_pairs_trains_nothing(tmp_path: Path, tiny_gptq_dir: Path) -> None:
