@@ -118,10 +118,11 @@ def anchor_examples(
         )
         for q in questions
     ]
+    answers = [future.result().text.strip() for future in futures]
     return [
-        TrainingExample(f"anchor-{i}", pair_messages(q, "", system_prompt), future.result().text)
-        for i, (q, future) in enumerate(zip(questions, futures, strict=True))
-        if future.result().text.strip()
+        TrainingExample(f"anchor-{i}", pair_messages(q, "", system_prompt), answer)
+        for i, (q, answer) in enumerate(zip(questions, answers, strict=True))
+        if answer
     ]
 
 

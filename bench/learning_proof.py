@@ -103,7 +103,9 @@ def _score(runtime, facts, adapter, system_prompt: str) -> tuple[float, list[dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20,5,10", help="numbers of corrections to train on (run order)")
-    parser.add_argument("--epochs", type=float, default=10.0, help="passes over the taught pairs")
+    parser.add_argument(
+        "--epochs", type=float, default=10.0, help="passes over the training data (pairs + anchors)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=16)
@@ -176,7 +178,7 @@ def main() -> int:
         for size in sizes:
             examples = examples_from_pairs(pairs[:size], system_prompt)
             batch = min(args.batch_size, size)
-            steps = max(4, math.ceil(args.epochs * size / batch))
+            steps = max(4, math.ceil(args.epochs * (size + len(anchors)) / batch))
             options = TrainingOptions(
                 rank=args.rank,
                 alpha=2 * args.rank,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -97,6 +97,34 @@ def _heldout_items(pairs: Sequence[Pair], system_prompt: str) -> list[Any]:
     ]
 
 
+def _anchors(settings: Settings, registry: AdapterRegistry, runtime: Any) -> list[Any]:
+    """The replayed base-model answers, generated once per base model, prompt and count.
+
+    Cached in the registry directory: in the running bot, generating them queues behind (and
+    delays) members' questions, so only the first cycle pays for it.
+    """
+    import hashlib
+    import json
+
+    from adapters._calibration import INSTRUCTIONS
+    from adapters.registry import write_json_atomic
+    from adapters.training import TrainingExample, anchor_examples
+    from bot.wiring import resolve_model_base
+
+    questions = INSTRUCTIONS[: settings.train.anchors]
+    if not questions:
+        return []
+    key = json.dumps([resolve_model_base(settings), settings.model.system_prompt, questions])
+    cache = registry.root / f"anchors-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    try:
+        return [TrainingExample(**row) for row in json.loads(cache.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        pass  # not generated yet, or unreadable: generate again
+    anchors = anchor_examples(runtime, questions, settings.model.system_prompt)
+    write_json_atomic(cache, [asdict(a) for a in anchors])
+    return anchors
+
+
 def run_training_cycle(
     settings: Settings,
     *,
@@ -114,10 +142,9 @@ def run_training_cycle(
     members' pairs are never used (``FeedbackLog.pairs`` leaves them out) and a parent adapter that
     still holds them is not continued from. ``progress`` receives the training process's events.
     """
-    from adapters._calibration import INSTRUCTIONS as ANCHOR_QUESTIONS
     from adapters.gate import GateThresholds, run_gate
     from adapters.swap import ensure_loaded, swap_to
-    from adapters.training import NotEnoughPairs, anchor_examples, examples_from_pairs, train_adapter
+    from adapters.training import NotEnoughPairs, examples_from_pairs, train_adapter
     from bot.wiring import build_feedback_log, build_registry, build_runtime, resolve_model_base
     from feedback.dataset import split_pairs
 
@@ -148,7 +175,7 @@ def run_training_cycle(
     own_runtime = runtime is None
     gate_runtime = build_runtime(settings) if own_runtime else runtime
     try:
-        anchors = anchor_examples(gate_runtime, ANCHOR_QUESTIONS[: settings.train.anchors], system_prompt)
+        anchors = _anchors(settings, registry, gate_runtime)
         with registry.training_lock():
             registry.clean_staging()  # leftovers of killed runs; no other run is live while we hold it
             version = train_adapter(

@@ -33,6 +33,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_gptq_dir: Pat
         "MIN_PAIRS": "2",
         "MIN_INTERVAL_HOURS": "0",
         "EVAL_FRACTION": "0.2",
+        "ANCHORS": "3",
     }.items():
         monkeypatch.setenv(f"LOOPBOT_TRAIN_{name}", value)
     return tmp_path
@@ -86,6 +87,13 @@ def test_train_list_forget_promote_rollback(data_dir: Path, capsys: pytest.Captu
         and first["train_pairs"] + first["heldout_pairs"] == 6
     )
     assert Path(first["gate_report"]).is_file() and first["gate"]["regression_questions"] >= 1
+    # The base model's answers to 3 general questions were replayed, generated once and cached.
+    (cache,) = (data_dir / "adapters").glob("anchors-*.json")
+    anchors = json.loads(cache.read_text(encoding="utf-8"))
+    first_meta = json.loads((data_dir / "adapters" / "v0001" / "loopbot.json").read_text())
+    assert first_meta["anchor_count"] == len(anchors) >= 1
+    assert not {a["pair_id"] for a in anchors} & set(first_meta["pair_ids"])
+    cached_at = cache.stat().st_mtime_ns
     # Nothing new since v0001: the cron form trains nothing.
     code, out, _ = _run(capsys, "train", "--if-needed", "--no-progress")
     assert code == 0 and "nothing trained: 0 new pair(s)" in out
@@ -102,6 +110,7 @@ def test_train_list_forget_promote_rollback(data_dir: Path, capsys: pytest.Captu
     assert code == 0, err
     second = json.loads(out)
     assert second["version"] == "v0002" and not second["promoted"]
+    assert cache.stat().st_mtime_ns == cached_at  # reused, not regenerated
     meta = json.loads((data_dir / "adapters" / "v0002" / "loopbot.json").read_text())
     assert not set(meta["pair_ids"]) & set(ids["alice"]) and meta["pair_ids"]
     rows = {r["version"]: r for r in json.loads(_run(capsys, "adapters", "list", "--json")[1])}
