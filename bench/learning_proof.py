@@ -10,7 +10,8 @@ and by each adapter.
 
     python bench/learning_proof.py            # default model from LOOPBOT_DATA_DIR (prepare it first)
 
-Writes bench/results/learning_proof.json and bench/results/learning_proof.png.
+Writes bench/results/learning_proof.json and bench/results/learning_proof.png (``--name`` changes
+the file names, to keep a variant's results beside the main run's).
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def main() -> int:
     parser.add_argument(
         "--anchors", type=int, default=None, help="replayed base answers (default LOOPBOT_TRAIN_ANCHORS)"
     )
+    parser.add_argument("--name", default="learning_proof", help="results file name (no extension)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -141,6 +143,7 @@ def main() -> int:
         "facts": len(FACTS),
         "runs": [],
         "complete": False,
+        "name": args.name,
     }
     try:
         # The bot answers every question (no retrieval), the asker corrects it: real corrected pairs.
@@ -240,20 +243,17 @@ def main() -> int:
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     result["complete"] = True
     _save(result)
-    print(
-        f"wrote {RESULTS / 'learning_proof.json'} and learning_proof.png in {result['total_seconds']:.0f} s"
-    )
+    print(f"wrote {RESULTS / args.name}.json and .png in {result['total_seconds']:.0f} s")
     return 0
 
 
 def _save(result: dict) -> None:
     """Write what is measured so far (the run is long on a shared CPU: partial results survive)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "learning_proof.json").write_text(
-        json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8"
-    )
+    name = result.get("name", "learning_proof")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     if result.get("runs"):
-        _plot(result, RESULTS / "learning_proof.png")
+        _plot(result, RESULTS / f"{name}.png")
 
 
 def _plot(result: dict, path: Path) -> None:
