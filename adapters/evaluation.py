@@ -136,6 +136,17 @@ def write_regression_csv(results: Sequence[RegressionResult], path: Path) -> Pat
     return path
 
 
+def regression_conversations(
+    system_prompt: str, questions: list[RegressionQuestion] | None = None
+) -> list[list[dict[str, str]]]:
+    """The regression questions (the packaged set by default) as chats: system prompt, then question."""
+    questions = load_regression_questions() if questions is None else questions
+    return [
+        [{"role": "system", "content": system_prompt}, {"role": "user", "content": q.question}]
+        for q in questions
+    ]
+
+
 @dataclass(frozen=True)
 class Divergence:
     """How far a model's next-token predictions are from a reference model's, on the reference's answers.

@@ -51,13 +51,10 @@ def evaluate(path, label: str) -> dict:
 def divergence(models) -> dict:
     from adapters._loading import load_base_model
     from adapters.default_model import default_model_dir, plain_model_dir
-    from adapters.evaluation import divergence_from_reference, load_regression_questions
+    from adapters.evaluation import divergence_from_reference, regression_conversations
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
-    conversations = [
-        [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": q.question}]
-        for q in load_regression_questions()
-    ]
+    conversations = regression_conversations(DEFAULT_SYSTEM_PROMPT)
     reference, tokenizer = load_base_model(plain_model_dir(models), device="cpu", dtype="float32")
     out = {}
     for label, path, dtype in (

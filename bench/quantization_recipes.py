@@ -40,7 +40,7 @@ def measure(path: Path, plain: Path) -> dict:
     from adapters.evaluation import (
         accuracy,
         divergence_from_reference,
-        load_regression_questions,
+        regression_conversations,
         run_regression,
     )
     from adapters.runtime import ModelRuntime
@@ -48,10 +48,7 @@ def measure(path: Path, plain: Path) -> dict:
 
     with ModelRuntime.load(path, device="cpu", threads=2) as runtime:
         results = run_regression(runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
-    conversations = [
-        [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": q.question}]
-        for q in load_regression_questions()
-    ]
+    conversations = regression_conversations(DEFAULT_SYSTEM_PROMPT)
     reference, tokenizer = load_base_model(plain, device="cpu", dtype="float32")
     model, _ = load_base_model(path, device="cpu")
     d = divergence_from_reference(model, reference, tokenizer, conversations)

@@ -16,6 +16,7 @@ from adapters.evaluation import (
     divergence_from_reference,
     is_correct,
     load_regression_questions,
+    regression_conversations,
     run_regression,
     write_regression_csv,
 )
@@ -172,10 +173,7 @@ def test_default_model_stays_close_to_the_unquantized_model(default_model_path: 
 
     quantized, tokenizer = load_base_model(default_model_path, device="cpu")  # served dtype (bf16)
     plain, _ = load_base_model(default_model.plain_model_dir(default_model_path.parent), device="cpu")
-    conversations = [
-        [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": q.question}]
-        for q in load_regression_questions()
-    ]
+    conversations = regression_conversations(DEFAULT_SYSTEM_PROMPT)
     divergence = divergence_from_reference(quantized, plain, tokenizer, conversations)
     # Measured (bench/quantization_quality.py): agreement 0.91, KL 0.075 nats/token; the plain model
     # itself served in bf16: agreement 0.99. A broken quantization scores agreement near 0.
