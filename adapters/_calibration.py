@@ -71,8 +71,8 @@ INSTRUCTIONS = [
 ]
 
 # General-knowledge requests on everyday topics (none a regression-set topic): the model's own longer
-# answers to them roughly double the calibration tokens, which lowered the 4-bit model's KL
-# divergence from the fp32 one (bench/quantization_recipes.py).
+# answers to them add most of the calibration tokens, which lowered the 4-bit model's KL divergence
+# from the fp32 one by 17 % (bench/quantization_recipes.py).
 TOPICS = [
     "rivers", "volcanoes", "the moon", "bread baking", "chess", "honey bees", "trains", "the ocean tides",
     "rainbows", "dinosaurs", "coffee", "bicycles", "the Roman Empire", "penguins", "electricity", "pianos",
