@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,20 @@ from feedback.errors import FeedbackError
 from feedback.migrations import migrate
 
 BUSY_TIMEOUT_MS = 30_000
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. On a brand-new file several openers race for this and SQLite answers "locked"
+    without calling the busy handler, so retry until the busy timeout instead."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class Database:
@@ -40,7 +55,7 @@ class Database:
         conn.row_factory = sqlite3.Row
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn)
             # FULL: an answer or vote is on disk before the bot acknowledges it, even on power loss.
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
