@@ -128,8 +128,14 @@ def quantize(
     desc_act: bool = DESC_ACT,
     sym: bool = SYM,
     mse: float = MSE,
+    batch_size: int = 4,
+    **options: Any,
 ) -> None:
-    """GPTQ-quantize the checkpoint in ``plain_dir`` into ``dest`` with gptqmodel on ``calibration``."""
+    """GPTQ-quantize the checkpoint in ``plain_dir`` into ``dest`` with gptqmodel on ``calibration``.
+
+    ``options`` go to gptqmodel's ``QuantizeConfig`` as well (e.g. ``damp_percent``, ``gptaq``, which
+    needs ``batch_size=1``): the recipe benchmark tries them.
+    """
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
     import torch
     from gptqmodel import GPTQModel, QuantizeConfig
@@ -137,14 +143,14 @@ def quantize(
 
     plain_dir, dest = Path(plain_dir).resolve(), Path(dest).resolve()
     tokenizer = AutoTokenizer.from_pretrained(str(plain_dir))
-    config = QuantizeConfig(bits=bits, group_size=group_size, desc_act=desc_act, sym=sym, mse=mse)
+    config = QuantizeConfig(bits=bits, group_size=group_size, desc_act=desc_act, sym=sym, mse=mse, **options)
     # gptqmodel defaults to bf16 on CPU: without native bf16 that is several times slower, and the
     # calibration activations lose precision. fp32 is both faster here and closer to the reference.
     model = GPTQModel.load(str(plain_dir), config, device="cpu", dtype=torch.float32)
     # gptqmodel writes per-layer logs into a hard-coded relative ``logs/`` folder: keep them out of
     # the operator's working directory.
     with tempfile.TemporaryDirectory(prefix="loopbot-gptq-") as scratch, contextlib.chdir(scratch):
-        model.quantize(calibration, batch_size=4, tokenizer=tokenizer)
+        model.quantize(calibration, batch_size=batch_size, tokenizer=tokenizer)
     model.save(str(dest))
     tokenizer.save_pretrained(str(dest))
     del model

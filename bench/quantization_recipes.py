@@ -8,7 +8,6 @@ recipe costs 3-8 minutes on 2 cores). Writes bench/results/quantization_recipes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import tempfile
@@ -35,7 +34,7 @@ def calibration(plain: Path, kind: str, cache: dict[str, list[str]]) -> list[str
     return cache[kind]
 
 
-def measure(path: Path, plain: Path) -> dict:
+def measure(path: Path, reference, tokenizer) -> dict:
     from adapters._loading import load_base_model
     from adapters.evaluation import (
         accuracy,
@@ -48,10 +47,10 @@ def measure(path: Path, plain: Path) -> dict:
 
     with ModelRuntime.load(path, device="cpu", threads=2) as runtime:
         results = run_regression(runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
-    conversations = regression_conversations(DEFAULT_SYSTEM_PROMPT)
-    reference, tokenizer = load_base_model(plain, device="cpu", dtype="float32")
     model, _ = load_base_model(path, device="cpu")
-    d = divergence_from_reference(model, reference, tokenizer, conversations)
+    d = divergence_from_reference(
+        model, reference, tokenizer, regression_conversations(DEFAULT_SYSTEM_PROMPT)
+    )
     return {
         "regression_correct": sum(bool(r.correct) for r in results),
         "regression_accuracy": round(accuracy(results), 3),
@@ -61,34 +60,33 @@ def measure(path: Path, plain: Path) -> dict:
 
 
 def main(names: list[str]) -> None:
-    import torch
-    from gptqmodel import GPTQModel, QuantizeConfig
-    from transformers import AutoTokenizer
+    from adapters import default_model
+    from adapters._loading import load_base_model
 
-    from adapters.default_model import BITS, GROUP_SIZE, plain_model_dir
-
-    plain = plain_model_dir(models_dir())
-    tokenizer = AutoTokenizer.from_pretrained(str(plain))
-    cache: dict[str, list[str]] = {}
-    rows = []
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}: pick from {list(RECIPES)}")
+    plain = default_model.plain_model_dir(models_dir())
+    reference, tokenizer = load_base_model(plain, device="cpu", dtype="float32")
+    base_config = {
+        "bits": default_model.BITS,
+        "group_size": default_model.GROUP_SIZE,
+        "desc_act": default_model.DESC_ACT,
+        "sym": default_model.SYM,
+        "mse": default_model.MSE,
+    }
+    cache: dict[str, list[str]] = {}
+    rows = []
     for name in names or list(RECIPES):
         overrides, batch_size, kind = RECIPES[name]
         texts = calibration(plain, kind, cache)
-        config = {"bits": BITS, "group_size": GROUP_SIZE, "desc_act": False, "sym": False, **overrides}
+        config = {**base_config, **overrides}
         with tempfile.TemporaryDirectory(prefix="loopbot-recipe-") as scratch:
             started = time.perf_counter()
-            model = GPTQModel.load(str(plain), QuantizeConfig(**config), device="cpu", dtype=torch.float32)
-            with contextlib.chdir(scratch):
-                model.quantize(texts, batch_size=batch_size, tokenizer=tokenizer)
-            model.save(f"{scratch}/model")
-            tokenizer.save_pretrained(f"{scratch}/model")
-            del model
+            default_model.quantize(plain, Path(scratch), texts, batch_size=batch_size, **config)
             seconds = round(time.perf_counter() - started)
             row = {"recipe": name, "config": config, "calibration_texts": len(texts), "quantize_s": seconds}
-            row.update(measure(Path(scratch) / "model", plain))
+            row.update(measure(Path(scratch), reference, tokenizer))
         print(json.dumps(row), flush=True)
         rows.append(row)
     write("quantization_recipes", {"machine": machine(), "recipes": rows})
