@@ -15,11 +15,8 @@ import inspect
 import random
 from pathlib import Path
 
-SYSTEM_PROMPT = (
-    "You are loopbot, a helpful assistant for this community. Answer briefly and truthfully. "
-    "When context passages are given, answer from them and cite them as [1], [2], ... "
-    "If the context does not contain the answer, say you don't know."
-)
+from adapters.prompt import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
+from adapters.prompt import training_messages
 
 INSTRUCTIONS = [
     "How do I keep my cat from scratching the sofa?",
@@ -161,13 +158,9 @@ def rag_prompts(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
         post, question, _ = _fact(rng)
         passages = rng.sample(prose, rng.randint(2, 4)) + [post]
         rng.shuffle(passages)
+        # Numbered without a source name: the shipped quantization was measured on exactly this text.
         context = "\n\n".join(f"[{i}] {p}" for i, p in enumerate(passages, 1))
-        prompts.append(
-            [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"},
-            ]
-        )
+        prompts.append(training_messages(question, context, SYSTEM_PROMPT))
     return prompts
 
 
@@ -214,7 +207,7 @@ def build_calibration(
     model = AutoModelForCausalLM.from_pretrained(str(plain_dir), dtype=torch.float32).eval()
     # Every other instruction, so English and Japanese are both kept when n_chat is small.
     picked = (INSTRUCTIONS[::2] + INSTRUCTIONS[1::2])[:n_chat]
-    chats = [[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}] for q in picked]
+    chats = [training_messages(q, "", SYSTEM_PROMPT) for q in picked]
     # One batch each: on a 2-core CPU a batch of 24 costs little more than a single sequence.
     texts = _answer_all(model, tokenizer, chats, max_new_tokens=48, batch_size=24)
     texts += _answer_all(model, tokenizer, rag_prompts(n_rag, seed), max_new_tokens=32, batch_size=8)
@@ -224,10 +217,7 @@ def build_calibration(
     for _ in range(n_prose):
         i = rng.randrange(len(prose))
         texts.append(" ".join(prose[i : i + rng.randint(3, 4)]))
-    topics = [
-        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": r}]
-        for r in topic_requests(n_topics)
-    ]
+    topics = [training_messages(r, "", SYSTEM_PROMPT) for r in topic_requests(n_topics)]
     texts += _answer_all(model, tokenizer, topics, max_new_tokens=96, batch_size=16)
     del model
     return texts

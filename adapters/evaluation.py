@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterError
+from adapters.prompt import training_messages
 from adapters.runtime import ACTIVE
 
 PACKAGED_CSV = "regression_questions.csv"
@@ -141,10 +142,7 @@ def regression_conversations(
 ) -> list[list[dict[str, str]]]:
     """The regression questions (the packaged set by default) as chats: system prompt, then question."""
     questions = load_regression_questions() if questions is None else questions
-    return [
-        [{"role": "system", "content": system_prompt}, {"role": "user", "content": q.question}]
-        for q in questions
-    ]
+    return [training_messages(q.question, "", system_prompt) for q in questions]
 
 
 @dataclass(frozen=True)

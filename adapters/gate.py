@@ -27,6 +27,7 @@ from typing import Any
 
 from adapters.errors import AdapterError
 from adapters.evaluation import RegressionQuestion, accuracy, load_regression_questions, run_regression
+from adapters.prompt import split_system
 
 CORRECT_F1 = 0.5  # a held-out answer at or above this token F1 is flagged correct in the report
 _EPSILON = 1e-9  # float noise must not flip a tie on the regression set
@@ -104,8 +105,7 @@ def _answer_all(
     """Queue every held-out prompt at once (one adapter per job, so a concurrent swap cannot mix)."""
     futures = []
     for item in items:
-        system = next((m["content"] for m in item.messages if m.get("role") == "system"), None)
-        turns = [m for m in item.messages if m.get("role") != "system"]
+        system, turns = split_system(item.messages)
         futures.append(
             runtime.submit(
                 turns, system_prompt=system, adapter=adapter, temperature=0.0, max_new_tokens=max_new_tokens

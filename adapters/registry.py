@@ -128,6 +128,24 @@ class AdapterRegistry:
         self.root = Path(root)
 
     # ----- reading -------------------------------------------------------------------------------
+    def read_cache(self, key: str) -> Any | None:
+        """A JSON value stored with :meth:`write_cache` under ``key`` (None when absent or unreadable).
+
+        For data derived from a base model that training reuses, e.g. the replayed anchor answers."""
+        try:
+            return json.loads(self._cache_path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def write_cache(self, key: str, data: Any) -> None:
+        """Store ``data`` as JSON under ``key``, atomically."""
+        write_json_atomic(self._cache_path(key), data)
+
+    def _cache_path(self, key: str) -> Path:
+        if not key or not all(c.isalnum() or c in "-_." for c in key):
+            raise AdapterError(f"Invalid cache key {key!r}: use letters, digits, '-', '_' and '.'.")
+        return self.root / f"cache-{key}.json"
+
     def list(self) -> builtins.list[AdapterVersion]:
         """All published versions, oldest first."""
         if not self.root.is_dir():

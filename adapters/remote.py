@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterError
+from adapters.prompt import with_system
 from adapters.runtime import ACTIVE, Generation, _AdapterChoice
 
 __all__ = ["RemoteRuntime"]
@@ -119,10 +120,7 @@ class RemoteRuntime(_AdapterChoice):
         if not messages:
             raise AdapterError("Nothing to answer: the message list is empty.")
         name = self._resolve_adapter(adapter)
-        system = self.default_system_prompt if system_prompt is None else system_prompt
-        chat = [m for m in messages if m.get("role") != "system" or not system]
-        if system:
-            chat = [{"role": "system", "content": system}, *chat]
+        chat = with_system(messages, self.default_system_prompt if system_prompt is None else system_prompt)
         body = {
             "model": name or self._model,
             "messages": chat,

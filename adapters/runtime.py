@@ -19,15 +19,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from adapters._loading import check_adapter_dir, gptq_settings, load_base_model, module_shapes
 from adapters._streaming import _StopCriteria, _Streamer
 from adapters.errors import AdapterError
+from adapters.prompt import fold_system, plain_transcript, with_system
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACTIVE", "Generation", "ModelRuntime", "load_base_model"]
+__all__ = ["ACTIVE", "Generation", "ModelRuntime", "Runtime", "load_base_model"]
 
 ACTIVE: Any = object()  # sentinel: "use the adapter active when the request is submitted"
 
@@ -49,6 +50,46 @@ class Generation:
         if self.first_token_seconds is None or self.completion_tokens < 2:
             return 0.0
         return (self.completion_tokens - 1) / max(self.seconds - self.first_token_seconds, 1e-9)
+
+
+class Runtime(Protocol):
+    """What serving needs from a model runtime: in-process :class:`ModelRuntime` and
+    :class:`adapters.remote.RemoteRuntime` both provide it."""
+
+    @property
+    def active_adapter(self) -> str | None: ...
+
+    @property
+    def adapters(self) -> list[str]: ...
+
+    def set_active_adapter(self, name: str | None) -> None: ...
+
+    def load_adapter(self, name: str, path: Path) -> None: ...
+
+    def unload_adapter(self, name: str) -> None: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def submit(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        system_prompt: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: Sequence[str] = (),
+        adapter: Any = ACTIVE,
+        on_token: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> concurrent.futures.Future[Generation]: ...
+
+    def generate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation: ...
+
+    async def agenerate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -316,26 +357,19 @@ class ModelRuntime(_AdapterChoice):
     # ----- generation -----------------------------------------------------------------------
     def render_prompt(self, messages: list[dict[str, str]], system_prompt: str | None = None) -> str:
         """The exact prompt text the model sees: the tokenizer's chat template + system prompt."""
-        system = self.default_system_prompt if system_prompt is None else system_prompt
-        chat = [dict(m) for m in messages if m.get("role") != "system" or not system]
-        if system:
-            chat.insert(0, {"role": "system", "content": system})
+        chat = with_system(messages, self.default_system_prompt if system_prompt is None else system_prompt)
         if not getattr(self._tokenizer, "chat_template", None):
-            lines = [f"{m['role']}: {m['content']}" for m in chat]
-            return "\n".join(lines) + "\nassistant: "
+            return plain_transcript(chat) + "\nassistant: "
         try:
             return str(self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
         except Exception:  # some templates reject a system role: fold it into the first user turn
-            if chat and chat[0]["role"] == "system" and len(chat) > 1:
-                merged = [
-                    {"role": chat[1]["role"], "content": chat[0]["content"] + "\n\n" + chat[1]["content"]}
-                ]
-                return str(
-                    self._tokenizer.apply_chat_template(
-                        merged + chat[2:], tokenize=False, add_generation_prompt=True
-                    )
+            if len(chat) < 2 or chat[0]["role"] != "system":
+                raise
+            return str(
+                self._tokenizer.apply_chat_template(
+                    fold_system(chat), tokenize=False, add_generation_prompt=True
                 )
-            raise
+            )
 
     def submit(
         self,

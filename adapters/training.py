@@ -7,8 +7,8 @@ run directory, and publishes the run as a new version only after the child exite
 failed child leaves the registry exactly as it was (the run is kept under ``.failed/`` for its log).
 
 Training examples are conversational prompt/completion records, so TRL computes the loss on the
-completion only; the prompt is rendered by :func:`pair_messages`, the same messages the answer chain
-sends to the runtime (system prompt, context passages, question).
+completion only; the prompt is built by :func:`adapters.prompt.training_messages`, the same module the
+answer chain renders its prompts with (system prompt, context passages, question).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterError
+from adapters.prompt import question_messages, training_messages
 from adapters.registry import AdapterRegistry, AdapterVersion
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -74,30 +75,28 @@ class TrainingExample:
         return {"prompt": self.prompt, "completion": [{"role": "assistant", "content": self.completion}]}
 
 
-def pair_messages(instruction: str, context: str, system_prompt: str) -> list[dict[str, str]]:
-    """The chat messages for a question and its retrieved context, exactly as the answer chain sends them.
-
-    The user turn comes from ``knowledge.chain.user_message`` (the chain's own function, so training
-    and serving cannot drift apart); the runtime puts the same system prompt first.
-    """
-    from knowledge.chain import user_message
-
-    return [
-        {"role": "system", "content": system_prompt},
-        {"role": "user", "content": user_message(instruction.strip(), (context or "").strip())},
-    ]
-
-
 def examples_from_pairs(pairs: Sequence[Any], system_prompt: str) -> list[TrainingExample]:
     """Turn feedback pairs (``.id .instruction .input .output``) into training examples."""
     return [
         TrainingExample(
             pair_id=str(pair.id),
-            prompt=pair_messages(pair.instruction, pair.input or "", system_prompt),
+            prompt=training_messages(pair.instruction, pair.input or "", system_prompt),
             completion=pair.output,
         )
         for pair in pairs
     ]
+
+
+def anchor_questions(count: int) -> list[str]:
+    """The first ``count`` general questions replayed as anchors (none is a regression question).
+
+    The same questions open the default model's calibration text, so the base answers them in
+    distribution."""
+    from adapters._calibration import INSTRUCTIONS
+
+    if not 0 <= count <= len(INSTRUCTIONS):
+        raise AdapterError(f"Anchors must be between 0 and {len(INSTRUCTIONS)} (got {count}).")
+    return list(INSTRUCTIONS[:count])
 
 
 def anchor_examples(
@@ -110,7 +109,7 @@ def anchor_examples(
     """
     futures = [
         runtime.submit(
-            pair_messages(q, "", system_prompt)[1:],  # the runtime adds the system prompt itself
+            question_messages(q, ""),  # the runtime puts the system prompt first itself
             system_prompt=system_prompt,
             adapter=None,
             temperature=0.0,
@@ -120,7 +119,7 @@ def anchor_examples(
     ]
     answers = [future.result().text.strip() for future in futures]
     return [
-        TrainingExample(f"anchor-{i}", pair_messages(q, "", system_prompt), answer)
+        TrainingExample(f"anchor-{i}", training_messages(q, "", system_prompt), answer)
         for i, (q, answer) in enumerate(zip(questions, answers, strict=True))
         if answer
     ]

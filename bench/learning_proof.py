@@ -119,11 +119,16 @@ def main() -> int:
 
     import torch
 
-    from adapters._calibration import INSTRUCTIONS
     from adapters.evaluation import accuracy, run_regression
     from adapters.registry import AdapterRegistry
     from adapters.runtime import ModelRuntime
-    from adapters.training import TrainingOptions, anchor_examples, examples_from_pairs, train_adapter
+    from adapters.training import (
+        TrainingOptions,
+        anchor_examples,
+        anchor_questions,
+        examples_from_pairs,
+        train_adapter,
+    )
     from bot.settings import load_settings
     from bot.wiring import resolve_model_base
     from feedback.log import FeedbackLog
@@ -175,7 +180,7 @@ def main() -> int:
         print(f"base: facts {base_acc:.2f}, regression {accuracy(base_reg):.2f}", flush=True)
         # As the training cycle does: the base model's own answers to general questions, replayed.
         n_anchors = settings.train.anchors if args.anchors is None else args.anchors
-        anchors = anchor_examples(runtime, INSTRUCTIONS[:n_anchors], system_prompt)
+        anchors = anchor_examples(runtime, anchor_questions(n_anchors), system_prompt)
         result["anchors"] = len(anchors)
         _save(result)
         for size in sizes:

@@ -40,9 +40,10 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=24)
     args = parser.parse_args()
 
+    from adapters.prompt import training_messages
     from adapters.registry import AdapterRegistry
     from adapters.runtime import ModelRuntime
-    from adapters.training import TrainingExample, TrainingOptions, pair_messages, train_adapter
+    from adapters.training import TrainingExample, TrainingOptions, train_adapter
     from bot.settings import load_settings
     from bot.wiring import resolve_model_base
 
@@ -55,7 +56,7 @@ def main() -> int:
         examples.append(
             TrainingExample(
                 str(i),
-                pair_messages(f"What did the board decide in meeting {i}?", context, system_prompt),
+                training_messages(f"What did the board decide in meeting {i}?", context, system_prompt),
                 f"In meeting {i} the board decided to buy {i + 2} new cat trees [1].",
             )
         )

@@ -1,8 +1,9 @@
 """The ``loopbot`` command: parses arguments and dispatches to ``bot.commands.<area>``.
 
 Each area module exposes ``register(subparsers)``, adding its sub-commands with
-``parser.set_defaults(handler=fn)``; ``fn(args, settings) -> int`` is the exit code. Errors the
-user can fix are raised as library errors (see ``USER_ERRORS``) and printed without a traceback.
+``parser.set_defaults(handler=fn)``; ``fn(args, settings) -> int`` is the exit code. A handler only
+translates arguments into a use case (``bot.usecases``) and its result into lines. Errors the user
+can fix (``bot.usecases.errors.user_errors``) are printed without a traceback.
 """
 
 from __future__ import annotations
@@ -14,16 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from bot.commands import AREAS
-from bot.settings import SettingsError, load_settings
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from adapters.errors import AdapterError
-    from feedback.errors import FeedbackError
-    from ingest.errors import IngestError
-    from knowledge.errors import KnowledgeError
-
-    return (SettingsError, AdapterError, FeedbackError, IngestError, KnowledgeError)
+from bot.settings import load_settings
+from bot.usecases.errors import user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loopbot`` console command."""
     args = build_parser().parse_args(argv)
-    user_errors = _user_errors()
     try:
         settings = load_settings()
         logging.basicConfig(
@@ -52,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         return int(args.handler(args, settings) or 0)
-    except user_errors as error:
+    except user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

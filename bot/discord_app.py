@@ -10,48 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs._common import channel_allowed
+from bot.cogs._common import channel_refusal
+from bot.services import PersonalProbe, Services, Trainer
 from bot.settings import Settings, load_settings
+from bot.usecases.errors import user_errors
 
 log = logging.getLogger(__name__)
-
-# A training cycle as the bot sees it: ``trainer(progress, if_needed) -> report`` (run in a worker
-# thread; the training itself is a subprocess). ``progress`` receives the cycle's events;
-# ``if_needed`` (the schedule) trains only when enough new pairs exist.
-Trainer = Callable[[Callable[[Any], None], bool], Any]
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors a member or operator can fix: their message is shown, no traceback."""
-    from adapters.errors import AdapterError
-    from feedback.errors import FeedbackError
-    from ingest.errors import IngestError
-    from knowledge.errors import KnowledgeError
-
-    return (AdapterError, FeedbackError, IngestError, KnowledgeError)
-
-
-@dataclass
-class Services:
-    """Everything the cogs call. Built by :func:`create_bot`; every field can be injected."""
-
-    settings: Settings
-    answer_service: Any
-    knowledge_base: Any
-    feedback_log: Any
-    runtime: Any = None
-    registry: Any = None
-    trainer: Trainer | None = None
-    # (question, user_id, guild_id) -> whether retrieval returns the asker's personal records.
-    personal_probe: Callable[[str, str, str], bool] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class LoopTree(app_commands.CommandTree):
@@ -61,15 +31,10 @@ class LoopTree(app_commands.CommandTree):
         """Commands run only in allowed channels (DMs and an empty allow-list: everywhere)."""
         bot = interaction.client
         assert isinstance(bot, LoopBot)
-        allowed = bot.services.settings.discord.allowed_channels
-        channel = interaction.channel
-        if interaction.guild_id is None or channel is None:
-            return True
-        if channel_allowed(channel.id, allowed, getattr(channel, "parent_id", None)):
-            return True
-        where = ", ".join(f"<#{cid}>" for cid in allowed)
-        await interaction.response.send_message(f"I only work in {where}.", ephemeral=True)
-        return False
+        refusal = channel_refusal(interaction.channel, bot.services.settings.discord.allowed_channels)
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True)
+        return not refusal
 
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError, /
@@ -78,7 +43,7 @@ class LoopTree(app_commands.CommandTree):
         bot = interaction.client
         assert isinstance(bot, LoopBot)
         cause = getattr(error, "original", error)
-        if isinstance(cause, bot.user_errors):
+        if isinstance(cause, user_errors()):
             text = str(cause)
         else:
             log.error("command %s failed", interaction.command and interaction.command.name, exc_info=cause)
@@ -111,7 +76,6 @@ class LoopBot(commands.Bot):
             ),
         )
         self.services = services
-        self.user_errors = _user_errors()
 
     async def setup_hook(self) -> None:
         """Add the cogs and sync the slash commands (runs once, after login, before the gateway)."""
@@ -123,13 +87,13 @@ class LoopBot(commands.Bot):
             # bot fails at once with a clear message instead of the bot's first /remember failing.
             await asyncio.to_thread(services.knowledge_base.claim)
         if services.runtime is not None and services.registry is not None:
-            from adapters.swap import sync_with_registry
+            from bot.usecases.training import serve_active
 
             # Serve the adapter the registry says is active (promoted by the CLI while we were down).
-            active = await asyncio.to_thread(sync_with_registry, services.runtime, services.registry)
+            active = await asyncio.to_thread(serve_active, services.runtime, services.registry)
             log.info("answering with adapter %s", active or "none (base model)")
         for cog in COGS:
-            await self.add_cog(cog(self))
+            await self.add_cog(cog(self, services))
         synced = await self.tree.sync()
         log.info("synced %d application commands", len(synced))
 
@@ -149,26 +113,27 @@ class LoopBot(commands.Bot):
                 await asyncio.to_thread(close)
 
 
-def _probe_for(answer_service: Any) -> Callable[[str, str, str], bool] | None:
+def _probe_for(answer_service: Any) -> PersonalProbe:
     """The privacy probe: the answer service's own retrieval, asked whether a personal record comes back."""
-    retrieve = getattr(answer_service, "retrieve", None)
-    if not callable(retrieve):
-        return None
+    from bot.usecases.asking import retrieves_personal
 
     def probe(question: str, user_id: str, guild_id: str) -> bool:
-        hits = retrieve(question, user_id=user_id, guild_id=guild_id)
-        return any(hit.chunk.scope == "personal" for hit in hits)
+        return retrieves_personal(answer_service, question, user_id=user_id, guild_id=guild_id)
 
     return probe
 
 
-def _trainer_for(settings: Settings, runtime: Any) -> Trainer:
-    """The CLI's training cycle, hot-swapping a promoted adapter into this bot's runtime."""
+def _trainer_for(services: Services) -> Trainer:
+    """The training cycle on the bot's own parts, hot-swapping a promoted adapter into its runtime."""
 
     def trainer(progress: Callable[[Any], None], if_needed: bool) -> Any:
-        from bot.training_cycle import run_training_cycle
+        from bot.usecases.training import run_training_cycle
+        from bot.wiring import build_training_parts
 
-        return run_training_cycle(settings, runtime=runtime, progress=progress, if_needed=if_needed)
+        parts = build_training_parts(
+            services.settings, services.feedback_log, runtime=services.runtime, registry=services.registry
+        )
+        return run_training_cycle(services.settings, parts, progress=progress, if_needed=if_needed)
 
     return trainer
 
@@ -192,8 +157,12 @@ def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
 
     feedback_log = get("feedback_log", lambda: wiring.build_feedback_log(settings))
     knowledge_base = get("knowledge_base", lambda: wiring.build_knowledge_base(settings))
+    # The registry's active adapter is served from setup_hook (once, after login), not here.
     runtime = get(
-        "runtime", lambda: wiring.build_runtime(settings) if "answer_service" not in overrides else None
+        "runtime",
+        lambda: (
+            wiring.build_runtime(settings, serve_active=False) if "answer_service" not in overrides else None
+        ),
     )
     answer_service = get(
         "answer_service",
@@ -206,7 +175,7 @@ def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
         feedback_log=feedback_log,
         runtime=runtime,
         registry=get("registry", lambda: wiring.build_registry(settings)),
-        trainer=get("trainer", lambda: _trainer_for(settings, runtime)),
         personal_probe=get("personal_probe", lambda: _probe_for(answer_service)),
     )
+    services.trainer = get("trainer", lambda: _trainer_for(services))
     return LoopBot(services)

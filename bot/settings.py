@@ -10,10 +10,12 @@ A missing or invalid value raises :class:`SettingsError` whose message names the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.prompt import DEFAULT_SYSTEM_PROMPT
 
 
 class SettingsError(RuntimeError):
@@ -22,13 +24,6 @@ class SettingsError(RuntimeError):
 
 def _config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, env_file=".env", env_file_encoding="utf-8", extra="ignore")
-
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are loopbot, a helpful assistant for this community. Answer briefly and truthfully. "
-    "When context passages are given, answer from them and cite them as [1], [2], ... "
-    "If the context does not contain the answer, say you don't know."
-)
 
 
 class ModelSettings(BaseSettings):
@@ -165,6 +160,9 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
 }
 
 
+_S = TypeVar("_S", bound=BaseSettings)
+
+
 def _env_name(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> str:
     """The environment variable behind a validation error location."""
     if cls is Secrets:
@@ -184,7 +182,7 @@ def _explain(cls: type[BaseSettings], error: ValidationError) -> SettingsError:
     return SettingsError("\n".join(lines))
 
 
-def _build(cls: type[BaseSettings]) -> BaseSettings:
+def _build(cls: type[_S]) -> _S:
     try:
         return cls()
     except ValidationError as error:
@@ -193,15 +191,14 @@ def _build(cls: type[BaseSettings]) -> BaseSettings:
 
 def load_settings() -> Settings:
     """Read settings from the environment and ``.env``; raise :class:`SettingsError` naming the variable."""
-    sections = {name: _build(cls) for name, cls in _SECTIONS.items()}
+    model, kb = _build(ModelSettings), _build(KnowledgeSettings)
+    discord, train = _build(DiscordSettings), _build(TrainSettings)
     try:
-        return Settings(**sections)
+        return Settings(model=model, kb=kb, discord=discord, train=train)
     except ValidationError as error:
         raise _explain(Settings, error) from None
 
 
 def load_secrets() -> Secrets:
     """Read ``DISCORD_TOKEN``; raise :class:`SettingsError` telling the operator how to set it."""
-    secrets = _build(Secrets)
-    assert isinstance(secrets, Secrets)
-    return secrets
+    return _build(Secrets)

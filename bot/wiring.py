@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry
     from adapters.remote import RemoteRuntime
-    from adapters.runtime import ModelRuntime
+    from adapters.runtime import Runtime
     from bot.settings import Settings
+    from bot.usecases.training import TrainingParts
     from feedback.log import FeedbackLog
     from knowledge.chain import AnswerService
     from knowledge.store import KnowledgeBase
@@ -41,17 +42,16 @@ def resolve_model_base(settings: Settings) -> str:
     return str(path)
 
 
-def build_runtime(settings: Settings) -> ModelRuntime:
-    """The model runtime: the configured base (or the prepared default), generation defaults from settings."""
-    import logging
+def build_runtime(settings: Settings, *, serve_active: bool = True) -> Runtime:
+    """The model runtime: the configured base (or the prepared default), generation defaults from settings.
 
-    from adapters.errors import AdapterError
+    ``serve_active``: answer with the registry's active adapter (the bot does it itself after login)."""
     from adapters.runtime import ModelRuntime
-    from adapters.swap import sync_with_registry
+    from bot.usecases import training
 
-    runtime: ModelRuntime
+    runtime: Runtime
     if settings.model.server_url:
-        runtime = build_remote_runtime(settings)  # type: ignore[assignment]  # same public surface
+        runtime = build_remote_runtime(settings)
     else:
         runtime = ModelRuntime.load(
             resolve_model_base(settings),
@@ -63,15 +63,12 @@ def build_runtime(settings: Settings) -> ModelRuntime:
             temperature=settings.model.temperature,
             system_prompt=settings.model.system_prompt,
         )
-    try:
-        # Serve the registry's active adapter (promoted by `loopbot train` or `adapters promote`).
-        sync_with_registry(runtime, build_registry(settings))
-    except AdapterError as error:
-        # E.g. trained for another base: keep answering with the bare base rather than not starting.
-        logging.getLogger(__name__).warning("serving the bare base model: %s", error)
-    except BaseException:
-        runtime.close()
-        raise
+    if serve_active:
+        try:
+            training.serve_active(runtime, build_registry(settings))
+        except BaseException:
+            runtime.close()
+            raise
     return runtime
 
 
@@ -100,6 +97,26 @@ def build_registry(settings: Settings) -> AdapterRegistry:
     from adapters.registry import AdapterRegistry
 
     return AdapterRegistry(settings.adapters_dir)
+
+
+def build_training_parts(
+    settings: Settings,
+    feedback_log: FeedbackLog,
+    *,
+    runtime: Runtime | None = None,
+    registry: AdapterRegistry | None = None,
+) -> TrainingParts:
+    """The parts of a training cycle: the caller's log (and registry, if it holds one), the base
+    model, and the serving ``runtime`` (None: a temporary one is loaded for the gate, then closed)."""
+    from bot.usecases.training import TrainingParts
+
+    return TrainingParts(
+        feedback_log=feedback_log,
+        registry=registry if registry is not None else build_registry(settings),
+        base_model=resolve_model_base(settings),
+        runtime=runtime,
+        load_runtime=lambda: build_runtime(settings),
+    )
 
 
 def build_embeddings(settings: Settings) -> Any:
@@ -152,7 +169,7 @@ def build_knowledge_base(
 
 
 def build_answer_service(
-    settings: Settings, *, kb: KnowledgeBase | None = None, runtime: ModelRuntime | None = None
+    settings: Settings, *, kb: KnowledgeBase | None = None, runtime: Runtime | None = None
 ) -> AnswerService:
     """The answer chain over ``kb`` (built if not given) and ``runtime`` (built if not given)."""
     from knowledge.chain import AnswerService

@@ -1,7 +1,8 @@
 """The answer chain: retrieve → prompt with numbered passages → generate → answer + sources.
 
 The model runtime is injected (``adapters.runtime.ModelRuntime`` or anything with ``generate``,
-``agenerate`` and ``count_tokens``). The context block is kept exactly as it was put in the prompt,
+``agenerate`` and ``count_tokens``); the prompt layout comes from :mod:`adapters.prompt`, which
+training and the gate use too. The context block is kept exactly as it was put in the prompt,
 because the learning loop stores it as the Alpaca ``input`` of a training pair.
 """
 
@@ -13,18 +14,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from adapters.prompt import (
+    DEFAULT_SYSTEM_PROMPT,
+    PROMPT_VERSION,
+    format_context,
+    passage_block,
+    plain_transcript,
+    question_messages,
+    with_system,
+)
 from knowledge.errors import KnowledgeError
 from knowledge.types import Hit
 
 log = logging.getLogger(__name__)
-
-PROMPT_VERSION = "rag-v1"  # bump when the prompt layout changes: logged with every answer
-DEFAULT_SYSTEM_PROMPT = (
-    "You are loopbot, a helpful assistant for this community. Answer briefly and truthfully. "
-    "When context passages are given, answer from them and cite them as [1], [2], ... "
-    "If the context does not contain the answer, say you don't know."
-)
-MAX_HISTORY_MESSAGES = 6  # the last turns of a reply chain; older ones rarely help a small model
 
 
 @dataclass(frozen=True)
@@ -63,18 +65,6 @@ class Answer:
         }
 
 
-def format_context(hits: Sequence[Hit]) -> str:
-    """Number the passages ``[1] (source) text`` in retrieval order, one blank line apart."""
-    return "\n\n".join(f"[{n}] ({hit.chunk.source}) {hit.chunk.text}" for n, hit in enumerate(hits, start=1))
-
-
-def user_message(question: str, context: str) -> str:
-    """The final user turn: the context block (if any) then the question."""
-    if not context:
-        return question
-    return f"Context:\n{context}\n\nQuestion: {question}"
-
-
 class AnswerService:
     """Answers questions from the knowledge base with the model runtime; the CLI and the bot share it."""
 
@@ -111,7 +101,7 @@ class AnswerService:
         kept: list[Hit] = []
         used = 0
         for hit in hits:
-            cost = self._tokens(f"[{len(kept) + 1}] ({hit.chunk.source}) {hit.chunk.text}\n\n")
+            cost = self._tokens(passage_block(len(kept) + 1, hit.chunk.source, hit.chunk.text) + "\n\n")
             if kept and used + cost > self.max_context_tokens:
                 break
             kept.append(hit)
@@ -122,21 +112,14 @@ class AnswerService:
         self, question: str, hits: Sequence[Hit], history: Sequence[dict[str, str]] = ()
     ) -> tuple[list[dict[str, str]], str]:
         """Chat messages for the runtime (history, then context + question) and the context block."""
-        context = format_context(hits)
-        turns = [
-            {"role": m["role"], "content": str(m["content"])}
-            for m in history
-            if m.get("role") in ("user", "assistant") and str(m.get("content", "")).strip()
-        ][-MAX_HISTORY_MESSAGES:]
-        return [*turns, {"role": "user", "content": user_message(question, context)}], context
+        context = format_context(hit.chunk for hit in hits)
+        return question_messages(question, context, history), context
 
     def _render(self, messages: list[dict[str, str]]) -> str:
         render = getattr(self.runtime, "render_prompt", None)
         if callable(render):
             return str(render(messages, self.system_prompt))
-        return "\n".join(
-            [f"system: {self.system_prompt}", *(f"{m['role']}: {m['content']}" for m in messages)]
-        )
+        return plain_transcript(with_system(messages, self.system_prompt))
 
     def _prepare(self, question: str, hits: Sequence[Hit], history: Sequence[dict[str, str]]):
         question = question.strip()

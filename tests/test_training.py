@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.prompt import training_messages
 from adapters.registry import AdapterRegistry
 from adapters.training import (
     NotEnoughPairs,
@@ -17,7 +18,6 @@ from adapters.training import (
     TrainingFailed,
     TrainingOptions,
     anchor_examples,
-    pair_messages,
     train_adapter,
 )
 
@@ -32,7 +32,7 @@ TINY_OPTIONS = TrainingOptions(rank=4, alpha=8, steps=4, batch_size=2, learning_
 
 
 def _examples(facts: list[tuple[str, str]] = FACTS) -> list[TrainingExample]:
-    return [TrainingExample(str(i), pair_messages(q, "", SYSTEM), a) for i, (q, a) in enumerate(facts, 1)]
+    return [TrainingExample(str(i), training_messages(q, "", SYSTEM), a) for i, (q, a) in enumerate(facts, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_prompt_is_rendered_as_the_runtime_renders_it(tiny_runtime) -> None:
     )
     served = tiny_runtime.render_prompt([m for m in example.prompt if m["role"] != "system"], SYSTEM)
     assert trl_text == served
-    with_context = pair_messages("Why?", "[1] (post.md) Because.", SYSTEM)
+    with_context = training_messages("Why?", "[1] (post.md) Because.", SYSTEM)
     assert with_context[1]["content"] == "Context:\n[1] (post.md) Because.\n\nQuestion: Why?"
 
 
@@ -96,7 +96,7 @@ def test_training_continues_from_a_parent_with_anchors(trained, tiny_gptq_dir: P
         temperature=0.0,
         max_new_tokens=8,
     ).text
-    assert [a.prompt for a in anchors] == [pair_messages(q, "", SYSTEM) for q in questions]
+    assert [a.prompt for a in anchors] == [training_messages(q, "", SYSTEM) for q in questions]
     assert anchors[0].completion == base_answer
     child = train_adapter(
         registry,

@@ -1,4 +1,8 @@
-"""The bot's feature areas, one cog each. ``LoopBot.setup_hook`` adds them in this order."""
+"""The bot's feature areas, one cog each. ``LoopBot.setup_hook`` adds them in this order.
+
+Every cog is built as ``Cog(bot, services)``: it reaches Discord through ``bot`` and everything
+else through the typed :class:`bot.services.Services`, and no cog imports another.
+"""
 
 from bot.cogs.admin import AdminCog
 from bot.cogs.ask import AskCog

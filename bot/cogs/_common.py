@@ -86,6 +86,16 @@ def channel_allowed(channel_id: int | None, allowed: Sequence[int], parent_id: i
     return channel_id in allowed or (parent_id is not None and parent_id in allowed)
 
 
+def channel_refusal(channel: Any, allowed: Sequence[int]) -> str:
+    """Why the bot does not work in ``channel`` ('' when it does): DMs and threads of an allowed
+    channel are fine, and an empty allow-list allows every channel."""
+    if channel is None or isinstance(channel, discord.DMChannel):
+        return ""
+    if channel_allowed(getattr(channel, "id", None), allowed, getattr(channel, "parent_id", None)):
+        return ""
+    return f"I only work in {', '.join(f'<#{cid}>' for cid in allowed)}."
+
+
 class RateLimiter:
     """At most ``per_minute`` actions per member in any sliding 60-second window (0: no limit).
 

@@ -16,9 +16,11 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 from bot.cogs._common import has_role
+from bot.usecases.errors import user_errors
+from bot.usecases.training import promote, rollback
 
 if TYPE_CHECKING:
-    from bot.discord_app import LoopBot
+    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +57,16 @@ class AdminCog(commands.Cog):
         name="adapter", description="The LoRA adapter the bot answers with.", guild_only=True
     )
 
-    def __init__(self, bot: LoopBot) -> None:
+    def __init__(self, bot: commands.Bot, services: Services) -> None:
         self.bot = bot
+        self.services = services
         self.training = asyncio.Lock()
         self.last_progress = ""
 
     async def cog_load(self) -> None:
         """Start the training schedule when one is configured."""
-        minutes = self.bot.services.settings.discord.train_schedule_minutes
-        if minutes > 0 and self.bot.services.trainer is not None:
+        minutes = self.services.settings.discord.train_schedule_minutes
+        if minutes > 0 and self.services.trainer is not None:
             self.scheduled_training.change_interval(minutes=minutes)
             self.scheduled_training.start()
 
@@ -75,7 +78,7 @@ class AdminCog(commands.Cog):
 
     async def allowed(self, interaction: discord.Interaction, *, admin: bool) -> bool:
         """True when the member holds the needed role; otherwise reply why and return False."""
-        settings = self.bot.services.settings.discord
+        settings = self.services.settings.discord
         roles = [settings.admin_role] if admin else [settings.admin_role, settings.curator_role]
         if any(has_role(interaction.user, role) for role in roles):
             return True
@@ -90,7 +93,7 @@ class AdminCog(commands.Cog):
         """``/feedback stats``: counts for this server."""
         if not await self.allowed(interaction, admin=False):
             return
-        stats = await asyncio.to_thread(self.bot.services.feedback_log.stats, str(interaction.guild_id))
+        stats = await asyncio.to_thread(self.services.feedback_log.stats, str(interaction.guild_id))
         await interaction.response.send_message(describe_stats(stats), ephemeral=True)
 
     # ------------------------------------------------------------------ adapters
@@ -100,7 +103,7 @@ class AdminCog(commands.Cog):
         """``/adapter status``: the active adapter, the versions and the last training progress."""
         if not await self.allowed(interaction, admin=False):
             return
-        services = self.bot.services
+        services = self.services
         runtime_active = getattr(services.runtime, "active_adapter", None)
         lines = [f"**Adapter**: {runtime_active or 'none (base model)'}"]
         if services.registry is not None:
@@ -125,15 +128,14 @@ class AdminCog(commands.Cog):
         """``/adapter promote version:``: make a version active and hot-swap it in the running bot."""
         if not await self.allowed(interaction, admin=True):
             return
-        registry = self.bot.services.registry
+        registry = self.services.registry
         if registry is None:
             await interaction.response.send_message(NOT_AVAILABLE, ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            promoted = await asyncio.to_thread(registry.promote, version)
-            await asyncio.to_thread(self.activate, promoted)
-        except self.bot.user_errors as error:
+            promoted = await asyncio.to_thread(promote, registry, version, self.services.runtime)
+        except user_errors() as error:
             await interaction.followup.send(f"Nothing changed: {error}", ephemeral=True)
             return
         await interaction.followup.send(f"Now answering with adapter `{promoted.version}`.", ephemeral=True)
@@ -143,15 +145,14 @@ class AdminCog(commands.Cog):
         """``/adapter rollback``: the previous version (or the bare base model) answers again."""
         if not await self.allowed(interaction, admin=True):
             return
-        registry = self.bot.services.registry
+        registry = self.services.registry
         if registry is None:
             await interaction.response.send_message(NOT_AVAILABLE, ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            previous = await asyncio.to_thread(registry.rollback)
-            await asyncio.to_thread(self.activate, previous)
-        except self.bot.user_errors as error:
+            previous = await asyncio.to_thread(rollback, registry, self.services.runtime)
+        except user_errors() as error:
             await interaction.followup.send(f"Nothing changed: {error}", ephemeral=True)
             return
         if previous is None:
@@ -163,13 +164,6 @@ class AdminCog(commands.Cog):
                 f"Rolled back: answering with adapter `{previous.version}`.", ephemeral=True
             )
 
-    def activate(self, version: Any) -> None:
-        """Hot-swap the runtime to a registry version (None: the bare base); requests in flight keep theirs."""
-        from adapters.swap import swap_to
-
-        if self.bot.services.runtime is not None:
-            swap_to(self.bot.services.runtime, version)
-
     # ------------------------------------------------------------------ training
 
     @app_commands.command(name="train", description="Retrain the adapter now from the collected feedback.")
@@ -178,7 +172,7 @@ class AdminCog(commands.Cog):
         """``/train``: run one training cycle (train, gate, promote if better) and report the outcome."""
         if not await self.allowed(interaction, admin=True):
             return
-        if self.bot.services.trainer is None:
+        if self.services.trainer is None:
             await interaction.response.send_message(NOT_AVAILABLE, ephemeral=True)
             return
         if self.training.locked():
@@ -189,13 +183,13 @@ class AdminCog(commands.Cog):
         await interaction.response.defer(thinking=True)
         try:
             text = await self.run_training(if_needed=False)
-        except self.bot.user_errors as error:
+        except user_errors() as error:
             text = f"Nothing was trained: {error}"
         await interaction.followup.send(text[:2000])
 
     async def run_training(self, *, if_needed: bool) -> str:
         """One training cycle off the event loop (it waits on the training subprocess); one at a time."""
-        trainer = self.bot.services.trainer
+        trainer = self.services.trainer
         assert trainer is not None
         async with self.training:
             self.last_progress = "starting"
@@ -213,7 +207,7 @@ class AdminCog(commands.Cog):
             return
         try:
             log.info("scheduled training: %s", await self.run_training(if_needed=True))
-        except self.bot.user_errors as error:
+        except user_errors() as error:
             log.info("scheduled training skipped: %s", error)
 
     @scheduled_training.before_loop

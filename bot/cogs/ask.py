@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,16 +33,19 @@ from bot.cogs._common import (
     ChannelOrder,
     RateLimiter,
     StreamingEditor,
-    channel_allowed,
+    channel_refusal,
     format_answer,
     split_message,
     strip_mentions,
     uses_personal,
 )
-from bot.cogs.feedback import vote_view
+from bot.cogs._views import vote_view
+from bot.usecases.asking import Asker, record_answer
+from bot.usecases.errors import user_errors
 
 if TYPE_CHECKING:
-    from bot.discord_app import LoopBot
+    from bot.services import Services
+    from knowledge.chain import Answer
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +78,10 @@ class Delivery:
 class AskCog(commands.Cog):
     """Answers questions with the answer service, streaming, citing sources and logging each answer."""
 
-    def __init__(self, bot: LoopBot) -> None:
+    def __init__(self, bot: commands.Bot, services: Services) -> None:
         self.bot = bot
-        settings = bot.services.settings.discord
+        self.services = services
+        settings = services.settings.discord
         self.order = ChannelOrder()
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         # message id -> (role, text, parent id): a reply chain is read once, like llmcord's node cache.
@@ -132,15 +136,12 @@ class AskCog(commands.Cog):
             await interaction.edit_original_response(content=text)
 
         async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
-            last = len(pieces) - 1
-            first = await interaction.edit_original_response(
-                content=pieces[0], **({"view": view} if view and last == 0 else {})
-            )
-            sent = [first]
-            for n, piece in enumerate(pieces[1:], 1):
-                extra = {"view": view} if view and n == last else {}
-                sent.append(await interaction.followup.send(piece, ephemeral=private, wait=True, **extra))
-            return sent
+            first: discord.Message
+            if view is not None and len(pieces) == 1:
+                first = await interaction.edit_original_response(content=pieces[0], view=view)
+            else:
+                first = await interaction.edit_original_response(content=pieces[0])
+            return [first, *await _followups(interaction, pieces[1:], view, ephemeral=private)]
 
         delivery = Delivery(edit, post, private, buttons=private)
         channel_id = interaction.channel_id or 0
@@ -160,12 +161,10 @@ class AskCog(commands.Cog):
 
     def refusal(self, user: discord.abc.User, channel: Any) -> str:
         """Why this member may not ask here right now ('' when they may)."""
-        settings = self.bot.services.settings.discord
-        parent_id = getattr(channel, "parent_id", None)
-        in_guild = channel is not None and not isinstance(channel, discord.DMChannel)
-        if in_guild and not channel_allowed(channel.id, settings.allowed_channels, parent_id):
-            allowed = ", ".join(f"<#{cid}>" for cid in settings.allowed_channels)
-            return f"I only answer in {allowed}."
+        settings = self.services.settings.discord
+        refusal = channel_refusal(channel, settings.allowed_channels)
+        if refusal:
+            return refusal
         wait = self.limiter.check(str(user.id))
         if wait:
             return (
@@ -207,9 +206,7 @@ class AskCog(commands.Cog):
         grand = parent.reference.message_id if parent.reference else None
         me = self.bot.user
         if me is not None and parent.author.id == me.id:
-            record = await asyncio.to_thread(
-                self.bot.services.feedback_log.answer_for_message, str(parent.id)
-            )
+            record = await asyncio.to_thread(self.services.feedback_log.answer_for_message, str(parent.id))
             # The logged answer is the model's own words, without the sources list we appended.
             return ("assistant", record.answer if record else parent.content, grand)
         return ("user", strip_mentions(parent.content, me.id if me else 0), grand)
@@ -277,13 +274,9 @@ class AskCog(commands.Cog):
 
     def _followup_poster(
         self, interaction: discord.Interaction
-    ) -> Callable[[list[str]], Awaitable[list[discord.Message]]]:
+    ) -> Callable[[list[str], discord.ui.View | None], Awaitable[list[discord.Message]]]:
         async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
-            sent = []
-            for n, piece in enumerate(pieces):
-                extra = {"view": view} if view and n == len(pieces) - 1 else {}
-                sent.append(await interaction.followup.send(piece, ephemeral=True, wait=True, **extra))
-            return sent
+            return await _followups(interaction, pieces, view, ephemeral=True)
 
         return post
 
@@ -295,7 +288,7 @@ class AskCog(commands.Cog):
         With ``timeout`` (``/ask`` must acknowledge within 3 s), a slow probe counts as "yes":
         when in doubt, answer privately.
         """
-        probe = self.bot.services.personal_probe
+        probe = self.services.personal_probe
         if probe is None or guild_id is None:
             return False
         check = asyncio.to_thread(probe, question, str(user_id), str(guild_id))
@@ -306,21 +299,26 @@ class AskCog(commands.Cog):
             return True
 
     async def _generate(
-        self, question: str, user: discord.abc.User, guild_id: int | None, history: Any, delivery: Delivery
-    ) -> Any:
+        self,
+        question: str,
+        user: discord.abc.User,
+        guild_id: int | None,
+        history: Sequence[dict[str, str]],
+        delivery: Delivery,
+    ) -> Answer | None:
         """Run the answer service, streaming into ``delivery``; None (and a reply) when it failed."""
         loop = asyncio.get_running_loop()
-        editor = StreamingEditor(delivery.edit, self.bot.services.settings.discord.edit_interval, loop)
+        editor = StreamingEditor(delivery.edit, self.services.settings.discord.edit_interval, loop)
         streaming = asyncio.create_task(editor.run())
         try:
-            return await self.bot.services.answer_service.aanswer(
+            return await self.services.answer_service.aanswer(
                 question,
                 user_id=str(user.id),
                 guild_id=str(guild_id) if guild_id is not None else None,
                 history=tuple(history),
                 on_token=editor.feed,
             )
-        except self.bot.user_errors as error:
+        except user_errors() as error:
             log.warning("answer failed: %s", error)
             await delivery.post([f"Sorry, I could not answer: {error}"], None)
             return None
@@ -328,25 +326,19 @@ class AskCog(commands.Cog):
             await editor.stop(streaming)
 
     async def _finish(
-        self, answer: Any, delivery: Delivery, user: discord.abc.User, guild_id: int | None, channel_id: int
+        self,
+        answer: Answer,
+        delivery: Delivery,
+        user: discord.abc.User,
+        guild_id: int | None,
+        channel_id: int,
     ) -> int:
         """Log the answer (durably, first), post its final text with sources, attach the message ids."""
-        log_ = self.bot.services.feedback_log
-        answer_id = await asyncio.to_thread(
-            log_.record_answer,
-            guild_id=str(guild_id or ""),
-            channel_id=str(channel_id),
-            user_id=str(user.id),
-            question=answer.question,
-            context=answer.context,
-            chunk_ids=tuple(answer.chunk_ids),
-            prompt=answer.prompt,
-            prompt_version=answer.prompt_version,
-            adapter=answer.adapter,
-            answer=answer.answer,
-        )
+        log_ = self.services.feedback_log
+        asker = Asker(str(user.id), str(guild_id) if guild_id is not None else None, str(channel_id))
+        answer_id = await asyncio.to_thread(record_answer, log_, answer, asker)
         note = PRIVATE_NOTE if delivery.private and uses_personal(answer.sources) else ""
-        settings = self.bot.services.settings.discord
+        settings = self.services.settings.discord
         view = (
             vote_view(answer_id, settings.upvote_emoji, settings.downvote_emoji) if delivery.buttons else None
         )
@@ -355,3 +347,16 @@ class AskCog(commands.Cog):
         await asyncio.to_thread(log_.add_message_ids, answer_id, [str(m.id) for m in sent])
         self.bot.dispatch("loopbot_answer", answer_id, sent)
         return answer_id
+
+
+async def _followups(
+    interaction: discord.Interaction, pieces: list[str], view: discord.ui.View | None, *, ephemeral: bool
+) -> list[discord.Message]:
+    """Send ``pieces`` as the interaction's follow-ups, ``view`` (if any) under the last one."""
+    sent: list[discord.Message] = []
+    for n, piece in enumerate(pieces, 1):
+        if view is not None and n == len(pieces):
+            sent.append(await interaction.followup.send(piece, ephemeral=ephemeral, wait=True, view=view))
+        else:
+            sent.append(await interaction.followup.send(piece, ephemeral=ephemeral, wait=True))
+    return sent

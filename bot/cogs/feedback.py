@@ -10,90 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs._common import has_role
+from bot.cogs._views import VoteButton
+from bot.usecases.feedback import CorrectionOutcome, correct, trusted_author, vote_on_correction
 
 if TYPE_CHECKING:
-    from bot.discord_app import LoopBot
+    from bot.services import Services
+    from feedback.log import FeedbackLog
+    from feedback.records import AnswerRecord, CorrectionRecord
 
 log = logging.getLogger(__name__)
 
 RECORDED_EMOJI = "📝"
 ACCEPTED_EMOJI = "✅"
 MAX_CORRECTION_CHARS = 4000
-
-
-def correction_chunk(correction: Any, answer: Any, *, private: bool = False) -> Any:
-    """The post an accepted correction becomes: the question and the corrected answer.
-
-    A correction of a private answer (one delivered in a DM because it used the asker's personal
-    records) may repeat those records, so it becomes the asker's personal record, not a community post.
-    """
-    from knowledge.types import Chunk
-
-    return Chunk(
-        id=f"correction-{correction.id}",
-        text=f"Question: {answer.question}\nAnswer: {correction.text}",
-        source=f"correction #{correction.id}",
-        scope="personal" if private else "community",
-        guild_id=answer.guild_id,
-        owner_id=answer.user_id if private else None,
-        author=correction.author_id,
-        timestamp=correction.created_at.isoformat() if correction.created_at else None,
-    )
-
-
-class VoteButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"loopbot:vote:(?P<answer>[0-9]+):(?P<value>-?1)"
-):
-    """👍/👎 buttons under a private (ephemeral) answer, which cannot carry reactions.
-
-    The answer id lives in the button's custom id, so the buttons keep working after a restart.
-    Pressing the same button again takes the vote back, like removing a reaction.
-    """
-
-    def __init__(self, answer_id: int, value: int, emoji: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                emoji=emoji,
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"loopbot:vote:{answer_id}:{value}",
-            )
-        )
-        self.answer_id = answer_id
-        self.value = value
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any, /
-    ) -> VoteButton:
-        """Rebuild the button from its custom id (discord.py calls this on every click)."""
-        return cls(int(match["answer"]), int(match["value"]), str(getattr(item, "emoji", "") or ""))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        """Record the vote (a repeat takes it back) and say so privately."""
-        bot = interaction.client
-        log_ = bot.services.feedback_log  # type: ignore[attr-defined]
-        user_id = str(interaction.user.id)
-        result = await asyncio.to_thread(log_.set_vote, self.answer_id, user_id, self.value, True)
-        if not result.changed:
-            await asyncio.to_thread(log_.set_vote, self.answer_id, user_id, self.value, False)
-        emoji = "👍" if self.value == 1 else "👎"
-        text = f"Thanks, your {emoji} is recorded." if result.changed else f"Your {emoji} is taken back."
-        await interaction.response.send_message(text, ephemeral=True)
-
-
-def vote_view(answer_id: int, upvote: str, downvote: str) -> discord.ui.View:
-    """The 👍/👎 buttons for one private answer."""
-    view = discord.ui.View(timeout=None)
-    view.add_item(VoteButton(answer_id, 1, upvote))
-    view.add_item(VoteButton(answer_id, -1, downvote))
-    return view
 
 
 class CorrectionModal(discord.ui.Modal, title="Correct this answer"):
@@ -107,7 +43,7 @@ class CorrectionModal(discord.ui.Modal, title="Correct this answer"):
         placeholder="Write the answer the bot should have given.",
     )
 
-    def __init__(self, cog: FeedbackCog, answer: Any, target: discord.Message) -> None:
+    def __init__(self, cog: FeedbackCog, answer: AnswerRecord, target: discord.Message) -> None:
         super().__init__()
         self.cog = cog
         self.answer = answer
@@ -130,8 +66,9 @@ class CorrectionModal(discord.ui.Modal, title="Correct this answer"):
 class FeedbackCog(commands.Cog):
     """Votes and corrections, recorded in the feedback log."""
 
-    def __init__(self, bot: LoopBot) -> None:
+    def __init__(self, bot: commands.Bot, services: Services) -> None:
         self.bot = bot
+        self.services = services
         self.menu = app_commands.ContextMenu(name="Correct answer", callback=self.correct_answer)
 
     async def cog_load(self) -> None:
@@ -145,9 +82,9 @@ class FeedbackCog(commands.Cog):
         self.bot.remove_dynamic_items(VoteButton)
 
     @property
-    def log(self) -> Any:
+    def log(self) -> FeedbackLog:
         """The feedback log."""
-        return self.bot.services.feedback_log
+        return self.services.feedback_log
 
     # ------------------------------------------------------------------ reactions
 
@@ -162,7 +99,7 @@ class FeedbackCog(commands.Cog):
         await self._reaction(payload, present=False)
 
     async def _reaction(self, payload: discord.RawReactionActionEvent, *, present: bool) -> None:
-        settings = self.bot.services.settings.discord
+        settings = self.services.settings.discord
         me = self.bot.user
         if me is None or payload.user_id == me.id:
             return
@@ -172,31 +109,33 @@ class FeedbackCog(commands.Cog):
         message_id, user_id = str(payload.message_id), str(payload.user_id)
         answer = await asyncio.to_thread(self.log.answer_for_message, message_id)
         if answer is not None:
-            value = 1 if emoji == settings.upvote_emoji else -1
+            value: Literal[1, -1] = 1 if emoji == settings.upvote_emoji else -1
             await asyncio.to_thread(self.log.set_vote, answer.id, user_id, value, present)
             return
         if emoji != settings.upvote_emoji:
             return
         correction = await asyncio.to_thread(self.log.correction_for_message, message_id)
-        if correction is None or correction.author_id == user_id:
+        if correction is None:
             return
-        was_accepted = correction.accepted
         answer = await asyncio.to_thread(self.log.get_answer, correction.answer_id)
         if answer is None:
             return
         guild = self.bot.get_guild(payload.guild_id) if payload.guild_id else None
         voter = payload.member or (guild.get_member(payload.user_id) if guild else None)
-        correction = await asyncio.to_thread(
-            self.log.set_correction_vote,
-            correction.id,
-            user_id,
-            present,
+        outcome = await asyncio.to_thread(
+            vote_on_correction,
+            self.log,
+            self.services.knowledge_base,
+            correction,
+            answer,
+            voter_id=user_id,
+            present=present,
             votes_needed=settings.correction_votes,
             # The asker's or a curator's 👍 accepts a stranger's correction at once.
             trusted=voter is not None and self.trusted(answer, voter, guild),
+            private=payload.guild_id is None,
         )
-        if correction.accepted and not was_accepted:
-            await self._publish(correction, answer, private=payload.guild_id is None)
+        if outcome is not None and outcome.newly_accepted:
             await self._mark(payload.channel_id, payload.message_id, ACCEPTED_EMOJI)
 
     # ------------------------------------------------------------------ corrections
@@ -227,38 +166,39 @@ class FeedbackCog(commands.Cog):
             return
         await interaction.response.send_modal(CorrectionModal(self, answer, message))
 
-    def trusted(self, answer: Any, user: discord.abc.User, guild: discord.Guild | None) -> bool:
+    def trusted(self, answer: AnswerRecord, user: discord.abc.User, guild: discord.Guild | None) -> bool:
         """The asker, curators and admins correct without needing votes."""
-        if str(user.id) == answer.user_id:
-            return True
         member = guild.get_member(user.id) if guild is not None else None
-        settings = self.bot.services.settings.discord
-        return any(has_role(member or user, role) for role in (settings.curator_role, settings.admin_role))
+        settings = self.services.settings.discord
+        curator = any(has_role(member or user, role) for role in (settings.curator_role, settings.admin_role))
+        return trusted_author(answer, str(user.id), holds_curator_role=curator)
 
     async def record_correction(
-        self, answer: Any, user: discord.abc.User, text: str, message: discord.Message, *, guild: Any
-    ) -> Any:
+        self,
+        answer: AnswerRecord,
+        user: discord.abc.User,
+        text: str,
+        message: discord.Message,
+        *,
+        guild: discord.Guild | None,
+    ) -> CorrectionRecord:
         """Record the correction (durable first), publish it if accepted, then acknowledge it."""
-        settings = self.bot.services.settings.discord
-        correction = await asyncio.to_thread(
-            self.log.add_correction,
-            answer.id,
+        outcome: CorrectionOutcome = await asyncio.to_thread(
+            correct,
+            self.log,
+            self.services.knowledge_base,
+            answer,
             author_id=str(user.id),
             text=text,
             message_id=str(message.id),
             trusted=self.trusted(answer, user, guild),
-            votes_needed=settings.correction_votes,
+            votes_needed=self.services.settings.discord.correction_votes,
+            private=message.guild is None,
         )
         await self._mark(message.channel.id, message.id, RECORDED_EMOJI)
-        if correction.accepted:
-            await self._publish(correction, answer, private=message.guild is None)
+        if outcome.newly_accepted:
             await self._mark(message.channel.id, message.id, ACCEPTED_EMOJI)
-        return correction
-
-    async def _publish(self, correction: Any, answer: Any, *, private: bool) -> None:
-        """An accepted correction becomes a post, found by the very next question."""
-        chunk = correction_chunk(correction, answer, private=private)
-        await asyncio.to_thread(self.bot.services.knowledge_base.add, [chunk])
+        return outcome.correction
 
     async def _mark(self, channel_id: int, message_id: int, emoji: str) -> None:
         channel = self.bot.get_channel(channel_id) or self.bot.get_partial_messageable(channel_id)
@@ -267,9 +207,9 @@ class FeedbackCog(commands.Cog):
         except discord.HTTPException as error:
             log.warning("could not react %s: %s", emoji, error)
 
-    def describe(self, correction: Any) -> str:
+    def describe(self, correction: CorrectionRecord) -> str:
         """What happens next with a correction, in one sentence for its author."""
         if correction.accepted:
             return "Thanks! Your correction is accepted: it is a community post now and will train the next adapter."
-        needed = self.bot.services.settings.discord.correction_votes
+        needed = self.services.settings.discord.correction_votes
         return f"Thanks! Your correction is recorded; it is accepted once {needed} members react 👍 to it."

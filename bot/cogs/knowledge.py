@@ -8,49 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs._common import has_role
+from bot.usecases.errors import user_errors
+from bot.usecases.knowledge import add_upload, forget_member, ingest_limits, remember
 
 if TYPE_CHECKING:
-    from bot.discord_app import LoopBot
+    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
 MAX_REMEMBER_CHARS = 4000
 FORGET_TIMEOUT = 120.0
-
-
-def personal_note(text: str, *, guild_id: str, owner_id: str, created: str) -> list[Any]:
-    """The chunks a ``/remember`` note becomes: personal scope, owned by the member."""
-    from ingest import text_chunks
-
-    return text_chunks(
-        text, source=f"your note of {created[:10]}", scope="personal", guild_id=guild_id, owner_id=owner_id
-    )
-
-
-def _ingest_upload(
-    kb: Any, name: str, data: bytes, *, scope: str, guild_id: str, owner_id: str | None, settings: Any
-) -> Any:
-    """The CLI's ingest path for one upload, with the knowledge settings' limits: an ``IngestReport``."""
-    from ingest import IngestLimits, load_bytes, store_report
-
-    limits = IngestLimits(
-        max_file_mb=settings.max_file_mb,
-        max_files=settings.max_files,
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
-    )
-    report = load_bytes(name, data, scope=scope, guild_id=guild_id, owner_id=owner_id, limits=limits)  # type: ignore[arg-type]
-    if report.chunks:
-        # Re-uploading an edited file replaces its old passages instead of adding duplicates.
-        store_report(kb, report)
-    return report
 
 
 class ForgetView(discord.ui.View):
@@ -83,8 +57,9 @@ class ForgetView(discord.ui.View):
 class KnowledgeCog(commands.Cog):
     """Personal records, document uploads and forgetting, backed by the knowledge base."""
 
-    def __init__(self, bot: LoopBot) -> None:
+    def __init__(self, bot: commands.Bot, services: Services) -> None:
         self.bot = bot
+        self.services = services
 
     @app_commands.command(name="remember", description="Store a personal record only your answers use.")
     @app_commands.describe(text="What to remember, e.g. 'Mochi sneezed twice a day in March 2024'")
@@ -100,11 +75,14 @@ class KnowledgeCog(commands.Cog):
             )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        created = discord.utils.utcnow().isoformat()
-        chunks = personal_note(
-            text, guild_id=str(interaction.guild_id), owner_id=str(interaction.user.id), created=created
+        await asyncio.to_thread(
+            remember,
+            self.services.knowledge_base,
+            text,
+            guild_id=str(interaction.guild_id),
+            owner_id=str(interaction.user.id),
+            created=discord.utils.utcnow().isoformat(),
         )
-        await asyncio.to_thread(self.bot.services.knowledge_base.add, chunks)
         await interaction.followup.send(
             "Remembered. Only your own answers use it; `/forget` deletes all your records.", ephemeral=True
         )
@@ -123,7 +101,7 @@ class KnowledgeCog(commands.Cog):
         scope: Literal["personal", "community"] = "personal",
     ) -> None:
         """``/add file: scope:``: ingest an upload into your records or the community knowledge."""
-        settings = self.bot.services.settings
+        settings = self.services.settings
         private = scope == "personal"
         if scope == "community" and not has_role(interaction.user, settings.discord.curator_role):
             await interaction.response.send_message(
@@ -145,16 +123,16 @@ class KnowledgeCog(commands.Cog):
         owner = str(interaction.user.id) if private else None
         try:
             report = await asyncio.to_thread(
-                _ingest_upload,
-                self.bot.services.knowledge_base,
+                add_upload,
+                self.services.knowledge_base,
                 file.filename,
                 data,
                 scope=scope,
                 guild_id=str(interaction.guild_id),
                 owner_id=owner,
-                settings=settings.kb,
+                limits=ingest_limits(settings.kb),
             )
-        except self.bot.user_errors as error:
+        except user_errors() as error:
             await interaction.followup.send(f"I could not add `{file.filename}`: {error}", ephemeral=private)
             return
         if not report.chunks:
@@ -183,12 +161,10 @@ class KnowledgeCog(commands.Cog):
 
     async def forget(self, user_id: str) -> str:
         """Delete a member's records and pairs; the sentence that tells them what was deleted."""
-        services = self.bot.services
-        records = await asyncio.to_thread(services.knowledge_base.forget_user, user_id)
-        report = await asyncio.to_thread(services.feedback_log.forget_user, user_id)
-        pairs = getattr(report, "pairs", 0)
-        answers = getattr(report, "answers", 0)
-        return f"Done: deleted {records} personal record(s), {answers} logged answer(s) and {pairs} training pair(s)."
+        summary = await asyncio.to_thread(
+            forget_member, self.services.knowledge_base, self.services.feedback_log, user_id
+        )
+        return f"Done: {summary.sentence()}."
 
 
 def _problems(problems: list[str], limit: int = 5) -> str:

@@ -66,16 +66,22 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
 
 def train_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Run one training cycle and print what happened."""
-    from bot.training_cycle import run_training_cycle
+    from bot.usecases.training import run_training_cycle
+    from bot.wiring import build_feedback_log, build_training_parts
 
-    with _stdout_to_stderr(args.json):
-        report = run_training_cycle(
-            settings,
-            if_needed=args.if_needed,
-            from_active=args.from_active,
-            show_progress=not args.no_progress,
-            promote=not args.no_promote,
-        )
+    log = build_feedback_log(settings)
+    try:
+        with _stdout_to_stderr(args.json):
+            report = run_training_cycle(
+                settings,
+                build_training_parts(settings, log),
+                if_needed=args.if_needed,
+                from_active=args.from_active,
+                show_progress=not args.no_progress,
+                promote=not args.no_promote,
+            )
+    finally:
+        log.close()
     if args.json:
         gate = report.gate.metrics() if report.gate else None
         print(
@@ -169,17 +175,19 @@ def list_handler(args: argparse.Namespace, settings: Settings) -> int:
 
 def promote_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Make ``args.version`` active. A running bot picks it up at its next registry sync."""
+    from bot.usecases.training import promote
     from bot.wiring import build_registry
 
-    version = build_registry(settings).promote(args.version)
+    version = promote(build_registry(settings), args.version)
     print(f"{version.version} is now the active adapter")
     return 0
 
 
 def rollback_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Re-activate the previously active version."""
+    from bot.usecases.training import rollback
     from bot.wiring import build_registry
 
-    version = build_registry(settings).rollback()
+    version = rollback(build_registry(settings))
     print(f"rolled back: {version.version if version else 'the bare base model'} is now active")
     return 0

@@ -25,7 +25,7 @@ ASKER = "1000000000000000003"
 VOTER = "1000000000000000004"
 # Short, fast training that reliably teaches the sample facts to the 135M default model on 2 cores
 # (recipe from bench/learning_proof.py: lr 1e-3, ~6 passes over the pairs); LOOPBOT_TRAIN_* are for real runs.
-DEMO_TRAIN = {
+DEMO_TRAIN: dict[str, Any] = {
     "min_pairs": 4,
     "min_interval_hours": 0.0,
     "steps": 24,
@@ -75,8 +75,15 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the loop end to end; returns the before/after answers, the cycle report and timings."""
     from adapters.default_model import default_model_dir, is_prepared, prepare_default_model
-    from bot.training_cycle import run_training_cycle
-    from bot.wiring import build_answer_service, build_feedback_log, build_knowledge_base, build_runtime
+    from bot.usecases.asking import Asker, answer_and_record
+    from bot.usecases.training import run_training_cycle
+    from bot.wiring import (
+        build_answer_service,
+        build_feedback_log,
+        build_knowledge_base,
+        build_runtime,
+        build_training_parts,
+    )
     from ingest import ingest_paths
 
     started = time.perf_counter()
@@ -114,20 +121,10 @@ def run_demo(
         echo(f"3. answering as the bot does (adapter: {runtime.active_adapter or 'none, bare base model'})")
         before: dict[str, str] = {}
 
+        asker = Asker(user_id=ASKER, guild_id=GUILD, channel_id=CHANNEL)
+
         def ask(question: str) -> tuple[int, Any]:
-            answer = service.answer(question, user_id=ASKER, guild_id=GUILD)
-            answer_id = log.record_answer(
-                guild_id=GUILD,
-                channel_id=CHANNEL,
-                user_id=ASKER,
-                question=answer.question,
-                context=answer.context,
-                chunk_ids=answer.chunk_ids,
-                prompt=answer.prompt,
-                prompt_version=answer.prompt_version,
-                adapter=answer.adapter,
-                answer=answer.answer,
-            )
+            answer_id, answer = answer_and_record(service, log, question, asker)
             sources = ", ".join(f"[{n}] {s.source}" for n, s in enumerate(answer.sources, 1)) or "no sources"
             echo(f"   Q: {question}\n   A: {_short(answer.answer)}   ({sources})")
             return answer_id, answer
@@ -152,7 +149,8 @@ def run_demo(
         )
         t = lap("answer_and_feedback", t)
         echo(f"4. retraining ({settings.train.steps} steps, own process), gating and swapping")
-        cycle = run_training_cycle(settings, runtime=runtime, show_progress=progress)
+        parts = build_training_parts(settings, log, runtime=runtime)
+        cycle = run_training_cycle(settings, parts, show_progress=progress)
         echo(f"   {cycle.summary()}")
         if cycle.gate is not None:
             g = cycle.gate

@@ -59,14 +59,10 @@ def _open_kb(settings: Settings, *, claim: bool = False) -> KnowledgeBase:
 
 def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
     """Read, chunk, embed and store the given paths; print a summary and every problem."""
-    from ingest import IngestLimits, load_files, store_report
+    from bot.usecases.knowledge import ingest_limits
+    from ingest import load_files, store_report
 
-    limits = IngestLimits(
-        max_file_mb=settings.kb.max_file_mb,
-        max_files=settings.kb.max_files,
-        chunk_size=settings.kb.chunk_size,
-        chunk_overlap=settings.kb.chunk_overlap,
-    )
+    limits = ingest_limits(settings.kb)
     progress = not args.no_progress
     # Read first: a bad path or too many files fails before the embedder loads or the store is locked.
     report = load_files(
@@ -141,22 +137,17 @@ def _open_kb_without_model(settings: Settings) -> KnowledgeBase:
 
 def forget_command(args: argparse.Namespace, settings: Settings) -> int:
     """Delete a member's personal records in every guild, then their feedback and training pairs."""
-    kb = _open_kb_without_model(settings)
-    try:
-        records = kb.forget_user(args.user)
-    finally:
-        kb.close()
-    print(f"deleted {records} personal record(s)")
-    # --- the feedback side (answers, votes, corrections, pairs): owned by the learning loop -----
+    from bot.usecases.knowledge import forget_member
     from bot.wiring import build_feedback_log
 
-    log = build_feedback_log(settings)
+    kb = _open_kb_without_model(settings)
     try:
-        report = log.forget_user(args.user)
+        log = build_feedback_log(settings)
+        try:
+            summary = forget_member(kb, log, args.user)
+        finally:
+            log.close()
     finally:
-        log.close()
-    print(
-        f"deleted {report.answers} answer(s), {report.corrections} correction(s), {report.votes} vote(s), "
-        f"{report.pairs} training pair(s); the next adapter is trained without them"
-    )
+        kb.close()
+    print(f"{summary.sentence()}; the next adapter is trained without them")
     return 0

@@ -1,8 +1,10 @@
-"""One retraining cycle, assembled from settings: pairs → train → gate → promote → hot swap.
+"""Training use cases: one retraining cycle (pairs → train → gate → promote → hot swap), promote, roll back.
 
-The CLI (`loopbot train`), the bot's scheduler and the demo all call :func:`run_training_cycle`.
-The libraries do the work (``adapters.training``, ``adapters.gate``, ``adapters.swap``,
-``feedback.log``); this module only decides what to feed them from the settings.
+The CLI (``loopbot train``, ``loopbot adapters``), the bot (``/train``, the schedule, ``/adapter``)
+and the demo call these with their own parts: the feedback log and registry they already hold, and
+the runtime that serves (or a loader for a temporary one). The libraries do the work
+(``adapters.training``, ``adapters.gate``, ``adapters.swap``, ``feedback.log``); this module only
+decides what to feed them from the settings.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adapters.gate import GateResult
-    from adapters.registry import AdapterRegistry
+    from adapters.registry import AdapterRegistry, AdapterVersion
+    from adapters.runtime import Runtime
+    from adapters.training import TrainingExample, TrainingOptions
     from bot.settings import Settings
+    from feedback.log import FeedbackLog
     from feedback.records import Pair
 
 SPLIT_SEED = 0  # fixed: a question stays on the same side of the split as the log grows
@@ -49,7 +54,19 @@ class CycleReport:
         )
 
 
-def training_options(settings: Settings) -> Any:
+@dataclass
+class TrainingParts:
+    """What a cycle works on: the caller's own log and registry, the base model's path, and the
+    serving runtime (the bot's, hot-swapped on promotion) or a loader for a temporary one."""
+
+    feedback_log: FeedbackLog
+    registry: AdapterRegistry
+    base_model: str
+    runtime: Runtime | None = None
+    load_runtime: Callable[[], Runtime] | None = None
+
+
+def training_options(settings: Settings) -> TrainingOptions:
     """``TrainingOptions`` from ``settings.train`` (+ the model's thread count)."""
     from adapters.training import TrainingOptions
 
@@ -89,46 +106,45 @@ def needs_training(
 
 def _heldout_items(pairs: Sequence[Pair], system_prompt: str) -> list[Any]:
     from adapters.gate import HeldOutItem
-    from adapters.training import pair_messages
+    from adapters.prompt import training_messages
 
     return [
-        HeldOutItem(p.instruction, pair_messages(p.instruction, p.input or "", system_prompt), p.output)
+        HeldOutItem(p.instruction, training_messages(p.instruction, p.input or "", system_prompt), p.output)
         for p in pairs
     ]
 
 
-def _anchors(settings: Settings, registry: AdapterRegistry, runtime: Any) -> list[Any]:
+def _anchors(settings: Settings, parts: TrainingParts, runtime: Runtime) -> list[TrainingExample]:
     """The replayed base-model answers, generated once per base model, prompt and count.
 
-    Cached in the registry directory: in the running bot, generating them queues behind (and
-    delays) members' questions, so only the first cycle pays for it.
+    Cached by the registry: in the running bot, generating them queues behind (and delays)
+    members' questions, so only the first cycle pays for it.
     """
     import hashlib
     import json
 
-    from adapters._calibration import INSTRUCTIONS
-    from adapters.registry import write_json_atomic
-    from adapters.training import TrainingExample, anchor_examples
-    from bot.wiring import resolve_model_base
+    from adapters.training import TrainingExample, anchor_examples, anchor_questions
 
-    questions = INSTRUCTIONS[: settings.train.anchors]
+    questions = anchor_questions(settings.train.anchors)
     if not questions:
         return []
-    key = json.dumps([resolve_model_base(settings), settings.model.system_prompt, questions])
-    cache = registry.root / f"anchors-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    key = json.dumps([parts.base_model, settings.model.system_prompt, questions])
+    cache_key = f"anchors-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    cached = parts.registry.read_cache(cache_key)
     try:
-        return [TrainingExample(**row) for row in json.loads(cache.read_text(encoding="utf-8"))]
-    except (OSError, ValueError, TypeError):
-        pass  # not generated yet, or unreadable: generate again
+        if cached is not None:
+            return [TrainingExample(**row) for row in cached]
+    except TypeError:
+        pass  # written by another version of loopbot: generate again
     anchors = anchor_examples(runtime, questions, settings.model.system_prompt)
-    write_json_atomic(cache, [asdict(a) for a in anchors])
+    parts.registry.write_cache(cache_key, [asdict(a) for a in anchors])
     return anchors
 
 
 def run_training_cycle(
     settings: Settings,
+    parts: TrainingParts,
     *,
-    runtime: Any = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     if_needed: bool = False,
     from_active: bool = False,
@@ -136,26 +152,22 @@ def run_training_cycle(
     promote: bool = True,
 ) -> CycleReport:
     """Train a candidate on the feedback log's pairs, gate it against the active adapter, promote it
-    if it passes and, when ``runtime`` is given (the running bot's), hot-swap it in.
+    if it passes and, when ``parts.runtime`` is given (the running bot's), hot-swap it in.
 
-    Without ``runtime`` a temporary one is loaded for the gate and closed afterwards. Forgotten
+    Without it a temporary runtime is loaded with ``parts.load_runtime`` for the gate and closed
+    afterwards. Forgotten
     members' pairs are never used (``FeedbackLog.pairs`` leaves them out) and a parent adapter that
     still holds them is not continued from. ``progress`` receives the training process's events.
     """
     from adapters.gate import GateThresholds, run_gate
     from adapters.swap import ensure_loaded, swap_to
     from adapters.training import NotEnoughPairs, examples_from_pairs, train_adapter
-    from bot.wiring import build_feedback_log, build_registry, build_runtime, resolve_model_base
     from feedback.dataset import split_pairs
 
     started = time.perf_counter()
-    registry = build_registry(settings)
-    log = build_feedback_log(settings)
-    try:
-        pairs = log.pairs()
-        forgotten = {str(i) for i in log.forgotten_pair_ids()}
-    finally:
-        log.close()
+    registry = parts.registry
+    pairs = parts.feedback_log.pairs()
+    forgotten = {str(i) for i in parts.feedback_log.forgotten_pair_ids()}
     if if_needed:
         needed, why = needs_training(settings, pairs, registry)
         if not needed:
@@ -172,15 +184,20 @@ def run_training_cycle(
     parent = None
     if from_active and active is not None and not forgotten & set(active.pair_ids):
         parent = active
-    own_runtime = runtime is None
-    gate_runtime = build_runtime(settings) if own_runtime else runtime
+    own_runtime = parts.runtime is None
+    if parts.runtime is not None:
+        gate_runtime = parts.runtime
+    elif parts.load_runtime is not None:
+        gate_runtime = parts.load_runtime()
+    else:
+        raise TypeError("TrainingParts needs a runtime or load_runtime")
     try:
-        anchors = _anchors(settings, registry, gate_runtime)
+        anchors = _anchors(settings, parts, gate_runtime)
         with registry.training_lock():
             registry.clean_staging()  # leftovers of killed runs; no other run is live while we hold it
             version = train_adapter(
                 registry,
-                base_model=resolve_model_base(settings),
+                base_model=parts.base_model,
                 examples=examples_from_pairs(train_pairs, system_prompt),
                 anchors=anchors,
                 options=training_options(settings),
@@ -231,3 +248,43 @@ def run_training_cycle(
             gate_runtime.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def promote(registry: AdapterRegistry, version: str, runtime: Runtime | None = None) -> AdapterVersion:
+    """Make ``version`` the active adapter and, given the serving runtime, answer with it from now on.
+
+    Requests already queued keep the adapter they were submitted with."""
+    from adapters.swap import swap_to
+
+    promoted = registry.promote(version)
+    if runtime is not None:
+        swap_to(runtime, promoted)
+    return promoted
+
+
+def rollback(registry: AdapterRegistry, runtime: Runtime | None = None) -> AdapterVersion | None:
+    """Re-activate the previously active version (None: the bare base model) and serve it."""
+    from adapters.swap import swap_to
+
+    previous = registry.rollback()
+    if runtime is not None:
+        swap_to(runtime, previous)
+    return previous
+
+
+def serve_active(runtime: Runtime, registry: AdapterRegistry) -> str | None:
+    """Make ``runtime`` serve the registry's active version; the name served (None: the base model).
+
+    A version that cannot be served (missing, corrupt, trained for another base) never stops the
+    bot or the CLI from answering: the bare base model is served and a warning says why."""
+    import logging
+
+    from adapters.errors import AdapterError
+    from adapters.swap import swap_to, sync_with_registry
+
+    try:
+        return sync_with_registry(runtime, registry)
+    except AdapterError as error:
+        logging.getLogger(__name__).warning("serving the bare base model: %s", error)
+        swap_to(runtime, None)
+        return None

@@ -1,0 +1,54 @@
+"""The services the Discord cogs call, typed. Built by :func:`bot.discord_app.create_bot`.
+
+Cogs receive a :class:`Services` at construction and never import the bot class or one another,
+so the feature areas stay independent and mypy checks every call they make.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from adapters.registry import AdapterRegistry
+    from adapters.runtime import Runtime
+    from bot.settings import Settings
+    from feedback.log import FeedbackLog
+    from knowledge.chain import AnswerService
+    from knowledge.store import KnowledgeBase
+
+__all__ = ["PersonalProbe", "Services", "Trainer"]
+
+
+class Trainer(Protocol):
+    """A training cycle as the bot runs it, in a worker thread (the training itself is a subprocess).
+
+    ``progress`` receives the cycle's events; ``if_needed`` (the schedule) trains only when enough
+    new pairs exist. Returns something with a ``summary()`` (a ``CycleReport``) or a sentence."""
+
+    def __call__(self, progress: Callable[[Any], None], if_needed: bool) -> Any: ...
+
+
+# (question, user_id, guild_id) -> whether retrieval returns the asker's personal records.
+PersonalProbe = Callable[[str, str, str], bool]
+
+
+@dataclass
+class Services:
+    """Everything the cogs call; every field can be injected (tests pass real parts on temp dirs)."""
+
+    settings: Settings
+    answer_service: AnswerService
+    knowledge_base: KnowledgeBase
+    feedback_log: FeedbackLog
+    runtime: Runtime | None = None
+    registry: AdapterRegistry | None = None
+    trainer: Trainer | None = None
+    personal_probe: PersonalProbe | None = None
+
+
+class HasServices(Protocol):
+    """A client that carries the services (``LoopBot``): what a persistent view reaches from an interaction."""
+
+    services: Services
