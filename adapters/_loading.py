@@ -88,7 +88,7 @@ def load_base_model(
     """Load ``(model, tokenizer)`` for a GPTQ or plain checkpoint (local path or hub id).
 
     ``backend`` picks gptqmodel's kernel for a GPTQ checkpoint: ``auto`` (fast inference),
-    ``torch`` (the kernel LoRA training learns through, see STACK.md), or any gptqmodel backend
+    ``torch`` (the kernel LoRA training learns through, see docs/PLATFORM_NOTES.md, "Training"), or any gptqmodel backend
     name. ``dtype`` ``auto`` is fp16 on CUDA; on CPU bf16 for a GPTQ checkpoint served through the
     fast kernel (its dequantize-and-matmul path ran 14.6 tok/s in bf16 against 2.4 in fp32 on 2
     cores, same greedy output) and fp32 otherwise (plain checkpoints, and the ``torch`` training

@@ -7,7 +7,7 @@ everything else (library logs, warnings, tracebacks) goes to stderr, which the p
 run's ``train.log``.
 
 The base model is loaded through gptqmodel's ``torch`` kernel: through the default trainable CPU
-kernel (``auto_trainable``) the LoRA loss diverges (see STACK.md), while ``torch`` learns. The saved
+kernel (``auto_trainable``) the LoRA loss diverges (see docs/PLATFORM_NOTES.md, "Training"), while ``torch`` learns. The saved
 adapter is an ordinary peft directory, served later through the fast kernel.
 """
 

@@ -5,7 +5,7 @@ adapters and picks one per request by the request's ``model`` field. :class:`Rem
 same public surface as :class:`adapters.runtime.ModelRuntime` (``generate``/``submit``/``agenerate``,
 ``load_adapter``/``set_active_adapter``, ``info``), so the answer chain, the bot and the hot swap use
 it unchanged. Adapters are loaded at run time through ``/v1/load_lora_adapter`` under versioned names
-(vLLM reports stale prefix caches when a name is reloaded, see ../shared/STACK.md).
+(vLLM reports stale prefix caches when a name is reloaded, see docs/PLATFORM_NOTES.md, "Serving many adapters").
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def build_training_parts(
     return TrainingParts(
         feedback_log=feedback_log,
         registry=registry if registry is not None else build_registry(settings),
-        base_model=resolve_model_base(settings),
+        base_model=lambda: resolve_model_base(settings),
         runtime=runtime,
         load_runtime=lambda: build_runtime(settings),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -20,6 +21,7 @@ from bot.usecases.errors import user_errors
 from bot.usecases.training import promote, rollback
 
 if TYPE_CHECKING:
+    from adapters.registry import AdapterRegistry
     from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -126,23 +128,29 @@ class AdminCog(commands.Cog):
     @app_commands.describe(version="e.g. v0003")
     async def adapter_promote(self, interaction: discord.Interaction, version: str) -> None:
         """``/adapter promote version:``: make a version active and hot-swap it in the running bot."""
-        if not await self.allowed(interaction, admin=True):
-            return
-        registry = self.services.registry
-        if registry is None:
-            await interaction.response.send_message(NOT_AVAILABLE, ephemeral=True)
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            promoted = await asyncio.to_thread(promote, registry, version, self.services.runtime)
-        except user_errors() as error:
-            await interaction.followup.send(f"Nothing changed: {error}", ephemeral=True)
-            return
-        await interaction.followup.send(f"Now answering with adapter `{promoted.version}`.", ephemeral=True)
+
+        def change(registry: AdapterRegistry) -> str:
+            promoted = promote(registry, version, self.services.runtime)
+            return f"Now answering with adapter `{promoted.version}`."
+
+        await self._change_adapter(interaction, change)
 
     @adapter.command(name="rollback", description="Go back to the previously active adapter.")
     async def adapter_rollback(self, interaction: discord.Interaction) -> None:
         """``/adapter rollback``: the previous version (or the bare base model) answers again."""
+
+        def change(registry: AdapterRegistry) -> str:
+            previous = rollback(registry, self.services.runtime)
+            if previous is None:
+                return "Rolled back: answering with the base model alone."
+            return f"Rolled back: answering with adapter `{previous.version}`."
+
+        await self._change_adapter(interaction, change)
+
+    async def _change_adapter(
+        self, interaction: discord.Interaction, change: Callable[[AdapterRegistry], str]
+    ) -> None:
+        """Check the admin role, run ``change`` off the event loop and reply with what it says."""
         if not await self.allowed(interaction, admin=True):
             return
         registry = self.services.registry
@@ -151,18 +159,10 @@ class AdminCog(commands.Cog):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            previous = await asyncio.to_thread(rollback, registry, self.services.runtime)
+            text = await asyncio.to_thread(change, registry)
         except user_errors() as error:
-            await interaction.followup.send(f"Nothing changed: {error}", ephemeral=True)
-            return
-        if previous is None:
-            await interaction.followup.send(
-                "Rolled back: answering with the base model alone.", ephemeral=True
-            )
-        else:
-            await interaction.followup.send(
-                f"Rolled back: answering with adapter `{previous.version}`.", ephemeral=True
-            )
+            text = f"Nothing changed: {error}"
+        await interaction.followup.send(text, ephemeral=True)
 
     # ------------------------------------------------------------------ training
 

@@ -1,7 +1,7 @@
 """Asking: mention the bot (a reply chain is the conversation) or use ``/ask``.
 
-Privacy rule (PRODUCT.md: a member's personal records ground *their* answers only). An answer that
-used the asker's personal records is never posted in the channel:
+Privacy rule (README, "Knowledge, privacy and the bot": a member's personal records ground *their*
+answers only). An answer that used the asker's personal records is never posted in the channel:
 
 - ``/ask`` answers in an ephemeral response (only the asker sees it);
 - a mention is answered in a DM, with a short public note saying so.

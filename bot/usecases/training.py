@@ -56,12 +56,13 @@ class CycleReport:
 
 @dataclass
 class TrainingParts:
-    """What a cycle works on: the caller's own log and registry, the base model's path, and the
-    serving runtime (the bot's, hot-swapped on promotion) or a loader for a temporary one."""
+    """What a cycle works on: the caller's own log and registry, the base model's path (looked up
+    only once there is something to train: a missing model must not hide "not enough pairs"), and
+    the serving runtime (the bot's, hot-swapped on promotion) or a loader for a temporary one."""
 
     feedback_log: FeedbackLog
     registry: AdapterRegistry
-    base_model: str
+    base_model: Callable[[], str]
     runtime: Runtime | None = None
     load_runtime: Callable[[], Runtime] | None = None
 
@@ -114,7 +115,9 @@ def _heldout_items(pairs: Sequence[Pair], system_prompt: str) -> list[Any]:
     ]
 
 
-def _anchors(settings: Settings, parts: TrainingParts, runtime: Runtime) -> list[TrainingExample]:
+def _anchors(
+    settings: Settings, registry: AdapterRegistry, base_model: str, runtime: Runtime
+) -> list[TrainingExample]:
     """The replayed base-model answers, generated once per base model, prompt and count.
 
     Cached by the registry: in the running bot, generating them queues behind (and delays)
@@ -128,16 +131,16 @@ def _anchors(settings: Settings, parts: TrainingParts, runtime: Runtime) -> list
     questions = anchor_questions(settings.train.anchors)
     if not questions:
         return []
-    key = json.dumps([parts.base_model, settings.model.system_prompt, questions])
+    key = json.dumps([base_model, settings.model.system_prompt, questions])
     cache_key = f"anchors-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    cached = parts.registry.read_cache(cache_key)
+    cached = registry.read_cache(cache_key)
     try:
         if cached is not None:
             return [TrainingExample(**row) for row in cached]
     except TypeError:
         pass  # written by another version of loopbot: generate again
     anchors = anchor_examples(runtime, questions, settings.model.system_prompt)
-    parts.registry.write_cache(cache_key, [asdict(a) for a in anchors])
+    registry.write_cache(cache_key, [asdict(a) for a in anchors])
     return anchors
 
 
@@ -180,6 +183,7 @@ def run_training_cycle(
             "Collect more 👍 answers and corrections; nothing was trained."
         )
     system_prompt = settings.model.system_prompt
+    base_model = parts.base_model()
     active = registry.active()
     parent = None
     if from_active and active is not None and not forgotten & set(active.pair_ids):
@@ -192,12 +196,12 @@ def run_training_cycle(
     else:
         raise TypeError("TrainingParts needs a runtime or load_runtime")
     try:
-        anchors = _anchors(settings, parts, gate_runtime)
+        anchors = _anchors(settings, registry, base_model, gate_runtime)
         with registry.training_lock():
             registry.clean_staging()  # leftovers of killed runs; no other run is live while we hold it
             version = train_adapter(
                 registry,
-                base_model=parts.base_model,
+                base_model=base_model,
                 examples=examples_from_pairs(train_pairs, system_prompt),
                 anchors=anchors,
                 options=training_options(settings),
