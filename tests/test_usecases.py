@@ -1,0 +1,167 @@
+"""The use-case layer (bot/usecases) on real parts: temp-dir Chroma, temp SQLite, the tiny model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import pytest
+
+from adapters.registry import AdapterRegistry
+from bot.usecases import feedback as feedback_uc
+from bot.usecases import knowledge as knowledge_uc
+from bot.usecases.training import serve_active
+from feedback.log import FeedbackLog
+from knowledge.store import KnowledgeBase
+
+GUILD, ASKER, STRANGER = "1001", "2001", "2002"
+
+
+@pytest.fixture
+def kb(tmp_path: Path, packaged_embeddings: Any) -> Any:
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    store = KnowledgeBase(client, packaged_embeddings, lexical_path=tmp_path / "lexical.db")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Any:
+    feedback_log = FeedbackLog(tmp_path / "loopbot.db")
+    yield feedback_log
+    feedback_log.close()
+
+
+def _answer(log: FeedbackLog, guild: str = GUILD) -> Any:
+    answer_id = log.record_answer(
+        guild_id=guild,
+        channel_id="3001",
+        user_id=ASKER,
+        question="How often should a kitten eat?",
+        context="",
+        chunk_ids=(),
+        prompt="p",
+        prompt_version="rag-v1",
+        adapter=None,
+        answer="Once a week.",
+    )
+    return log.get_answer(answer_id)
+
+
+def test_a_trusted_correction_is_published_through_ingest(kb, log) -> None:
+    answer = _answer(log)
+    outcome = feedback_uc.correct(
+        log,
+        kb,
+        answer,
+        author_id=ASKER,
+        text="Kittens eat four small meals a day.",
+        message_id="9001",
+        trusted=feedback_uc.trusted_author(answer, ASKER, holds_curator_role=False),
+        votes_needed=3,
+        private=False,
+    )
+    assert outcome.newly_accepted and outcome.correction.accepted
+    hits = kb.search("how many meals do kittens eat", guild_id=GUILD, user_id=None, k=3)
+    top = hits[0].chunk
+    assert top.source == f"correction #{outcome.correction.id}" and top.scope == "community"
+    assert "four small meals" in top.text and top.author == ASKER
+
+
+def test_a_strangers_correction_waits_for_votes_and_the_authors_vote_does_not_count(kb, log) -> None:
+    answer = _answer(log)
+    outcome = feedback_uc.correct(
+        log, kb, answer, author_id=STRANGER, text="Three meals.", message_id="9002",
+        trusted=False, votes_needed=1, private=False,
+    )  # fmt: skip
+    assert not outcome.correction.accepted
+    assert kb.search("meals", guild_id=GUILD, user_id=None, k=3) == []
+    own = feedback_uc.vote_on_correction(
+        log, kb, outcome.correction, answer, voter_id=STRANGER, present=True, trusted=False,
+        votes_needed=1, private=False,
+    )  # fmt: skip
+    assert own is None
+    voted = feedback_uc.vote_on_correction(
+        log, kb, outcome.correction, answer, voter_id=ASKER, present=True, trusted=False,
+        votes_needed=1, private=False,
+    )  # fmt: skip
+    assert voted is not None and voted.newly_accepted
+    assert [h.chunk.source for h in kb.search("meals", guild_id=GUILD, user_id=None, k=3)] == [
+        f"correction #{outcome.correction.id}"
+    ]
+
+
+def test_a_private_correction_becomes_the_askers_own_record(kb, log) -> None:
+    answer = _answer(log)
+    feedback_uc.correct(
+        log, kb, answer, author_id=ASKER, text="Mochi eats at 7 am.", message_id=None,
+        trusted=True, votes_needed=3, private=True,
+    )  # fmt: skip
+    assert kb.search("when does Mochi eat", guild_id=GUILD, user_id=None, k=3) == []
+    mine = kb.search("when does Mochi eat", guild_id=GUILD, user_id=ASKER, k=3)
+    assert mine and mine[0].chunk.scope == "personal" and mine[0].chunk.owner_id == ASKER
+
+
+def test_a_correction_of_a_dm_answer_is_recorded_without_a_post(kb, log) -> None:
+    answer = _answer(log, guild="")
+    outcome = feedback_uc.correct(
+        log, kb, answer, author_id=ASKER, text="Four meals.", message_id=None,
+        trusted=True, votes_needed=3, private=True,
+    )  # fmt: skip
+    assert (
+        outcome.correction.accepted
+        and feedback_uc.correction_chunks(outcome.correction, answer, private=True) == []
+    )
+    assert kb.stats()["community_chunks"] == 0 and kb.stats()["personal_records"] == 0
+
+
+def test_toggle_vote_records_then_takes_back(log) -> None:
+    answer = _answer(log)
+    assert feedback_uc.toggle_vote(log, answer.id, STRANGER, 1) is True
+    assert log.get_answer(answer.id).upvotes == 1
+    assert feedback_uc.toggle_vote(log, answer.id, STRANGER, 1) is False
+    assert log.get_answer(answer.id).upvotes == 0
+
+
+def test_remember_and_forget_member(kb, log) -> None:
+    assert (
+        knowledge_uc.remember(
+            kb, "Mochi sneezed twice in March.", guild_id=GUILD, owner_id=ASKER, created="2026-03-01T10:00:00"
+        )
+        == 1
+    )
+    _answer(log)
+    summary = knowledge_uc.forget_member(kb, log, ASKER)
+    assert (summary.records, summary.answers) == (1, 1)
+    assert "deleted 1 personal record(s)" in summary.sentence()
+    assert kb.search("Mochi sneezed", guild_id=GUILD, user_id=ASKER, k=3) == []
+
+
+def test_an_unreadable_active_adapter_serves_the_base_model_with_a_warning(
+    tiny_runtime, tmp_path, make_lora_adapter, tiny_model_dir, caplog
+) -> None:
+    registry = AdapterRegistry(tmp_path / "adapters")
+    with registry.stage() as stage:
+        source = make_lora_adapter(tiny_model_dir)
+        for item in source.iterdir():
+            (stage.path / item.name).write_bytes(item.read_bytes())
+        version = registry.publish(stage, {"base_model": str(tiny_model_dir)})
+    registry.promote(version.version)
+    (version.path / "adapter_model.safetensors").write_bytes(b"not a tensor file")
+    with caplog.at_level(logging.WARNING):
+        assert serve_active(tiny_runtime, registry) is None
+    assert tiny_runtime.active_adapter is None and "serving the bare base model" in caplog.text
+    assert tiny_runtime.generate([{"role": "user", "content": "hi"}], max_new_tokens=2).text is not None
+
+
+def test_registry_cache_round_trip_and_bad_keys(tmp_path) -> None:
+    from adapters.errors import AdapterError
+
+    registry = AdapterRegistry(tmp_path / "adapters")
+    assert registry.read_cache("anchors-x") is None
+    registry.write_cache("anchors-x", [{"a": 1}])
+    assert registry.read_cache("anchors-x") == [{"a": 1}]
+    with pytest.raises(AdapterError, match="Invalid cache key"):
+        registry.write_cache("../escape", [])
