@@ -72,18 +72,10 @@ class Runtime(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
-    def submit(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        system_prompt: str | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        stop: Sequence[str] = (),
-        adapter: Any = ACTIVE,
-        on_token: Callable[[str], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> concurrent.futures.Future[Generation]: ...
+    @property
+    def submit(self) -> Callable[..., concurrent.futures.Future[Generation]]:
+        """Queue a generation (see :meth:`ModelRuntime.submit` for the arguments)."""
+        ...
 
     def generate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation: ...
 
