@@ -70,10 +70,8 @@ class LoopBot(commands.Bot):
             intents=intents,
             tree_cls=LoopTree,
             help_command=None,
-            # Answers quote members; never let a quoted @everyone or role mention ping anyone.
-            allowed_mentions=discord.AllowedMentions(
-                everyone=False, roles=False, users=True, replied_user=False
-            ),
+            # Answers quote members and model output; nothing the bot writes ever pings anyone.
+            allowed_mentions=discord.AllowedMentions.none(),
         )
         self.services = services
 

@@ -7,8 +7,10 @@ so the feature areas stay independent and mypy checks every call they make.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from bot.usecases.limits import WriteLimits
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry
@@ -46,6 +48,14 @@ class Services:
     registry: AdapterRegistry | None = None
     trainer: Trainer | None = None
     personal_probe: PersonalProbe | None = None
+    # Per-member bounds on the write paths, from ``LOOPBOT_DISCORD_WRITE_LIMIT_PER_MINUTE``.
+    limits: WriteLimits = field(init=False)
+    # Ids of the bot's messages whose answer is still being written (not logged yet): a vote on one
+    # waits for the ``loopbot_answer`` event instead of being dropped.
+    pending_answers: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.limits = WriteLimits(self.settings.discord.write_limit_per_minute)
 
 
 class HasServices(Protocol):

@@ -80,6 +80,12 @@ class DiscordSettings(BaseSettings):
     downvote_emoji: str = "👎"
     correction_votes: int = Field(3, ge=1, description="👍 a stranger's correction needs to be accepted.")
     rate_limit_per_minute: int = Field(6, ge=0, description="Questions per member per minute; 0: no limit.")
+    write_limit_per_minute: int = Field(
+        5,
+        ge=0,
+        description="/add, /remember, /forget and corrections per member per minute, each; 0: no limit.",
+    )
+    max_question_chars: int = Field(1500, ge=10, description="Longest question accepted, in characters.")
     edit_interval: float = Field(1.0, gt=0, description="Seconds between streamed edits of an answer.")
     train_schedule_minutes: int = Field(0, ge=0, description="Run `train --if-needed` this often; 0: never.")
 

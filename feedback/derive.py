@@ -70,35 +70,43 @@ def rederive_pairs(conn: sqlite3.Connection, answer_id: int) -> set[str]:
     Pairs that still hold keep their id and creation time; changed ones are replaced.
     """
     answer = conn.execute(
-        "SELECT question, context, answer, user_id FROM answers WHERE id = ?", (answer_id,)
+        "SELECT question, context, answer, user_id, guild_id, private FROM answers WHERE id = ?", (answer_id,)
     ).fetchone()
     if answer is None:
         return set()
     up, down = vote_counts(conn, answer_id)
     correction = conn.execute(
-        "SELECT id, author_id, text FROM corrections WHERE answer_id = ? AND accepted_at IS NOT NULL"
+        "SELECT id, author_id, text, private FROM corrections WHERE answer_id = ? AND accepted_at IS NOT NULL"
         " ORDER BY id DESC LIMIT 1",
         (answer_id,),
     ).fetchone()
-    # kind -> (output, correction id, correction author)
-    wanted: dict[str, tuple[str, int | None, str | None]] = {}
+    # A private answer's pairs, and a privately written correction's, belong to the asker alone.
+    private = bool(answer["private"])
+    # kind -> (output, correction id, correction author, owner)
+    wanted: dict[str, tuple[str, int | None, str | None, str | None]] = {}
     if correction is not None:
-        wanted["corrected"] = (correction["text"], correction["id"], correction["author_id"])
+        owner = answer["user_id"] if private or correction["private"] else None
+        wanted["corrected"] = (correction["text"], correction["id"], correction["author_id"], owner)
     elif up >= 1 and up > down:
-        wanted["positive"] = (answer["answer"], None, None)
+        wanted["positive"] = (answer["answer"], None, None, answer["user_id"] if private else None)
     if down >= 1 and down > up:
-        wanted["negative"] = (answer["answer"], None, None)
+        wanted["negative"] = (answer["answer"], None, None, answer["user_id"] if private else None)
     for row in conn.execute(
-        "SELECT id, kind, output, correction_id FROM pairs WHERE answer_id = ?", (answer_id,)
+        "SELECT id, kind, output, correction_id, owner_id FROM pairs WHERE answer_id = ?", (answer_id,)
     ).fetchall():
-        if wanted.get(row["kind"], (None, None))[:2] == (row["output"], row["correction_id"]):
+        want = wanted.get(row["kind"])
+        if want is not None and (want[0], want[1], want[3]) == (
+            row["output"],
+            row["correction_id"],
+            row["owner_id"],
+        ):
             del wanted[row["kind"]]  # still true as recorded: keep its id
         else:
             conn.execute("DELETE FROM pairs WHERE id = ?", (row["id"],))
-    for kind, (output, correction_id, author_id) in wanted.items():
+    for kind, (output, correction_id, author_id, owner_id) in wanted.items():
         conn.execute(
             "INSERT INTO pairs (kind, instruction, input, output, user_id, author_id, answer_id, correction_id,"
-            " source, content_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " source, content_hash, created_at, guild_id, owner_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 kind,
                 answer["question"],
@@ -111,6 +119,8 @@ def rederive_pairs(conn: sqlite3.Connection, answer_id: int) -> set[str]:
                 DISCORD_SOURCE,
                 content_hash(answer["question"], answer["context"], output),
                 now_iso(),
+                answer["guild_id"] or None,
+                owner_id,
             ),
         )
     return {row[0] for row in conn.execute("SELECT kind FROM pairs WHERE answer_id = ?", (answer_id,))}

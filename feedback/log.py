@@ -92,8 +92,12 @@ class FeedbackLog:
         adapter: str | None,
         answer: str,
         message_ids: Sequence[str] = (),
+        private: bool = False,
     ) -> int:
-        """Log an answer (durably, before the bot acknowledges it) and return its id."""
+        """Log an answer (durably, before the bot acknowledges it) and return its id.
+
+        ``private``: the answer used the asker's personal records or was delivered where only they
+        see it (an answer in a DM always is); its pairs then belong to the asker alone."""
         _text(question, "question")
         _text(context, "context", allow_empty=True)
         _text(answer, "answer", allow_empty=True)
@@ -101,7 +105,7 @@ class FeedbackLog:
         with self.db.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO answers (guild_id, channel_id, user_id, question, context, chunk_ids, prompt,"
-                " prompt_version, adapter, answer, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " prompt_version, adapter, answer, created_at, private) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     str(guild_id),
                     str(channel_id),
@@ -114,6 +118,7 @@ class FeedbackLog:
                     adapter,
                     answer,
                     now_iso(),
+                    int(private or not str(guild_id)),
                 ),
             )
             answer_id = int(cursor.lastrowid or 0)
@@ -182,8 +187,12 @@ class FeedbackLog:
         message_id: str | None,
         trusted: bool,
         votes_needed: int | None = None,
+        private: bool = False,
     ) -> CorrectionRecord:
         """Record a correction of an answer; ``trusted`` (asker or curator) accepts it at once.
+
+        ``private``: written where only the asker sees it (a DM, the form under a private answer);
+        its pair then belongs to the asker alone, like a private answer's.
 
         Recording the same ``message_id`` again updates that correction's text (an edited reply)
         instead of adding a second one.
@@ -211,7 +220,7 @@ class FeedbackLog:
             else:
                 cursor = conn.execute(
                     "INSERT INTO corrections (answer_id, author_id, text, message_id, trusted, votes_needed,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, private) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         answer_id,
                         str(author_id),
@@ -220,6 +229,7 @@ class FeedbackLog:
                         int(trusted),
                         votes_needed,
                         now_iso(),
+                        int(private),
                     ),
                 )
                 correction_id = int(cursor.lastrowid or 0)
@@ -303,12 +313,17 @@ class FeedbackLog:
         kinds: Sequence[str] = TRAINING_KINDS,
         exclude_forgotten: bool = True,
         since: datetime | None = None,
+        guild_id: str | None = None,
+        owner_id: str | None = None,
     ) -> list[Pair]:
         """The current pairs of the given kinds, oldest first.
 
-        ``exclude_forgotten`` also drops pairs whose text equals a forgotten pair's (a forgotten
-        member's data that came back through an old export). ``since`` keeps pairs derived at or
-        after that moment (naive datetimes are UTC).
+        Shared pairs only, unless ``owner_id`` is given: then that member's personal pairs only (a
+        personal pair never reaches shared training, an export or a report). ``guild_id`` keeps one
+        guild's pairs plus the imported ones, which belong to no guild. ``exclude_forgotten`` also
+        drops pairs whose text equals a forgotten pair's (a forgotten member's data that came back
+        through an old export). ``since`` keeps pairs derived at or after that moment (naive
+        datetimes are UTC).
         """
         kinds = tuple(kinds)
         unknown = [kind for kind in kinds if kind not in PAIR_KINDS]
@@ -318,6 +333,14 @@ class FeedbackLog:
             )
         sql = f"SELECT * FROM pairs WHERE kind IN ({', '.join('?' * len(kinds))})"
         params: list[Any] = list(kinds)
+        if owner_id is None:
+            sql += " AND owner_id IS NULL"
+        else:
+            sql += " AND owner_id = ?"
+            params.append(str(owner_id))
+        if guild_id is not None:
+            sql += " AND (guild_id = ? OR guild_id IS NULL)"
+            params.append(str(guild_id))
         if since is not None:
             sql += " AND created_at >= ?"
             params.append(to_iso(since))

@@ -39,6 +39,8 @@ def row_to_pair(row: sqlite3.Row) -> Pair:
         author_id=row["author_id"],
         correction_id=row["correction_id"],
         source=row["source"],
+        guild_id=row["guild_id"],
+        owner_id=row["owner_id"],
     )
 
 
@@ -67,6 +69,7 @@ def load_answer(conn: sqlite3.Connection, answer_id: int) -> AnswerRecord | None
         message_ids=tuple(m[0] for m in messages),
         upvotes=up,
         downvotes=down,
+        private=bool(row["private"]),
     )
 
 
@@ -86,6 +89,7 @@ def load_correction(conn: sqlite3.Connection, correction_id: int) -> CorrectionR
         votes_needed=row["votes_needed"],
         created_at=datetime.fromisoformat(row["created_at"]),
         accepted_at=None if accepted_at is None else datetime.fromisoformat(accepted_at),
+        private=bool(row["private"]),
     )
 
 

@@ -131,6 +131,29 @@ def m002_forget_ledger(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_private_pairs(conn: sqlite3.Connection) -> None:
+    # A pair whose answer used a member's personal records, was delivered privately, or whose
+    # correction was written privately belongs to that member (owner_id): it may train only their own
+    # adapter, never shared data. Each pair also says which guild's adapter it teaches (guild_id;
+    # NULL for imported pairs, which every guild learns). Answers asked in a DM were always private.
+    _run(
+        conn,
+        """
+        ALTER TABLE answers ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE corrections ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE pairs ADD COLUMN guild_id TEXT;
+        ALTER TABLE pairs ADD COLUMN owner_id TEXT;
+        UPDATE answers SET private = 1 WHERE guild_id = '';
+        UPDATE pairs SET guild_id = (SELECT NULLIF(a.guild_id, '') FROM answers a WHERE a.id = pairs.answer_id)
+            WHERE answer_id IS NOT NULL;
+        UPDATE pairs SET owner_id = user_id
+            WHERE answer_id IN (SELECT id FROM answers WHERE private = 1);
+        CREATE INDEX pairs_scope ON pairs(guild_id, owner_id, kind)
+        """,
+    )
+
+
 def applied_migrations(conn: sqlite3.Connection) -> list[str]:
     """Names of the migrations recorded in ``_migrations``, in the order they were applied."""
     conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")

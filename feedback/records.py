@@ -30,6 +30,7 @@ class AnswerRecord:
     message_ids: tuple[str, ...] = ()
     upvotes: int = 0
     downvotes: int = 0
+    private: bool = False  # used the asker's personal records or was delivered privately
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class CorrectionRecord:
     votes_needed: int | None  # None until someone votes (or add_correction is told)
     created_at: datetime
     accepted_at: datetime | None
+    private: bool = False  # written where only the asker sees it (a DM, an ephemeral answer)
 
     @property
     def status(self) -> Literal["accepted", "pending"]:
@@ -84,6 +86,8 @@ class Pair:
     author_id: str | None = None  # the correction's author for "corrected" pairs
     correction_id: int | None = None
     source: str = "discord"
+    guild_id: str | None = None  # the guild whose adapter it teaches; None: imported, every guild's
+    owner_id: str | None = None  # set: a personal pair, only ever for this member's own adapter
 
     def to_alpaca(self) -> dict[str, str]:
         """The pair as an Alpaca record ``{"instruction", "input", "output"}``."""

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -94,32 +93,6 @@ def channel_refusal(channel: Any, allowed: Sequence[int]) -> str:
     if channel_allowed(getattr(channel, "id", None), allowed, getattr(channel, "parent_id", None)):
         return ""
     return f"I only work in {', '.join(f'<#{cid}>' for cid in allowed)}."
-
-
-class RateLimiter:
-    """At most ``per_minute`` actions per member in any sliding 60-second window (0: no limit).
-
-    The clock is injected so the limit follows the event loop's notion of time (virtual in tests).
-    """
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] | None = None) -> None:
-        self.per_minute = per_minute
-        # Looked up at each call, not bound now: a test clock may replace time.monotonic later.
-        self._clock = clock or (lambda: time.monotonic())
-        self._hits: dict[str, deque[float]] = defaultdict(deque)
-
-    def check(self, member_id: str) -> float:
-        """Record one action; 0.0 if allowed, else the seconds to wait before the next one."""
-        if self.per_minute <= 0:
-            return 0.0
-        now = self._clock()
-        hits = self._hits[member_id]
-        while hits and now - hits[0] >= 60.0:
-            hits.popleft()
-        if len(hits) >= self.per_minute:
-            return max(0.1, 60.0 - (now - hits[0]))
-        hits.append(now)
-        return 0.0
 
 
 class ChannelOrder:

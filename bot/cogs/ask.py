@@ -31,7 +31,6 @@ from discord.ext import commands
 
 from bot.cogs._common import (
     ChannelOrder,
-    RateLimiter,
     StreamingEditor,
     channel_refusal,
     format_answer,
@@ -39,9 +38,10 @@ from bot.cogs._common import (
     strip_mentions,
     uses_personal,
 )
-from bot.cogs._views import vote_view
+from bot.cogs._views import answer_view
 from bot.usecases.asking import Asker, record_answer
 from bot.usecases.errors import user_errors
+from bot.usecases.limits import RateLimiter
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -70,9 +70,22 @@ class Delivery:
     edit: Callable[[str], Awaitable[Any]]
     post: Callable[[list[str], discord.ui.View | None], Awaitable[list[discord.Message]]]
     private: bool
+    # The services' ids of answers being written: every message shown is in it until the answer is logged.
+    pending: set[int]
     # Ephemeral answers cannot carry reactions: they get 👍/👎 buttons instead.
     buttons: bool = False
     messages: list[discord.Message] = field(default_factory=list)
+
+    def track(self, message: discord.Message) -> None:
+        """Remember a message this delivery wrote (once) and mark it as an answer being written."""
+        if all(m.id != message.id for m in self.messages):
+            self.messages.append(message)
+        self.pending.add(message.id)
+
+    def release(self) -> None:
+        """The answer is logged (or failed): votes on its messages no longer wait."""
+        for message in self.messages:
+            self.pending.discard(message.id)
 
 
 class AskCog(commands.Cog):
@@ -91,24 +104,24 @@ class AskCog(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        """A message that explicitly mentions the bot is a question (a reply: a follow-up).
+        """A question: a message that mentions the bot, a reply to one of the bot's messages (a
+        follow-up: the reply chain is the conversation), or any message in a DM.
 
-        In a DM every message that is not a reply is a question too (a reply to an answer without a
-        mention is a correction, everywhere).
-        """
+        A reply is never a correction: corrections are explicit (✏️ or the "Correct answer" menu)."""
         me = self.bot.user
         if me is None or message.author.bot:
             return
-        direct = isinstance(message.channel, discord.DMChannel) and message.reference is None
-        if me.id not in message.raw_mentions and not direct:
+        direct = isinstance(message.channel, discord.DMChannel)
+        if me.id not in message.raw_mentions and not direct and not await self._replies_to_me(message):
             return
         question = strip_mentions(message.content, me.id)
         if not question:
             await message.reply(
-                "Ask me something after the mention, e.g. `@loopbot how often should cats eat?`"
+                "Ask me something after the mention, e.g. `@loopbot how often should cats eat?`",
+                mention_author=False,
             )
             return
-        refusal = self.refusal(message.author, message.channel)
+        refusal = self.refusal(message.author, message.channel) or self.too_long(question)
         if refusal:
             await message.reply(refusal, mention_author=False)
             return
@@ -122,18 +135,19 @@ class AskCog(commands.Cog):
     @app_commands.describe(question="Your question", private="Only you see the answer (default: no)")
     async def ask(self, interaction: discord.Interaction, question: str, private: bool = False) -> None:
         """``/ask question: [private:]``: the answer streams into the command's response."""
-        refusal = self.refusal(interaction.user, interaction.channel)
+        question = question.strip()
+        refusal = self.refusal(interaction.user, interaction.channel) or self.too_long(question)
         if refusal:
             await interaction.response.send_message(refusal, ephemeral=True)
             return
-        question = question.strip()
         private = private or await self._retrieves_personal(
             question, interaction.user.id, interaction.guild_id, timeout=PROBE_TIMEOUT
         )
         await interaction.response.defer(thinking=True, ephemeral=private)
 
         async def edit(text: str) -> None:
-            await interaction.edit_original_response(content=text)
+            shown = await interaction.edit_original_response(content=text)
+            delivery.track(shown)
 
         async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
             first: discord.Message
@@ -143,18 +157,26 @@ class AskCog(commands.Cog):
                 first = await interaction.edit_original_response(content=pieces[0])
             return [first, *await _followups(interaction, pieces[1:], view, ephemeral=private)]
 
-        delivery = Delivery(edit, post, private, buttons=private)
+        delivery = Delivery(edit, post, private, self.services.pending_answers, buttons=private)
         channel_id = interaction.channel_id or 0
         async with self.order.lock(channel_id):
             answer = await self._generate(question, interaction.user, interaction.guild_id, (), delivery)
             if answer is None:
+                delivery.release()
                 return
             if uses_personal(answer.sources) and not private:
                 # The probe missed: never leave personal sources in public. Hide it, deliver privately.
                 await interaction.edit_original_response(
                     content=DM_NOTE.replace("in a direct message", "privately")
                 )
-                delivery = Delivery(edit, self._followup_poster(interaction), True, buttons=True)
+                delivery.release()
+                delivery = Delivery(
+                    edit,
+                    self._followup_poster(interaction),
+                    True,
+                    self.services.pending_answers,
+                    buttons=True,
+                )
             await self._finish(answer, delivery, interaction.user, interaction.guild_id, channel_id)
 
     # ------------------------------------------------------------------ guards
@@ -173,21 +195,45 @@ class AskCog(commands.Cog):
             )
         return ""
 
+    def too_long(self, question: str) -> str:
+        """Why a question is refused for its length ('' when it is short enough)."""
+        limit = self.services.settings.discord.max_question_chars
+        if len(question) <= limit:
+            return ""
+        return f"That question is {len(question)} characters long; I take up to {limit}. Please shorten it."
+
     # ------------------------------------------------------------------ the conversation
+
+    async def _replies_to_me(self, message: discord.Message) -> bool:
+        """Whether ``message`` replies to one of the bot's own messages (reads the parent once, cached)."""
+        reference = message.reference
+        if reference is None or reference.message_id is None:
+            return False
+        node = await self._node(message.channel, reference.message_id, reference)
+        return node is not None and node[0] == "assistant"
+
+    async def _node(
+        self, channel: Any, message_id: int, reference: discord.MessageReference | None
+    ) -> tuple[str, str, int | None] | None:
+        """One message of a reply chain as ``(role, text, parent id)``, from the node cache or Discord."""
+        node = self._nodes.get(message_id)
+        if node is None:
+            node = await self._read_node(channel, message_id, reference)
+            if node is None:
+                return None
+            self._nodes[message_id] = node
+            if len(self._nodes) > MAX_CACHED_NODES:
+                del self._nodes[next(iter(self._nodes))]  # the oldest entry
+        return node
 
     async def history(self, message: discord.Message) -> list[dict[str, str]]:
         """The reply chain above ``message``, oldest first, as chat turns (bot turns: its clean answer)."""
         turns: list[dict[str, str]] = []
         parent_id = message.reference.message_id if message.reference else None
         while parent_id is not None and len(turns) < MAX_HISTORY_MESSAGES:
-            node = self._nodes.get(parent_id)
+            node = await self._node(message.channel, parent_id, message.reference)
             if node is None:
-                node = await self._read_node(message.channel, parent_id, message.reference)
-                if node is None:
-                    break
-                self._nodes[parent_id] = node
-                if len(self._nodes) > MAX_CACHED_NODES:
-                    del self._nodes[next(iter(self._nodes))]  # the oldest entry
+                break
             role, text, parent_id = node
             if text:
                 turns.append({"role": role, "content": text})
@@ -230,15 +276,18 @@ class AskCog(commands.Cog):
         try:
             answer = await self._generate(question, message.author, guild_id, history, delivery)
         except discord.Forbidden:
+            delivery.release()
             if public_note is not None:
                 await public_note.edit(content=NO_DM_NOTE)
             return
         if answer is None:
+            delivery.release()
             return
         if uses_personal(answer.sources) and not private:
             # The probe missed: take the streamed text down and deliver in a DM instead.
             for sent in delivery.messages:
                 await sent.edit(content=DM_NOTE)
+            delivery.release()
             delivery = self._message_delivery(message.author, None, True)
         try:
             await self._finish(answer, delivery, message.author, guild_id, message.channel.id)
@@ -251,25 +300,35 @@ class AskCog(commands.Cog):
         """Streaming into a message that replies to ``origin`` (or is sent to ``target``)."""
         delivery: Delivery
 
-        async def send(text: str) -> discord.Message:
+        async def send(text: str, view: discord.ui.View | None = None) -> discord.Message:
             # Every piece replies to the question, so a reply to any piece has the same chain above it.
+            extra: dict[str, Any] = {"view": view} if view is not None else {}
             if origin is not None:
-                return await origin.reply(text, mention_author=False)
-            return await target.send(text)
+                sent = await origin.reply(text, mention_author=False, **extra)
+            else:
+                sent = await target.send(text, **extra)
+            delivery.track(sent)
+            return sent
 
         async def edit(text: str) -> None:
             if delivery.messages:
                 await delivery.messages[0].edit(content=text)
             else:
-                delivery.messages.append(await send(text))
+                await send(text)
 
         async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
-            await edit(pieces[0])
-            for piece in pieces[1:]:
-                delivery.messages.append(await send(piece))
+            last = view if len(pieces) == 1 else None
+            if not delivery.messages:
+                await send(pieces[0], last)
+            elif last is not None:
+                await delivery.messages[0].edit(content=pieces[0], view=last)
+            else:
+                await delivery.messages[0].edit(content=pieces[0])
+            for n, piece in enumerate(pieces[1:], 2):
+                await send(piece, view if n == len(pieces) else None)
             return list(delivery.messages)
 
-        delivery = Delivery(edit, post, private)
+        delivery = Delivery(edit, post, private, self.services.pending_answers)
         return delivery
 
     def _followup_poster(
@@ -336,16 +395,21 @@ class AskCog(commands.Cog):
         """Log the answer (durably, first), post its final text with sources, attach the message ids."""
         log_ = self.services.feedback_log
         asker = Asker(str(user.id), str(guild_id) if guild_id is not None else None, str(channel_id))
-        answer_id = await asyncio.to_thread(record_answer, log_, answer, asker)
+        answer_id = await asyncio.to_thread(
+            record_answer, log_, answer, asker, delivered_privately=delivery.private
+        )
+        # The streamed message already exists: attach it now, so a vote cast from here on counts.
+        await asyncio.to_thread(log_.add_message_ids, answer_id, [str(m.id) for m in delivery.messages])
         note = PRIVATE_NOTE if delivery.private and uses_personal(answer.sources) else ""
         settings = self.services.settings.discord
-        view = (
-            vote_view(answer_id, settings.upvote_emoji, settings.downvote_emoji) if delivery.buttons else None
-        )
+        votes = (settings.upvote_emoji, settings.downvote_emoji) if delivery.buttons else None
         pieces = split_message(format_answer(answer.answer, answer.sources, note=note))
-        sent = await delivery.post(pieces, view)
-        await asyncio.to_thread(log_.add_message_ids, answer_id, [str(m.id) for m in sent])
-        self.bot.dispatch("loopbot_answer", answer_id, sent)
+        try:
+            sent = await delivery.post(pieces, answer_view(answer_id, votes=votes))
+            await asyncio.to_thread(log_.add_message_ids, answer_id, [str(m.id) for m in sent])
+            self.bot.dispatch("loopbot_answer", answer_id, sent)
+        finally:
+            delivery.release()
         return answer_id
 
 

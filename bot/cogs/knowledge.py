@@ -69,10 +69,10 @@ class KnowledgeCog(commands.Cog):
     ) -> None:
         """``/remember text:``: a personal record in this server, used for your answers only."""
         text = text.strip()
-        if not text:
-            await interaction.response.send_message(
-                "There is nothing to remember: write some text.", ephemeral=True
-            )
+        refusal = "" if text else "There is nothing to remember: write some text."
+        refusal = refusal or self.services.limits.refusal("remember", str(interaction.user.id))
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         await asyncio.to_thread(
@@ -111,12 +111,15 @@ class KnowledgeCog(commands.Cog):
             )
             return
         # Refuse an oversized upload before downloading it (same limit and unit as the ingest code).
+        refusal = ""
         if file.size > settings.kb.max_file_mb * 1_000_000:
-            await interaction.response.send_message(
+            refusal = (
                 f"`{file.filename}` is {file.size / 1_000_000:.1f} MB; the limit is {settings.kb.max_file_mb:g} MB. "
-                "Split it into smaller files.",
-                ephemeral=True,
+                "Split it into smaller files."
             )
+        refusal = refusal or self.services.limits.refusal("add", str(interaction.user.id))
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True)
             return
         await interaction.response.defer(ephemeral=private, thinking=True)
         data = await file.read()
@@ -152,6 +155,10 @@ class KnowledgeCog(commands.Cog):
     @app_commands.command(name="forget", description="Delete all your personal records and training pairs.")
     async def forget_command(self, interaction: discord.Interaction) -> None:
         """``/forget``: asks for confirmation, then deletes the member's records and pairs."""
+        refusal = self.services.limits.refusal("forget", str(interaction.user.id))
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True)
+            return
         await interaction.response.send_message(
             "This deletes every personal record you stored and every training pair made from your "
             "questions, in every server. The next adapter is trained without them. Continue?",

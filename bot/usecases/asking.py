@@ -25,8 +25,17 @@ class Asker:
     channel_id: str
 
 
-def record_answer(log: FeedbackLog, answer: Answer, asker: Asker) -> int:
-    """Log ``answer`` with everything a training pair needs (durable on return); its answer id."""
+def is_private(answer: Answer, *, delivered_privately: bool) -> bool:
+    """Whether an answer is the asker's alone: it used their personal records, or only they saw it."""
+    return delivered_privately or any(source.scope == "personal" for source in answer.sources)
+
+
+def record_answer(
+    log: FeedbackLog, answer: Answer, asker: Asker, *, delivered_privately: bool = False
+) -> int:
+    """Log ``answer`` with everything a training pair needs (durable on return); its answer id.
+
+    A private answer (see :func:`is_private`) is logged as such: its pairs never reach shared training."""
     return log.record_answer(
         guild_id=asker.guild_id or "",
         channel_id=asker.channel_id,
@@ -38,6 +47,7 @@ def record_answer(log: FeedbackLog, answer: Answer, asker: Asker) -> int:
         prompt_version=answer.prompt_version,
         adapter=answer.adapter,
         answer=answer.answer,
+        private=is_private(answer, delivered_privately=delivered_privately),
     )
 
 

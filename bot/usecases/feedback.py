@@ -84,7 +84,11 @@ def correct(
     votes_needed: int,
     private: bool,
 ) -> CorrectionOutcome:
-    """Record a correction of ``answer`` (durable first) and publish it if it is accepted."""
+    """Record a correction of ``answer`` (durable first) and publish it if it is accepted.
+
+    ``private``: written where only the asker sees it. A correction of a private answer is private
+    too: its pair trains only the asker's own adapter and its post is the asker's own record."""
+    private = private or answer.private
     correction = log.add_correction(
         answer.id,
         author_id=author_id,
@@ -92,6 +96,7 @@ def correct(
         message_id=message_id,
         trusted=trusted,
         votes_needed=votes_needed,
+        private=private,
     )
     if correction.accepted:
         publish_correction(kb, correction, answer, private=private)
@@ -121,5 +126,5 @@ def vote_on_correction(
     )
     newly = correction.accepted and not was_accepted
     if newly:
-        publish_correction(kb, correction, answer, private=private)
+        publish_correction(kb, correction, answer, private=private or correction.private or answer.private)
     return CorrectionOutcome(correction, newly)

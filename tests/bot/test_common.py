@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from bot.cogs._common import (
     MESSAGE_LIMIT,
-    RateLimiter,
     channel_allowed,
     format_answer,
     split_message,
     strip_mentions,
     uses_personal,
 )
+from bot.usecases.limits import RateLimiter
 
 
 @dataclass
