@@ -1,6 +1,7 @@
 """Versioned LoRA adapters on disk: the only module that knows the registry's layout.
 
-Layout under the registry root::
+One registry per guild: ``<adapters dir>/guilds/<guild id>/`` (see :func:`guild_registry`).
+Layout under a registry root::
 
     v0001/                  a peft adapter directory (adapter_config.json + safetensors)
         loopbot.json        metadata: version, base model, parent, data hash, pair ids, metrics, ...
@@ -33,6 +34,8 @@ from typing import Any
 from adapters.errors import AdapterError
 
 METADATA_FILE = "loopbot.json"
+DATASET_FILE = "dataset.jsonl"  # the training rows a version was trained on
+GATE_REPORT_FILE = "gate_report.csv"  # the gate's per-question report of a version
 ACTIVE_FILE = "active.json"
 STAGING_DIR = ".staging"
 FAILED_DIR = ".failed"
@@ -60,15 +63,18 @@ class AdapterVersion:
     created: float = 0.0
     gate_report: str | None = None
     train_config: dict[str, Any] = field(default_factory=dict)
+    # The name a runtime loads it under: unique across registries (``g<guild>-v0003``), never stored.
+    served_name: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """The metadata as stored in ``loopbot.json`` (the path is implied by the directory)."""
+        """The metadata as stored in ``loopbot.json`` (the path and served name are implied)."""
         data = asdict(self)
         data.pop("path")
+        data.pop("served_name")
         return data
 
     @classmethod
-    def from_dir(cls, path: Path) -> AdapterVersion:
+    def from_dir(cls, path: Path, scope: str = "") -> AdapterVersion:
         """Read a version directory's metadata; a missing or broken file raises :class:`AdapterError`."""
         meta_path = path / METADATA_FILE
         try:
@@ -78,10 +84,10 @@ class AdapterVersion:
                 f"Adapter metadata {meta_path} is missing or unreadable ({error}). "
                 "Delete the directory or restore it from a backup."
             ) from None
-        known = {f for f in cls.__dataclass_fields__ if f != "path"}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("path", "served_name")}
         data = {k: v for k, v in data.items() if k in known}
         data["version"] = path.name
-        return cls(path=path, **data)
+        return cls(path=path, served_name=f"{scope}-{path.name}" if scope else path.name, **data)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -124,8 +130,10 @@ class Stage:
 class AdapterRegistry:
     """Versioned adapters under ``root`` with an atomically replaced active pointer and history."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, scope: str = "") -> None:
         self.root = Path(root)
+        # Prefixes the served names of its versions, so several registries share one runtime.
+        self.scope = scope
 
     # ----- reading -------------------------------------------------------------------------------
     def read_cache(self, key: str) -> Any | None:
@@ -155,7 +163,7 @@ class AdapterRegistry:
             match = _VERSION_RE.match(child.name)
             if match and child.is_dir() and (child / METADATA_FILE).is_file():
                 versions.append((int(match.group(1)), child))
-        return [AdapterVersion.from_dir(path) for _, path in sorted(versions)]
+        return [AdapterVersion.from_dir(path, self.scope) for _, path in sorted(versions)]
 
     def versions(self) -> builtins.list[str]:
         """Names of all published versions, oldest first."""
@@ -168,7 +176,7 @@ class AdapterRegistry:
         if not (path / METADATA_FILE).is_file():
             known = ", ".join(self.versions()) or "none yet (run `loopbot train`)"
             raise AdapterError(f"Unknown adapter version {version!r}. Known versions: {known}.")
-        return AdapterVersion.from_dir(path)
+        return AdapterVersion.from_dir(path, self.scope)
 
     def active(self) -> AdapterVersion | None:
         """The active version, or ``None`` when the bare base model is served."""
@@ -236,6 +244,30 @@ class AdapterRegistry:
         stack = [v for v in state.get("stack", []) if v != target.version] + [target.version]
         self._write_state(state, target.version, stack, "promote")
         return target
+
+    def deactivate(self, action: str = "deactivate") -> None:
+        """Serve the bare base model (the history stack is kept); ``action`` names why in the history."""
+        state = self._state()
+        self._write_state(state, None, list(state.get("stack", [])), action)
+
+    def scrub_pairs(self, pair_ids: set[str]) -> builtins.list[str]:
+        """Delete the stored training data and gate reports of every version that trained on, or was
+        gated on, any of ``pair_ids`` (forgotten members' pairs), and the datasets of failed runs.
+
+        The versions' metadata and weights stay (so ``adapters list`` can say what they held); returns
+        the versions scrubbed."""
+        scrubbed = []
+        for version in self.list():
+            if pair_ids & {*version.pair_ids, *version.heldout_pair_ids}:
+                for name in (DATASET_FILE, GATE_REPORT_FILE):
+                    with contextlib.suppress(FileNotFoundError):
+                        (version.path / name).unlink()
+                scrubbed.append(version.version)
+        failed = self.root / FAILED_DIR
+        if failed.is_dir():
+            for dataset in failed.glob(f"*/{DATASET_FILE}"):
+                dataset.unlink()
+        return scrubbed
 
     def rollback(self) -> AdapterVersion | None:
         """Go back to the previously active version; returns it (``None``: back to the bare base)."""
@@ -329,3 +361,50 @@ class AdapterRegistry:
         events = list(state.get("events", []))
         events.append({"action": action, "version": active, "time": time.time()})
         write_json_atomic(self.root / ACTIVE_FILE, {"active": active, "stack": stack, "events": events})
+
+
+GUILDS_DIR = "guilds"
+
+
+def guild_registry(adapters_dir: Path | str, guild_id: str) -> AdapterRegistry:
+    """The registry of one guild's adapters, ``<adapters_dir>/guilds/<guild_id>``; its versions are
+    served as ``g<guild_id>-vNNNN``. Guild ids are Discord snowflakes (digits)."""
+    if not str(guild_id).isdigit():
+        raise AdapterError(f"Invalid guild id {guild_id!r}: pass the Discord server id (digits).")
+    return AdapterRegistry(Path(adapters_dir) / GUILDS_DIR / str(guild_id), scope=f"g{guild_id}")
+
+
+def guild_ids(adapters_dir: Path | str) -> builtins.list[str]:
+    """The guilds that have a registry under ``adapters_dir``."""
+    root = Path(adapters_dir) / GUILDS_DIR
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+
+
+def all_registries(adapters_dir: Path | str) -> builtins.list[AdapterRegistry]:
+    """Every registry under ``adapters_dir``: each guild's, and the one from before per-guild adapters."""
+    return [
+        AdapterRegistry(adapters_dir),
+        *(guild_registry(adapters_dir, g) for g in guild_ids(adapters_dir)),
+    ]
+
+
+def adopt_legacy_versions(adapters_dir: Path | str, guild_id: str) -> int:
+    """Move the versions of a registry from before per-guild adapters (``vNNNN/``, ``active.json``,
+    failed runs and caches at the top of ``adapters_dir``) into ``guild_id``'s registry, keeping
+    their names, metadata and history. Only into a guild registry that has no version yet; returns
+    how many versions moved (0 when there was nothing to adopt)."""
+    top = Path(adapters_dir)
+    target = guild_registry(top, guild_id)
+    legacy = AdapterRegistry(top)
+    versions = legacy.versions()
+    if not versions or target.versions():
+        return 0
+    target.root.mkdir(parents=True, exist_ok=True)
+    with legacy.training_lock():
+        for child in top.iterdir():
+            if child.name == GUILDS_DIR or child.name == LOCK_FILE:
+                continue
+            os.rename(child, target.root / child.name)
+    _fsync_dir(target.root)
+    _fsync_dir(top)
+    return len(versions)

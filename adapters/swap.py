@@ -1,13 +1,19 @@
-"""Hot swap: make a running :class:`~adapters.runtime.ModelRuntime` serve a registry version.
+"""Hot swap: make a running runtime serve a registry version, for one scope or for all.
 
-Adapters are loaded under their version name (``v0003``), never reloaded under one fixed name, so a
-request already queued keeps the adapter it was submitted with (the runtime fixes the adapter per
-job) and the switch is one pointer change. Old versions are unloaded only once they have been out
-of use for a whole swap, so no queued request can lose its adapter.
+Adapters are loaded under their served name (``v0003``, or ``g<guild>-v0003`` for a guild's
+registry), never reloaded under one fixed name, so a request already queued keeps the adapter it
+was submitted with (the runtime fixes the adapter per job) and the switch is one pointer change.
+Old versions are unloaded only once they have been out of use for a whole swap, so no queued
+request can lose its adapter.
+
+:func:`swap_to` moves the runtime's default adapter (the CLI, one-guild setups). An
+:class:`AdapterRouter` serves a different adapter per scope (a guild) on one runtime: the bot
+answers each guild's questions with that guild's adapter.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from adapters.registry import AdapterRegistry, AdapterVersion
@@ -15,14 +21,19 @@ from adapters.registry import AdapterRegistry, AdapterVersion
 KEEP_LOADED = 2  # the active version and the one before it (instant rollback)
 
 
+def served_name(version: AdapterVersion) -> str:
+    """The name ``version`` is loaded under on a runtime."""
+    return version.served_name or version.version
+
+
 def ensure_loaded(runtime: Any, version: AdapterVersion) -> None:
-    """Load ``version`` on ``runtime`` under its version name unless it is already loaded."""
-    if version.version not in runtime.adapters:
-        runtime.load_adapter(version.version, version.path)
+    """Load ``version`` on ``runtime`` under its served name unless it is already loaded."""
+    if served_name(version) not in runtime.adapters:
+        runtime.load_adapter(served_name(version), version.path)
 
 
 def swap_to(runtime: Any, version: AdapterVersion | None) -> str | None:
-    """Serve ``version`` (None: the bare base) from now on; returns the previously active name.
+    """Serve ``version`` (None: the bare base) by default from now on; returns the previously active name.
 
     Requests in flight finish with the adapter they started with. Versions older than the last
     :data:`KEEP_LOADED` that are loaded are unloaded after the switch.
@@ -30,7 +41,7 @@ def swap_to(runtime: Any, version: AdapterVersion | None) -> str | None:
     previous = runtime.active_adapter
     if version is not None:
         ensure_loaded(runtime, version)
-    runtime.set_active_adapter(version.version if version is not None else None)
+    runtime.set_active_adapter(served_name(version) if version is not None else None)
     keep = {name for name in (previous, runtime.active_adapter) if name}
     for name in runtime.adapters:
         if name not in keep and len(runtime.adapters) > KEEP_LOADED:
@@ -39,12 +50,59 @@ def swap_to(runtime: Any, version: AdapterVersion | None) -> str | None:
 
 
 def sync_with_registry(runtime: Any, registry: AdapterRegistry) -> str | None:
-    """Make ``runtime`` serve the registry's active version (after a CLI promote or rollback).
+    """Make ``runtime`` serve the registry's active version by default (after a CLI promote or rollback).
 
     Returns the name now active; a no-op when it already is.
     """
     active = registry.active()
-    name = active.version if active is not None else None
+    name = served_name(active) if active is not None else None
     if runtime.active_adapter != name:
         swap_to(runtime, active)
     return name
+
+
+class AdapterRouter:
+    """Which adapter answers each scope (a guild) on one shared runtime.
+
+    Each scope keeps its current and its previous adapter loaded (requests queued before a swap
+    still find theirs); an adapter no scope uses either way is unloaded. Thread-safe.
+    """
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self._current: dict[str, str | None] = {}
+        self._previous: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def adapter_for(self, scope: str) -> str | None:
+        """The served name answering ``scope`` now (None: the base model)."""
+        return self._current.get(scope)
+
+    def scopes(self) -> list[str]:
+        """The scopes routed so far."""
+        return list(self._current)
+
+    def swap(self, scope: str, version: AdapterVersion | None) -> str | None:
+        """Answer ``scope`` with ``version`` (None: the base model) from now on; the previous name."""
+        with self._lock:
+            if version is not None:
+                ensure_loaded(self.runtime, version)
+            previous = self._current.get(scope)
+            name = served_name(version) if version is not None else None
+            if name != previous:
+                self._previous[scope] = previous
+            self._current[scope] = name
+            in_use = {n for n in (*self._current.values(), *self._previous.values()) if n}
+            in_use.add(self.runtime.active_adapter)
+            for loaded in self.runtime.adapters:
+                if loaded not in in_use:
+                    self.runtime.unload_adapter(loaded)
+            return previous
+
+    def sync(self, scope: str, registry: AdapterRegistry) -> str | None:
+        """Serve ``scope`` the registry's active version (a no-op when it already does)."""
+        active = registry.active()
+        name = served_name(active) if active is not None else None
+        if scope not in self._current or self._current[scope] != name:
+            self.swap(scope, active)
+        return name

@@ -25,7 +25,7 @@ from typing import Any
 
 from adapters.errors import AdapterError
 from adapters.prompt import question_messages, training_messages
-from adapters.registry import AdapterRegistry, AdapterVersion
+from adapters.registry import DATASET_FILE, AdapterRegistry, AdapterVersion
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -224,7 +224,7 @@ def train_adapter(
     if not Path(base_model).exists():
         raise AdapterError(f"Base model {base_model} not found. Run `loopbot model prepare` first.")
     with registry.stage() as stage:
-        dataset = stage.path / "dataset.jsonl"
+        dataset = stage.path / DATASET_FILE
         rows = [*examples, *anchors]
         dataset.write_text("".join(json.dumps(e.record()) + "\n" for e in rows), encoding="utf-8")
         config = {

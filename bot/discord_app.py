@@ -80,16 +80,17 @@ class LoopBot(commands.Bot):
         from bot.cogs import COGS
 
         services = self.services
+        if services.runtime is not None:
+            from bot.usecases.serving import adopt_legacy_adapters
+
+            # Adapters trained before per-guild learning belong to the one guild there was.
+            await asyncio.to_thread(
+                adopt_legacy_adapters, services.settings.adapters_dir, services.feedback_log
+            )
         if services.knowledge_base is not None:
             # Own the embedded store's writer lock from the start, so a CLI ingest running beside the
             # bot fails at once with a clear message instead of the bot's first /remember failing.
             await asyncio.to_thread(services.knowledge_base.claim)
-        if services.runtime is not None and services.registry is not None:
-            from bot.usecases.training import serve_active
-
-            # Serve the adapter the registry says is active (promoted by the CLI while we were down).
-            active = await asyncio.to_thread(serve_active, services.runtime, services.registry)
-            log.info("answering with adapter %s", active or "none (base model)")
         for cog in COGS:
             await self.add_cog(cog(self, services))
         synced = await self.tree.sync()
@@ -122,14 +123,20 @@ def _probe_for(answer_service: Any) -> PersonalProbe:
 
 
 def _trainer_for(services: Services) -> Trainer:
-    """The training cycle on the bot's own parts, hot-swapping a promoted adapter into its runtime."""
+    """One guild's training cycle on the bot's own parts, hot-swapping a promoted adapter into the
+    runtime for that guild only."""
 
-    def trainer(progress: Callable[[Any], None], if_needed: bool) -> Any:
+    def trainer(progress: Callable[[Any], None], if_needed: bool, guild_id: str) -> Any:
         from bot.usecases.training import run_training_cycle
         from bot.wiring import build_training_parts
 
+        adapters = services.adapters
         parts = build_training_parts(
-            services.settings, services.feedback_log, runtime=services.runtime, registry=services.registry
+            services.settings,
+            services.feedback_log,
+            guild_id=guild_id,
+            runtime=services.runtime,
+            serve=(lambda version: adapters.swap(guild_id, version)) if adapters is not None else None,
         )
         return run_training_cycle(services.settings, parts, progress=progress, if_needed=if_needed)
 
@@ -140,7 +147,7 @@ def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
     """Build the bot without connecting.
 
     ``overrides`` replace services by name (``runtime``, ``answer_service``, ``knowledge_base``,
-    ``feedback_log``, ``registry``, ``trainer``, ``personal_probe``); missing ones are built from
+    ``feedback_log``, ``registry_for``, ``trainer``, ``personal_probe``); missing ones are built from
     ``settings`` with :mod:`bot.wiring`.
     """
     from bot import wiring
@@ -172,8 +179,12 @@ def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
         knowledge_base=knowledge_base,
         feedback_log=feedback_log,
         runtime=runtime,
-        registry=get("registry", lambda: wiring.build_registry(settings)),
+        registry_for=get("registry_for", lambda: lambda guild: wiring.build_registry(settings, guild)),
         personal_probe=get("personal_probe", lambda: _probe_for(answer_service)),
     )
+    if services.runtime is not None and services.registry_for is not None:
+        from bot.usecases.serving import GuildAdapters
+
+        services.adapters = GuildAdapters(services.runtime, services.registry_for)
     services.trainer = get("trainer", lambda: _trainer_for(services))
     return LoopBot(services)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry
     from adapters.runtime import Runtime
     from bot.settings import Settings
+    from bot.usecases.serving import GuildAdapters
     from feedback.log import FeedbackLog
     from knowledge.chain import AnswerService
     from knowledge.store import KnowledgeBase
@@ -24,12 +25,13 @@ __all__ = ["PersonalProbe", "Services", "Trainer"]
 
 
 class Trainer(Protocol):
-    """A training cycle as the bot runs it, in a worker thread (the training itself is a subprocess).
+    """One guild's training cycle as the bot runs it, in a worker thread (the training itself is a
+    subprocess).
 
     ``progress`` receives the cycle's events; ``if_needed`` (the schedule) trains only when enough
     new pairs exist. Returns something with a ``summary()`` (a ``CycleReport``) or a sentence."""
 
-    def __call__(self, progress: Callable[[Any], None], if_needed: bool) -> Any: ...
+    def __call__(self, progress: Callable[[Any], None], if_needed: bool, guild_id: str) -> Any: ...
 
 
 # (question, user_id, guild_id) -> whether retrieval returns the asker's personal records.
@@ -45,7 +47,10 @@ class Services:
     knowledge_base: KnowledgeBase
     feedback_log: FeedbackLog
     runtime: Runtime | None = None
-    registry: AdapterRegistry | None = None
+    # Each guild's adapter registry (versions, active pointer); the adapters dir's layout is the registry's.
+    registry_for: Callable[[str], AdapterRegistry] | None = None
+    # Which adapter answers each guild on ``runtime``.
+    adapters: GuildAdapters | None = None
     trainer: Trainer | None = None
     personal_probe: PersonalProbe | None = None
     # Per-member bounds on the write paths, from ``LOOPBOT_DISCORD_WRITE_LIMIT_PER_MINUTE``.

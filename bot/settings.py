@@ -88,6 +88,9 @@ class DiscordSettings(BaseSettings):
     max_question_chars: int = Field(1500, ge=10, description="Longest question accepted, in characters.")
     edit_interval: float = Field(1.0, gt=0, description="Seconds between streamed edits of an answer.")
     train_schedule_minutes: int = Field(0, ge=0, description="Run `train --if-needed` this often; 0: never.")
+    registry_poll_seconds: float = Field(
+        5.0, ge=0, description="How often the bot looks for a CLI promote, rollback or train; 0: never."
+    )
 
 
 class TrainSettings(BaseSettings):

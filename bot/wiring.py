@@ -6,10 +6,11 @@ settings object, so the CLI, the bot, the benchmarks and the tests share one way
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from adapters.registry import AdapterRegistry
+    from adapters.registry import AdapterRegistry, AdapterVersion
     from adapters.remote import RemoteRuntime
     from adapters.runtime import Runtime
     from bot.settings import Settings
@@ -42,10 +43,10 @@ def resolve_model_base(settings: Settings) -> str:
     return str(path)
 
 
-def build_runtime(settings: Settings, *, serve_active: bool = True) -> Runtime:
+def build_runtime(settings: Settings, *, guild_id: str | None = None, serve_active: bool = True) -> Runtime:
     """The model runtime: the configured base (or the prepared default), generation defaults from settings.
 
-    ``serve_active``: answer with the registry's active adapter (the bot does it itself after login)."""
+    ``serve_active``: answer with ``guild_id``'s active adapter (the bot serves each guild its own)."""
     from adapters.runtime import ModelRuntime
     from bot.usecases import training
 
@@ -63,9 +64,9 @@ def build_runtime(settings: Settings, *, serve_active: bool = True) -> Runtime:
             temperature=settings.model.temperature,
             system_prompt=settings.model.system_prompt,
         )
-    if serve_active:
+    if serve_active and guild_id is not None:
         try:
-            training.serve_active(runtime, build_registry(settings))
+            training.serve_active(runtime, build_registry(settings, guild_id))
         except BaseException:
             runtime.close()
             raise
@@ -92,30 +93,34 @@ def build_remote_runtime(settings: Settings) -> RemoteRuntime:
     )
 
 
-def build_registry(settings: Settings) -> AdapterRegistry:
-    """The adapter registry under ``settings.adapters_dir`` (versions, active pointer, history)."""
-    from adapters.registry import AdapterRegistry
+def build_registry(settings: Settings, guild_id: str) -> AdapterRegistry:
+    """One guild's adapter registry under ``settings.adapters_dir`` (versions, active pointer, history)."""
+    from adapters.registry import guild_registry
 
-    return AdapterRegistry(settings.adapters_dir)
+    return guild_registry(settings.adapters_dir, guild_id)
 
 
 def build_training_parts(
     settings: Settings,
     feedback_log: FeedbackLog,
     *,
+    guild_id: str,
     runtime: Runtime | None = None,
-    registry: AdapterRegistry | None = None,
+    serve: Callable[[AdapterVersion | None], Any] | None = None,
 ) -> TrainingParts:
-    """The parts of a training cycle: the caller's log (and registry, if it holds one), the base
-    model, and the serving ``runtime`` (None: a temporary one is loaded for the gate, then closed)."""
+    """The parts of one guild's training cycle: the caller's log, the guild's registry, the base
+    model, and the serving ``runtime`` with its ``serve`` swap (None: a temporary runtime is loaded
+    for the gate, then closed)."""
     from bot.usecases.training import TrainingParts
 
     return TrainingParts(
         feedback_log=feedback_log,
-        registry=registry if registry is not None else build_registry(settings),
+        registry=build_registry(settings, guild_id),
         base_model=lambda: resolve_model_base(settings),
         runtime=runtime,
-        load_runtime=lambda: build_runtime(settings),
+        load_runtime=lambda: build_runtime(settings, serve_active=False),
+        guild_id=guild_id,
+        serve=serve,
     )
 
 

@@ -59,6 +59,8 @@ class Database:
             # FULL: an answer or vote is on disk before the bot acknowledges it, even on power loss.
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Deleted rows are overwritten, not left in free pages: a forgotten member's text is gone.
+            conn.execute("PRAGMA secure_delete = ON")
             self.applied = migrate(conn)
         except sqlite3.DatabaseError as error:
             conn.close()
@@ -103,6 +105,14 @@ class Database:
                 yield conn
             finally:
                 conn.execute("COMMIT")
+
+    def scrub(self) -> None:
+        """Leave no deleted text on disk: move the WAL's old page versions into the (securely
+        deleted) main file, truncate the WAL, and rebuild the file without free pages."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("VACUUM")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         """Close the connection; the object must not be used afterwards."""

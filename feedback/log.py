@@ -361,7 +361,17 @@ class FeedbackLog:
         members' answers are re-derived without the member's votes.
         """
         with self.db.transaction() as conn:
-            return _forget_user(conn, str(user_id), now_iso())
+            report = _forget_user(conn, str(user_id), now_iso())
+        self.db.scrub()
+        return report
+
+    def guild_ids(self) -> list[str]:
+        """The guilds that have logged answers (DM answers belong to none)."""
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT guild_id FROM answers WHERE guild_id != '' ORDER BY guild_id"
+            )
+            return [str(row[0]) for row in rows]
 
     def forgotten_pair_ids(self) -> set[int]:
         """Ids of every pair deleted by :meth:`forget_user`: an adapter trained on any is stale."""

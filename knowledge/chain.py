@@ -23,6 +23,7 @@ from adapters.prompt import (
     question_messages,
     with_system,
 )
+from adapters.runtime import ACTIVE
 from knowledge.errors import KnowledgeError
 from knowledge.types import Hit
 
@@ -154,11 +155,15 @@ class AnswerService:
         guild_id: str | None,
         history: Sequence[dict[str, str]] = (),
         on_token: Callable[[str], None] | None = None,
+        adapter: Any = ACTIVE,
     ) -> Answer:
-        """Retrieve, prompt and generate (blocking)."""
+        """Retrieve, prompt and generate (blocking). ``adapter``: the adapter to answer with (a
+        name, None for the base model; default: the runtime's active one)."""
         hits = self.retrieve(question, user_id=user_id, guild_id=guild_id)
         question, used, messages, context = self._prepare(question, hits, history)
-        generation = self.runtime.generate(messages, system_prompt=self.system_prompt, on_token=on_token)
+        generation = self.runtime.generate(
+            messages, system_prompt=self.system_prompt, on_token=on_token, **_adapter(adapter)
+        )
         return self._answer(question, used, messages, context, generation)
 
     async def aanswer(
@@ -169,11 +174,17 @@ class AnswerService:
         guild_id: str | None,
         history: Sequence[dict[str, str]] = (),
         on_token: Callable[[str], None] | None = None,
+        adapter: Any = ACTIVE,
     ) -> Answer:
         """:meth:`answer` without blocking the event loop: retrieval in a thread, generation queued."""
         hits = await asyncio.to_thread(self.retrieve, question, user_id=user_id, guild_id=guild_id)
         question, used, messages, context = self._prepare(question, hits, history)
         generation = await self.runtime.agenerate(
-            messages, system_prompt=self.system_prompt, on_token=on_token
+            messages, system_prompt=self.system_prompt, on_token=on_token, **_adapter(adapter)
         )
         return self._answer(question, used, messages, context, generation)
+
+
+def _adapter(adapter: Any) -> dict[str, Any]:
+    """The runtime keyword for an explicit adapter choice (none: the runtime's active adapter)."""
+    return {} if adapter is ACTIVE else {"adapter": adapter}

@@ -104,16 +104,16 @@ def test_build_runtime_serves_the_registry_active_version(
     monkeypatch.setenv("LOOPBOT_MODEL_BASE", str(tiny_gptq_dir))
     monkeypatch.setenv("LOOPBOT_MODEL_DEVICE", "cpu")
     settings = load_settings()
-    registry = build_registry(settings)
-    assert registry.root == settings.adapters_dir
+    registry = build_registry(settings, "1001")
+    assert registry.root == settings.adapters_dir / "guilds" / "1001"
     with registry.stage() as stage:
         for item in make_lora_adapter(tiny_model_dir, seed=31).iterdir():
             shutil.copy(item, stage.path / item.name)
         registry.publish(stage, {"base_model": str(tiny_gptq_dir)})
     registry.promote("v0001")
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, guild_id="1001")
     try:
-        assert runtime.active_adapter == "v0001"
-        assert runtime.generate(QUESTION, max_new_tokens=4).adapter == "v0001"
+        assert runtime.active_adapter == "g1001-v0001"
+        assert runtime.generate(QUESTION, max_new_tokens=4).adapter == "g1001-v0001"
     finally:
         runtime.close()

@@ -21,7 +21,7 @@ from bot.usecases.errors import user_errors
 from bot.usecases.training import promote, rollback
 
 if TYPE_CHECKING:
-    from adapters.registry import AdapterRegistry
+    from adapters.registry import AdapterRegistry, AdapterVersion
     from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -63,18 +63,24 @@ class AdminCog(commands.Cog):
         self.bot = bot
         self.services = services
         self.training = asyncio.Lock()
+        self.training_guild = ""
         self.last_progress = ""
 
     async def cog_load(self) -> None:
-        """Start the training schedule when one is configured."""
+        """Start following the registries, and the training schedule when one is configured."""
+        seconds = self.services.settings.discord.registry_poll_seconds
+        if seconds > 0 and self.services.adapters is not None:
+            self.watch_registries.change_interval(seconds=seconds)
+            self.watch_registries.start()
         minutes = self.services.settings.discord.train_schedule_minutes
         if minutes > 0 and self.services.trainer is not None:
             self.scheduled_training.change_interval(minutes=minutes)
             self.scheduled_training.start()
 
     async def cog_unload(self) -> None:
-        """Stop the schedule with the cog."""
+        """Stop the schedule and the registry watch with the cog."""
         self.scheduled_training.cancel()
+        self.watch_registries.cancel()
 
     # ------------------------------------------------------------------ guards
 
@@ -105,23 +111,24 @@ class AdminCog(commands.Cog):
         """``/adapter status``: the active adapter, the versions and the last training progress."""
         if not await self.allowed(interaction, admin=False):
             return
-        services = self.services
-        runtime_active = getattr(services.runtime, "active_adapter", None)
-        lines = [f"**Adapter**: {runtime_active or 'none (base model)'}"]
-        if services.registry is not None:
-            versions = await asyncio.to_thread(services.registry.list)
+        guild = str(interaction.guild_id)
+        adapters, registry_for = self.services.adapters, self.services.registry_for
+        serving = await asyncio.to_thread(adapters.adapter_for, guild) if adapters is not None else None
+        lines = [f"**Adapter**: {serving or 'none (base model)'}"]
+        if registry_for is not None:
+            versions = await asyncio.to_thread(registry_for(guild).list)
             for version in versions[-10:]:
                 metrics = ", ".join(
                     f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in version.metrics.items()
                 )
-                marker = " (active)" if version.version == runtime_active else ""
+                marker = " (active)" if version.served_name == serving else ""
                 lines.append(
                     f"- `{version.version}`{marker}: {version.pair_count} pairs{'; ' + metrics if metrics else ''}"
                 )
             if not versions:
-                lines.append("No adapter has been trained yet.")
+                lines.append("No adapter has been trained for this server yet.")
         if self.training.locked():
-            lines.append(f"Training in progress: {self.last_progress or 'starting'}")
+            lines.append(self._training_note(guild))
         await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
 
     @adapter.command(name="promote", description="Answer with this adapter version from now on.")
@@ -129,8 +136,9 @@ class AdminCog(commands.Cog):
     async def adapter_promote(self, interaction: discord.Interaction, version: str) -> None:
         """``/adapter promote version:``: make a version active and hot-swap it in the running bot."""
 
-        def change(registry: AdapterRegistry) -> str:
-            promoted = promote(registry, version, self.services.runtime)
+        def change(registry: AdapterRegistry, serve: Callable[[AdapterVersion | None], Any]) -> str:
+            forgotten = self.services.feedback_log.forgotten_pair_ids()
+            promoted = promote(registry, version, forgotten_pair_ids=forgotten, serve=serve)
             return f"Now answering with adapter `{promoted.version}`."
 
         await self._change_adapter(interaction, change)
@@ -139,8 +147,9 @@ class AdminCog(commands.Cog):
     async def adapter_rollback(self, interaction: discord.Interaction) -> None:
         """``/adapter rollback``: the previous version (or the bare base model) answers again."""
 
-        def change(registry: AdapterRegistry) -> str:
-            previous = rollback(registry, self.services.runtime)
+        def change(registry: AdapterRegistry, serve: Callable[[AdapterVersion | None], Any]) -> str:
+            forgotten = self.services.feedback_log.forgotten_pair_ids()
+            previous = rollback(registry, forgotten_pair_ids=forgotten, serve=serve)
             if previous is None:
                 return "Rolled back: answering with the base model alone."
             return f"Rolled back: answering with adapter `{previous.version}`."
@@ -148,18 +157,27 @@ class AdminCog(commands.Cog):
         await self._change_adapter(interaction, change)
 
     async def _change_adapter(
-        self, interaction: discord.Interaction, change: Callable[[AdapterRegistry], str]
+        self,
+        interaction: discord.Interaction,
+        change: Callable[[AdapterRegistry, Callable[[AdapterVersion | None], Any]], str],
     ) -> None:
-        """Check the admin role, run ``change`` off the event loop and reply with what it says."""
+        """Check the admin role, run ``change`` on this server's registry off the event loop (swapping
+        the served adapter for this server only) and reply with what it says."""
         if not await self.allowed(interaction, admin=True):
             return
-        registry = self.services.registry
-        if registry is None:
+        registry_for, adapters = self.services.registry_for, self.services.adapters
+        if registry_for is None:
             await interaction.response.send_message(NOT_AVAILABLE, ephemeral=True)
             return
+        guild = str(interaction.guild_id)
+
+        def serve(version: AdapterVersion | None) -> None:
+            if adapters is not None:
+                adapters.swap(guild, version)
+
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            text = await asyncio.to_thread(change, registry)
+            text = await asyncio.to_thread(change, registry_for(guild), serve)
         except user_errors() as error:
             text = f"Nothing changed: {error}"
         await interaction.followup.send(text, ephemeral=True)
@@ -175,26 +193,32 @@ class AdminCog(commands.Cog):
         if self.services.trainer is None:
             await interaction.response.send_message(NOT_AVAILABLE, ephemeral=True)
             return
+        guild = str(interaction.guild_id)
         if self.training.locked():
-            await interaction.response.send_message(
-                f"A training run is already in progress: {self.last_progress or 'starting'}", ephemeral=True
-            )
+            await interaction.response.send_message(self._training_note(guild), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
         try:
-            text = await self.run_training(if_needed=False)
+            text = await self.run_training(guild, if_needed=False)
         except user_errors() as error:
             text = f"Nothing was trained: {error}"
         await interaction.followup.send(text[:2000])
 
-    async def run_training(self, *, if_needed: bool) -> str:
-        """One training cycle off the event loop (it waits on the training subprocess); one at a time."""
+    async def run_training(self, guild_id: str, *, if_needed: bool) -> str:
+        """One server's training cycle off the event loop (it waits on the training subprocess); one
+        run at a time on the machine."""
         trainer = self.services.trainer
         assert trainer is not None
         async with self.training:
-            self.last_progress = "starting"
-            result = await asyncio.to_thread(trainer, self._progress, if_needed)
+            self.training_guild, self.last_progress = guild_id, "starting"
+            result = await asyncio.to_thread(trainer, self._progress, if_needed, guild_id)
         return describe_result(result)
+
+    def _training_note(self, guild_id: str) -> str:
+        """What a member of ``guild_id`` may know about the run in progress (another server's: only that)."""
+        if self.training_guild != guild_id:
+            return "Another server's training run is in progress; try again when it is done."
+        return f"A training run is already in progress: {self.last_progress or 'starting'}"
 
     def _progress(self, event: Any) -> None:
         # Called from the training thread; a plain attribute write is safe and the loop only reads it.
@@ -203,12 +227,42 @@ class AdminCog(commands.Cog):
     @tasks.loop(hours=24)
     async def scheduled_training(self) -> None:
         """The configured schedule: a cycle that trains only when enough new pairs exist."""
-        if self.training.locked():
+        for guild in self.bot.guilds:
+            if self.training.locked():
+                return
+            try:
+                log.info(
+                    "scheduled training, guild %s: %s",
+                    guild.id,
+                    await self.run_training(str(guild.id), if_needed=True),
+                )
+            except user_errors() as error:
+                log.info("scheduled training skipped, guild %s: %s", guild.id, error)
+
+    @commands.Cog.listener()
+    async def on_loopbot_retrain_needed(self, guild_id: str) -> None:
+        """A forget replaced a server's adapter: retrain it without the forgotten pairs, in the background."""
+        if self.services.trainer is None:
             return
         try:
-            log.info("scheduled training: %s", await self.run_training(if_needed=True))
+            log.info(
+                "retrain after a forget, guild %s: %s",
+                guild_id,
+                await self.run_training(guild_id, if_needed=False),
+            )
         except user_errors() as error:
-            log.info("scheduled training skipped: %s", error)
+            log.info("retrain after a forget skipped, guild %s: %s", guild_id, error)
+
+    @tasks.loop(seconds=5)
+    async def watch_registries(self) -> None:
+        """Follow the registries on disk: a CLI promote, rollback or train reaches the bot in seconds."""
+        adapters = self.services.adapters
+        if adapters is not None:
+            await asyncio.to_thread(adapters.refresh, [str(g.id) for g in self.bot.guilds])
+
+    @watch_registries.before_loop
+    async def _watch_after_ready(self) -> None:
+        await self.bot.wait_until_ready()
 
     @scheduled_training.before_loop
     async def _wait_until_ready(self) -> None:

@@ -29,6 +29,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from adapters.runtime import ACTIVE
 from bot.cogs._common import (
     ChannelOrder,
     StreamingEditor,
@@ -369,13 +370,18 @@ class AskCog(commands.Cog):
         loop = asyncio.get_running_loop()
         editor = StreamingEditor(delivery.edit, self.services.settings.discord.edit_interval, loop)
         streaming = asyncio.create_task(editor.run())
+        guild = str(guild_id) if guild_id is not None else None
+        adapters = self.services.adapters
         try:
+            # Each server is answered with its own adapter (a DM has no server: the base model).
+            adapter = await asyncio.to_thread(adapters.adapter_for, guild) if adapters is not None else ACTIVE
             return await self.services.answer_service.aanswer(
                 question,
                 user_id=str(user.id),
-                guild_id=str(guild_id) if guild_id is not None else None,
+                guild_id=guild,
                 history=tuple(history),
                 on_token=editor.feed,
+                adapter=adapter,
             )
         except user_errors() as error:
             log.warning("answer failed: %s", error)

@@ -19,6 +19,7 @@ from bot.usecases.errors import user_errors
 from bot.usecases.knowledge import add_upload, forget_member, ingest_limits, remember
 
 if TYPE_CHECKING:
+    from adapters.registry import AdapterVersion
     from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,24 @@ class KnowledgeCog(commands.Cog):
 
     async def forget(self, user_id: str) -> str:
         """Delete a member's records and pairs; the sentence that tells them what was deleted."""
+        adapters = self.services.adapters
+
+        def serve(guild: str, version: AdapterVersion | None) -> None:
+            if adapters is not None:
+                adapters.swap(guild, version)
+
         summary = await asyncio.to_thread(
-            forget_member, self.services.knowledge_base, self.services.feedback_log, user_id
+            forget_member,
+            self.services.knowledge_base,
+            self.services.feedback_log,
+            user_id,
+            adapters_dir=self.services.settings.adapters_dir,
+            serve=serve,
         )
+        for guild in summary.replaced:
+            if guild:
+                # The guild's adapter no longer holds the member's pairs: retrain it without them.
+                self.bot.dispatch("loopbot_retrain_needed", guild)
         return f"Done: {summary.sentence()}."
 
 

@@ -9,9 +9,12 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from feedback.log import FeedbackLog
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-promote", action="store_true", help="train and gate, but never promote")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the cycle report as JSON")
+    train.add_argument("--guild", help=GUILD_HELP)
     train.set_defaults(handler=train_handler)
 
     adapters = subparsers.add_parser("adapters", help="list, promote or roll back adapter versions")
@@ -38,12 +42,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "list", help="versions, the active one, metrics, forgotten data still inside"
     )
     listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing.add_argument("--guild", help=GUILD_HELP)
     listing.set_defaults(handler=list_handler)
     promote = actions.add_parser("promote", help="make a version the active adapter")
     promote.add_argument("version", help="e.g. v0003 or 3")
+    promote.add_argument("--guild", help=GUILD_HELP)
     promote.set_defaults(handler=promote_handler)
     rollback = actions.add_parser("rollback", help="go back to the previously active adapter")
+    rollback.add_argument("--guild", help=GUILD_HELP)
     rollback.set_defaults(handler=rollback_handler)
+
+
+GUILD_HELP = "the Discord server whose adapters to act on (default: the only one there is)"
+
+
+@contextlib.contextmanager
+def _guild_log(args: argparse.Namespace, settings: Settings) -> Iterator[tuple[str, FeedbackLog]]:
+    """The feedback log and the guild this command acts on (``--guild``, or the only one).
+
+    Adapters trained before per-guild learning are first given to that one guild."""
+    from bot.usecases.serving import adopt_legacy_adapters, resolve_guild
+    from bot.wiring import build_feedback_log
+
+    log = build_feedback_log(settings)
+    try:
+        adopt_legacy_adapters(settings.adapters_dir, log)
+        yield resolve_guild(settings.adapters_dir, log, args.guild), log
+    finally:
+        log.close()
 
 
 @contextlib.contextmanager
@@ -67,21 +93,17 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
 def train_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Run one training cycle and print what happened."""
     from bot.usecases.training import run_training_cycle
-    from bot.wiring import build_feedback_log, build_training_parts
+    from bot.wiring import build_training_parts
 
-    log = build_feedback_log(settings)
-    try:
-        with _stdout_to_stderr(args.json):
-            report = run_training_cycle(
-                settings,
-                build_training_parts(settings, log),
-                if_needed=args.if_needed,
-                from_active=args.from_active,
-                show_progress=not args.no_progress,
-                promote=not args.no_promote,
-            )
-    finally:
-        log.close()
+    with _guild_log(args, settings) as (guild, log), _stdout_to_stderr(args.json):
+        report = run_training_cycle(
+            settings,
+            build_training_parts(settings, log, guild_id=guild),
+            if_needed=args.if_needed,
+            from_active=args.from_active,
+            show_progress=not args.no_progress,
+            promote=not args.no_promote,
+        )
     if args.json:
         gate = report.gate.metrics() if report.gate else None
         print(
@@ -116,18 +138,21 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _rows(settings: Settings) -> list[dict[str, Any]]:
+def _rows(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
+    from bot.usecases.serving import known_guilds
     from bot.wiring import build_feedback_log, build_registry
 
-    registry = build_registry(settings)
-    active = registry.active()
-    forgotten: set[str] = set()
-    if settings.db_path.exists():
+    if not args.guild:
         log = build_feedback_log(settings)
         try:
-            forgotten = {str(i) for i in log.forgotten_pair_ids()}
+            if not known_guilds(settings.adapters_dir, log):
+                return []  # no server has used the bot yet: nothing was trained anywhere
         finally:
             log.close()
+    with _guild_log(args, settings) as (guild, log):
+        registry = build_registry(settings, guild)
+        forgotten = {str(i) for i in log.forgotten_pair_ids()}
+    active = registry.active()
     rows = []
     for v in registry.list():
         gate = v.metrics.get("gate", {})
@@ -150,7 +175,7 @@ def _rows(settings: Settings) -> list[dict[str, Any]]:
 
 def list_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Print the versions (``*`` marks the active one)."""
-    rows = _rows(settings)
+    rows = _rows(args, settings)
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -178,7 +203,10 @@ def promote_handler(args: argparse.Namespace, settings: Settings) -> int:
     from bot.usecases.training import promote
     from bot.wiring import build_registry
 
-    version = promote(build_registry(settings), args.version)
+    with _guild_log(args, settings) as (guild, log):
+        version = promote(
+            build_registry(settings, guild), args.version, forgotten_pair_ids=log.forgotten_pair_ids()
+        )
     print(f"{version.version} is now the active adapter")
     return 0
 
@@ -188,6 +216,7 @@ def rollback_handler(args: argparse.Namespace, settings: Settings) -> int:
     from bot.usecases.training import rollback
     from bot.wiring import build_registry
 
-    version = rollback(build_registry(settings))
+    with _guild_log(args, settings) as (guild, log):
+        version = rollback(build_registry(settings, guild), forgotten_pair_ids=log.forgotten_pair_ids())
     print(f"rolled back: {version.version if version else 'the bare base model'} is now active")
     return 0

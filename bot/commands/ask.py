@@ -31,7 +31,8 @@ def answer_question(args: argparse.Namespace, settings: Settings) -> dict[str, A
     """
     from bot.wiring import build_answer_service, build_knowledge_base, build_runtime
 
-    runtime = build_runtime(settings)  # first: a missing model fails before the embedder loads
+    # First: a missing model fails before the embedder loads. The guild's own adapter answers.
+    runtime = build_runtime(settings, guild_id=args.guild)
     try:
         kb = build_knowledge_base(settings)
         try:

@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--since", type=_parse_since, help="only pairs derived at or after this ISO date/time (UTC)"
     )
     export.add_argument("--seed", type=int, default=0, help="seed of the train/eval split")
+    export.add_argument(
+        "--guild", help="only this server's pairs (and imported ones); default: every server's shared pairs"
+    )
     export.set_defaults(handler=export_command)
 
     import_ = actions.add_parser("import", help="add pairs from Alpaca JSON or question/answer JSONL")
@@ -93,7 +96,8 @@ def export_command(args: argparse.Namespace, settings: Settings) -> int:
     kinds = ("corrected", "negative") if preference else tuple(args.kinds)
     log = build_feedback_log(settings)
     try:
-        pairs = log.pairs(kinds=kinds, since=args.since)
+        # Shared pairs only: a member's personal pairs never leave the log in an export.
+        pairs = log.pairs(kinds=kinds, since=args.since, guild_id=args.guild)
     finally:
         log.close()
     export = export_preference if preference else export_alpaca

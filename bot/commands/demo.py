@@ -116,7 +116,7 @@ def run_demo(
         report = ingest_paths(kb, [data / "kb"], scope="community", guild_id=GUILD)
         echo(f"   {report.summary()}")
         t = lap("ingest", t)
-        runtime = build_runtime(settings)
+        runtime = build_runtime(settings, guild_id=GUILD)
         service = build_answer_service(settings, kb=kb, runtime=runtime)
         echo(f"3. answering as the bot does (adapter: {runtime.active_adapter or 'none, bare base model'})")
         before: dict[str, str] = {}
@@ -149,7 +149,7 @@ def run_demo(
         )
         t = lap("answer_and_feedback", t)
         echo(f"4. retraining ({settings.train.steps} steps, own process), gating and swapping")
-        parts = build_training_parts(settings, log, runtime=runtime)
+        parts = build_training_parts(settings, log, guild_id=GUILD, runtime=runtime)
         cycle = run_training_cycle(settings, parts, show_progress=progress)
         echo(f"   {cycle.summary()}")
         if cycle.gate is not None:

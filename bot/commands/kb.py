@@ -144,10 +144,15 @@ def forget_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         log = build_feedback_log(settings)
         try:
-            summary = forget_member(kb, log, args.user)
+            summary = forget_member(kb, log, args.user, adapters_dir=settings.adapters_dir)
         finally:
             log.close()
     finally:
         kb.close()
     print(f"{summary.sentence()}; the next adapter is trained without them")
+    for guild, version in summary.replaced.items():
+        now = f"{version}" if version else "the base model"
+        print(
+            f"server {guild or '(before per-server adapters)'}: its adapter held those pairs; {now} is active now"
+        )
     return 0

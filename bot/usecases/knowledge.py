@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from adapters.registry import AdapterVersion
     from bot.settings import KnowledgeSettings
     from feedback.log import FeedbackLog
     from ingest import IngestLimits, IngestReport
@@ -60,13 +63,15 @@ def remember(kb: KnowledgeBase, text: str, *, guild_id: str, owner_id: str, crea
 
 @dataclass(frozen=True)
 class ForgetSummary:
-    """What forgetting a member deleted."""
+    """What forgetting a member deleted, and the guilds whose served adapter had to change."""
 
     records: int
     answers: int
     corrections: int
     votes: int
     pairs: int
+    # guild id -> the version now served there (None: the base model), for adapters that held the pairs
+    replaced: dict[str, str | None] = field(default_factory=dict)
 
     def sentence(self) -> str:
         """One line for the member or the operator."""
@@ -76,9 +81,34 @@ class ForgetSummary:
         )
 
 
-def forget_member(kb: KnowledgeBase, log: FeedbackLog, user_id: str) -> ForgetSummary:
+def forget_member(
+    kb: KnowledgeBase,
+    log: FeedbackLog,
+    user_id: str,
+    *,
+    adapters_dir: Path | None = None,
+    serve: Callable[[str, AdapterVersion | None], Any] | None = None,
+) -> ForgetSummary:
     """Delete a member's personal records in every guild, then their answers, votes, corrections
-    and training pairs; the next adapter is trained without them."""
+    and training pairs, scrubbing every file that held them (the SQLite files, Chroma's segments, the
+    lexical index, the stored datasets and gate reports of adapter versions).
+
+    With ``adapters_dir``, a guild whose active adapter was trained on the member's pairs falls back
+    at once to its newest version without them (or the base model); ``serve(guild, version)`` makes
+    the running bot answer with it. The next retrain leaves the pairs out."""
+    from adapters.registry import all_registries
+    from bot.usecases.training import retire_forgotten
+
     records = kb.forget_user(user_id)
     report = log.forget_user(user_id)
-    return ForgetSummary(records, report.answers, report.corrections, report.votes, report.pairs)
+    replaced: dict[str, str | None] = {}
+    if adapters_dir is not None:
+        forgotten = log.forgotten_pair_ids()
+        for registry in all_registries(adapters_dir):
+            changed, now = retire_forgotten(registry, forgotten)
+            if changed:
+                guild = registry.root.name if registry.scope else ""
+                replaced[guild] = now.version if now is not None else None
+                if serve is not None and guild:
+                    serve(guild, now)
+    return ForgetSummary(records, report.answers, report.corrections, report.votes, report.pairs, replaced)

@@ -65,6 +65,11 @@ class TrainingParts:
     base_model: Callable[[], str]
     runtime: Runtime | None = None
     load_runtime: Callable[[], Runtime] | None = None
+    # The guild whose shared pairs train this registry (None: every guild's, a one-guild setup).
+    guild_id: str | None = None
+    # How the serving runtime starts answering with a promoted version (the bot: for this guild
+    # only). None with a runtime: it becomes the runtime's default adapter.
+    serve: Callable[[AdapterVersion | None], Any] | None = None
 
 
 def training_options(settings: Settings) -> TrainingOptions:
@@ -154,22 +159,23 @@ def run_training_cycle(
     show_progress: bool = False,
     promote: bool = True,
 ) -> CycleReport:
-    """Train a candidate on the feedback log's pairs, gate it against the active adapter, promote it
+    """Train a candidate on the guild's shared pairs, gate it against the active adapter, promote it
     if it passes and, when ``parts.runtime`` is given (the running bot's), hot-swap it in.
 
     Without it a temporary runtime is loaded with ``parts.load_runtime`` for the gate and closed
-    afterwards. Forgotten
-    members' pairs are never used (``FeedbackLog.pairs`` leaves them out) and a parent adapter that
-    still holds them is not continued from. ``progress`` receives the training process's events.
+    afterwards. Personal pairs never train a shared adapter and forgotten members' pairs are never
+    used (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs
+    is not continued from. ``progress`` receives the training process's events.
     """
     from adapters.gate import GateThresholds, run_gate
-    from adapters.swap import ensure_loaded, swap_to
+    from adapters.registry import GATE_REPORT_FILE
+    from adapters.swap import ensure_loaded, served_name, swap_to
     from adapters.training import NotEnoughPairs, examples_from_pairs, train_adapter
     from feedback.dataset import split_pairs
 
     started = time.perf_counter()
     registry = parts.registry
-    pairs = parts.feedback_log.pairs()
+    pairs = parts.feedback_log.pairs(guild_id=parts.guild_id)
     forgotten = {str(i) for i in parts.feedback_log.forgotten_pair_ids()}
     if if_needed:
         needed, why = needs_training(settings, pairs, registry)
@@ -223,11 +229,11 @@ def run_training_cycle(
             ensure_loaded(gate_runtime, active)
         result = run_gate(
             gate_runtime,
-            candidate=version.version,
-            active=active.version if active else None,
+            candidate=served_name(version),
+            active=served_name(active) if active else None,
             heldout=_heldout_items(heldout_pairs, system_prompt),
             thresholds=GateThresholds(settings.train.gate_min_gain, settings.train.gate_max_regression_drop),
-            report_path=version.path / "gate_report.csv",
+            report_path=version.path / GATE_REPORT_FILE,
             system_prompt=system_prompt,
             max_new_tokens=min(48, settings.model.max_new_tokens),
         )
@@ -243,10 +249,11 @@ def run_training_cycle(
             registry.promote(version.version)
             report.promoted = True
             if not own_runtime:
-                swap_to(gate_runtime, registry.get(version.version))
+                serve = parts.serve or (lambda promoted: swap_to(gate_runtime, promoted))
+                serve(registry.get(version.version))
                 report.swapped = True
-        elif not own_runtime and version.version in gate_runtime.adapters:
-            gate_runtime.unload_adapter(version.version)  # a rejected candidate is not kept in memory
+        elif not own_runtime and served_name(version) in gate_runtime.adapters:
+            gate_runtime.unload_adapter(served_name(version))  # a rejected candidate is not kept in memory
     finally:
         if own_runtime:
             gate_runtime.close()
@@ -254,26 +261,66 @@ def run_training_cycle(
     return report
 
 
-def promote(registry: AdapterRegistry, version: str, runtime: Runtime | None = None) -> AdapterVersion:
-    """Make ``version`` the active adapter and, given the serving runtime, answer with it from now on.
+def promote(
+    registry: AdapterRegistry,
+    version: str,
+    *,
+    forgotten_pair_ids: set[int] | frozenset[int] = frozenset(),
+    serve: Callable[[AdapterVersion | None], Any] | None = None,
+) -> AdapterVersion:
+    """Make ``version`` the active adapter and, given ``serve`` (the running runtime's swap), answer
+    with it from now on. A version trained on a forgotten member's pairs is refused.
 
     Requests already queued keep the adapter they were submitted with."""
-    from adapters.swap import swap_to
+    from adapters.errors import AdapterError
 
-    promoted = registry.promote(version)
-    if runtime is not None:
-        swap_to(runtime, promoted)
+    target = registry.get(version)
+    stale = {str(i) for i in forgotten_pair_ids} & set(target.pair_ids)
+    if stale:
+        raise AdapterError(
+            f"{target.version} was trained on {len(stale)} pair(s) of a member who asked to be forgotten, "
+            "so it can no longer be served. Promote a newer version or retrain (`loopbot train`)."
+        )
+    promoted = registry.promote(target.version)
+    if serve is not None:
+        serve(promoted)
     return promoted
 
 
-def rollback(registry: AdapterRegistry, runtime: Runtime | None = None) -> AdapterVersion | None:
-    """Re-activate the previously active version (None: the bare base model) and serve it."""
-    from adapters.swap import swap_to
-
+def rollback(
+    registry: AdapterRegistry,
+    *,
+    forgotten_pair_ids: set[int] | frozenset[int] = frozenset(),
+    serve: Callable[[AdapterVersion | None], Any] | None = None,
+) -> AdapterVersion | None:
+    """Re-activate the previously active version (None: the bare base model) and serve it. Versions
+    trained on a forgotten member's pairs are passed over."""
+    forgotten = {str(i) for i in forgotten_pair_ids}
     previous = registry.rollback()
-    if runtime is not None:
-        swap_to(runtime, previous)
+    while previous is not None and forgotten & set(previous.pair_ids):
+        previous = registry.rollback()
+    if serve is not None:
+        serve(previous)
     return previous
+
+
+def retire_forgotten(
+    registry: AdapterRegistry, forgotten_pair_ids: set[int]
+) -> tuple[bool, AdapterVersion | None]:
+    """After a forget: scrub the stored data that held the forgotten pairs, and if the active version
+    was trained on any, make the newest version without them active (or the bare base model).
+
+    Returns ``(changed, the version now active)`` (None: the base model)."""
+    forgotten = {str(i) for i in forgotten_pair_ids}
+    registry.scrub_pairs(forgotten)
+    active = registry.active()
+    if active is None or not forgotten & set(active.pair_ids):
+        return False, active
+    clean = [v for v in registry.list() if not forgotten & set(v.pair_ids)]
+    if clean:
+        return True, registry.promote(clean[-1].version)
+    registry.deactivate("forget")
+    return True, None
 
 
 def serve_active(runtime: Runtime, registry: AdapterRegistry) -> str | None:

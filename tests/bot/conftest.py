@@ -57,8 +57,8 @@ def bot_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def bot_services(bot_settings: Settings, bot_embeddings: Any, bot_runtime: Any) -> Iterator[dict[str, Any]]:
-    """Real services on temp dirs: knowledge base, feedback log, registry, answer service."""
-    from adapters.registry import AdapterRegistry
+    """Real services on temp dirs: knowledge base, feedback log, answer service (each guild's adapter
+    registry is built by the bot under ``bot_settings.adapters_dir``)."""
     from bot import wiring
 
     knowledge_base = wiring.build_knowledge_base(bot_settings, bot_embeddings)
@@ -67,7 +67,6 @@ def bot_services(bot_settings: Settings, bot_embeddings: Any, bot_runtime: Any) 
         "knowledge_base": knowledge_base,
         "feedback_log": feedback_log,
         "runtime": bot_runtime,
-        "registry": AdapterRegistry(bot_settings.adapters_dir),
         "answer_service": wiring.build_answer_service(bot_settings, kb=knowledge_base, runtime=bot_runtime),
     }
     yield services

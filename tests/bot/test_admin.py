@@ -49,23 +49,28 @@ async def test_curators_see_stats_and_status_but_cannot_change_the_adapter(world
 async def test_admin_promotes_and_rolls_back_a_real_adapter(
     world, bot_services, make_lora_adapter, tiny_model_dir
 ) -> None:
-    registry, runtime = bot_services["registry"], bot_services["runtime"]
-    version = publish_adapter(registry, make_lora_adapter(tiny_model_dir, seed=1)).version
+    from adapters.registry import guild_registry
+
+    guild = str(world.guild.id)
+    registry = guild_registry(world.bot.services.settings.adapters_dir, guild)
+    published = publish_adapter(registry, make_lora_adapter(tiny_model_dir, seed=1))
+    version, served = published.version, published.served_name
+    adapters = world.bot.services.adapters
 
     promoted = await world.dave.slash(world.channel, "adapter promote", version=version)
     assert version in promoted.response.content
-    assert runtime.active_adapter == version and registry.active().version == version
+    assert adapters.adapter_for(guild) == served == f"g{guild}-{version}" and registry.active().version == version
     # The next answer is generated, and logged, with that adapter.
     await world.alice.send(world.channel, f"{world.bot.user.mention} hello?")
     assert (
-        bot_services["feedback_log"].answer_for_message(str(world.bot_messages()[-1].id)).adapter == version
+        bot_services["feedback_log"].answer_for_message(str(world.bot_messages()[-1].id)).adapter == served
     )
     status = await world.dave.slash(world.channel, "adapter status")
     assert f"`{version}` (active)" in status.response.content
 
     rolled = await world.dave.slash(world.channel, "adapter rollback")
     assert "base model" in rolled.response.content
-    assert runtime.active_adapter is None and registry.active() is None
+    assert adapters.adapter_for(guild) is None and registry.active() is None
 
 
 async def test_promoting_an_unknown_version_says_so(world) -> None:
@@ -92,8 +97,9 @@ async def test_the_training_schedule_runs_the_cycle_in_the_background(bot_settin
     bot_settings.discord.train_schedule_minutes = 30
     calls: list[bool] = []
 
-    def trainer(progress: Any, if_needed: bool) -> str:
+    def trainer(progress: Any, if_needed: bool, guild_id: str) -> str:
         # Stands in for the training subprocess only; the schedule and the bot around it are real.
+        assert guild_id.isdigit()
         calls.append(if_needed)
         progress({"event": "step", "step": 1})
         return "nothing trained: 0 new pair(s)"
@@ -101,6 +107,7 @@ async def test_the_training_schedule_runs_the_cycle_in_the_background(bot_settin
     env = Env(create_bot(bot_settings, trainer=trainer, **bot_services), settle_timeout=60)
     await env.start()
     try:
+        env.create_guild(name="cats")  # each server the bot is in gets its own scheduled cycle
         await env.settle()
         first = len(calls)  # discord.ext.tasks runs the first iteration right after ready
         await env.advance_time(30 * 60)
