@@ -7,8 +7,9 @@ else through the typed :class:`bot.services.Services`, and no cog imports anothe
 from bot.cogs.admin import AdminCog
 from bot.cogs.ask import AskCog
 from bot.cogs.feedback import FeedbackCog
+from bot.cogs.help import HelpCog
 from bot.cogs.knowledge import KnowledgeCog
 
-COGS = [AskCog, FeedbackCog, KnowledgeCog, AdminCog]
+COGS = [AskCog, FeedbackCog, KnowledgeCog, AdminCog, HelpCog]
 
-__all__ = ["COGS", "AdminCog", "AskCog", "FeedbackCog", "KnowledgeCog"]
+__all__ = ["COGS", "AdminCog", "AskCog", "FeedbackCog", "HelpCog", "KnowledgeCog"]

@@ -71,6 +71,8 @@ def bot_services(bot_settings: Settings, bot_embeddings: Any, bot_runtime: Any) 
     }
     yield services
     bot_runtime.set_active_adapter(None)
+    for name in bot_runtime.adapters:  # each guild's adapters, loaded by the bot under its own names
+        bot_runtime.unload_adapter(name)
     bot_runtime.default_max_new_tokens = 16
     knowledge_base.close()
     feedback_log.close()

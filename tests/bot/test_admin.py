@@ -59,12 +59,13 @@ async def test_admin_promotes_and_rolls_back_a_real_adapter(
 
     promoted = await world.dave.slash(world.channel, "adapter promote", version=version)
     assert version in promoted.response.content
-    assert adapters.adapter_for(guild) == served == f"g{guild}-{version}" and registry.active().version == version
+    assert (
+        adapters.adapter_for(guild) == served == f"g{guild}-{version}"
+        and registry.active().version == version
+    )
     # The next answer is generated, and logged, with that adapter.
     await world.alice.send(world.channel, f"{world.bot.user.mention} hello?")
-    assert (
-        bot_services["feedback_log"].answer_for_message(str(world.bot_messages()[-1].id)).adapter == served
-    )
+    assert bot_services["feedback_log"].answer_for_message(str(world.bot_messages()[-1].id)).adapter == served
     status = await world.dave.slash(world.channel, "adapter status")
     assert f"`{version}` (active)" in status.response.content
 
