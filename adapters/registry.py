@@ -130,10 +130,11 @@ class Stage:
 class AdapterRegistry:
     """Versioned adapters under ``root`` with an atomically replaced active pointer and history."""
 
-    def __init__(self, root: Path | str, scope: str = "") -> None:
+    def __init__(self, root: Path | str, scope: str = "", guild_id: str | None = None) -> None:
         self.root = Path(root)
         # Prefixes the served names of its versions, so several registries share one runtime.
         self.scope = scope
+        self.guild_id = guild_id  # the guild whose adapters these are (None: the registry of old)
 
     # ----- reading -------------------------------------------------------------------------------
     def read_cache(self, key: str) -> Any | None:
@@ -371,7 +372,9 @@ def guild_registry(adapters_dir: Path | str, guild_id: str) -> AdapterRegistry:
     served as ``g<guild_id>-vNNNN``. Guild ids are Discord snowflakes (digits)."""
     if not str(guild_id).isdigit():
         raise AdapterError(f"Invalid guild id {guild_id!r}: pass the Discord server id (digits).")
-    return AdapterRegistry(Path(adapters_dir) / GUILDS_DIR / str(guild_id), scope=f"g{guild_id}")
+    return AdapterRegistry(
+        Path(adapters_dir) / GUILDS_DIR / str(guild_id), scope=f"g{guild_id}", guild_id=str(guild_id)
+    )
 
 
 def guild_ids(adapters_dir: Path | str) -> builtins.list[str]:

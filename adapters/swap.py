@@ -65,13 +65,15 @@ class AdapterRouter:
     """Which adapter answers each scope (a guild) on one shared runtime.
 
     Each scope keeps its current and its previous adapter loaded (requests queued before a swap
-    still find theirs); an adapter no scope uses either way is unloaded. Thread-safe.
+    still find theirs); an adapter the router served that no scope uses either way is unloaded.
+    Adapters loaded by others (a candidate being gated) are never unloaded here. Thread-safe.
     """
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self._current: dict[str, str | None] = {}
         self._previous: dict[str, str | None] = {}
+        self._served: set[str] = set()
         self._lock = threading.Lock()
 
     def adapter_for(self, scope: str) -> str | None:
@@ -92,11 +94,14 @@ class AdapterRouter:
             if name != previous:
                 self._previous[scope] = previous
             self._current[scope] = name
+            if name is not None:
+                self._served.add(name)
             in_use = {n for n in (*self._current.values(), *self._previous.values()) if n}
             in_use.add(self.runtime.active_adapter)
             for loaded in self.runtime.adapters:
-                if loaded not in in_use:
+                if loaded in self._served and loaded not in in_use:
                     self.runtime.unload_adapter(loaded)
+                    self._served.discard(loaded)
             return previous
 
     def sync(self, scope: str, registry: AdapterRegistry) -> str | None:

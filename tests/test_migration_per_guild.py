@@ -58,23 +58,35 @@ def test_the_log_migrates_without_losing_a_vote_and_dm_pairs_become_personal(tmp
         log.close()
 
 
-def test_legacy_adapters_move_to_the_only_guild_with_their_history(
-    tmp_path: Path, make_lora_adapter, tiny_model_dir
-) -> None:
-    adapters_dir = tmp_path / "adapters"
+def _legacy_registry(adapters_dir: Path, make_lora_adapter, tiny_model_dir, versions: int) -> AdapterRegistry:
+    """A registry laid out as before per-guild adapters: versions at the top of the adapters dir."""
     legacy = AdapterRegistry(adapters_dir)
-    for seed in (1, 2):
+    for seed in range(1, versions + 1):
         with legacy.stage() as stage:
             for item in make_lora_adapter(tiny_model_dir, seed=seed).iterdir():
                 shutil.copy(item, stage.path / item.name)
             legacy.publish(stage, {"base_model": "tiny"})
+    return legacy
+
+
+def _log_with_answers(path: Path, guilds: tuple[str, ...]) -> FeedbackLog:
+    log = FeedbackLog(path)
+    for guild in guilds:
+        log.record_answer(
+            guild_id=guild, channel_id="c", user_id="u", question="q?", context="", chunk_ids=[],
+            prompt="", prompt_version="t", adapter=None, answer="a",
+        )  # fmt: skip
+    return log
+
+
+def test_legacy_adapters_move_to_the_only_guild_with_their_history(
+    tmp_path: Path, make_lora_adapter, tiny_model_dir
+) -> None:
+    adapters_dir = tmp_path / "adapters"
+    legacy = _legacy_registry(adapters_dir, make_lora_adapter, tiny_model_dir, versions=2)
     legacy.promote("v0001")
     legacy.promote("v0002")
-    log = FeedbackLog(tmp_path / "loopbot.db")
-    log.record_answer(
-        guild_id=GUILD, channel_id="c", user_id="u", question="q?", context="", chunk_ids=[],
-        prompt="", prompt_version="t", adapter="v0002", answer="a",
-    )  # fmt: skip
+    log = _log_with_answers(tmp_path / "loopbot.db", (GUILD,))
     try:
         assert adopt_legacy_adapters(adapters_dir, log) == GUILD
         guild = guild_registry(adapters_dir, GUILD)
@@ -97,17 +109,8 @@ def test_legacy_adapters_of_several_guilds_stay_unserved(
     from adapters.errors import AdapterError
 
     adapters_dir = tmp_path / "adapters"
-    legacy = AdapterRegistry(adapters_dir)
-    with legacy.stage() as stage:
-        for item in make_lora_adapter(tiny_model_dir, seed=1).iterdir():
-            shutil.copy(item, stage.path / item.name)
-        legacy.publish(stage, {"base_model": "tiny"})
-    log = FeedbackLog(tmp_path / "loopbot.db")
-    for guild in ("1001", "1002"):
-        log.record_answer(
-            guild_id=guild, channel_id="c", user_id="u", question="q?", context="", chunk_ids=[],
-            prompt="", prompt_version="t", adapter=None, answer="a",
-        )  # fmt: skip
+    legacy = _legacy_registry(adapters_dir, make_lora_adapter, tiny_model_dir, versions=1)
+    log = _log_with_answers(tmp_path / "loopbot.db", ("1001", "1002"))
     try:
         assert adopt_legacy_adapters(adapters_dir, log) is None
         assert legacy.versions() == ["v0001"] and guild_registry(adapters_dir, "1001").versions() == []

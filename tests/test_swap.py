@@ -117,3 +117,29 @@ def test_build_runtime_serves_the_registry_active_version(
         assert runtime.generate(QUESTION, max_new_tokens=4).adapter == "g1001-v0001"
     finally:
         runtime.close()
+
+
+def test_the_router_serves_each_scope_its_own_adapter_and_unloads_only_what_it_served(
+    tiny_runtime, registry: AdapterRegistry, make_lora_adapter, tiny_model_dir
+) -> None:
+    from adapters.swap import AdapterRouter
+
+    router = AdapterRouter(tiny_runtime)
+    v1, v2, v3 = (registry.get(v) for v in ("v0001", "v0002", "v0003"))
+    router.swap("cats", v1)
+    router.swap("dogs", v2)
+    tiny_runtime.load_adapter("candidate", make_lora_adapter(tiny_model_dir, seed=40))  # e.g. being gated
+    assert (router.adapter_for("cats"), router.adapter_for("dogs"), router.adapter_for("birds")) == (
+        "v0001",
+        "v0002",
+        None,
+    )
+    reference = _reference(tiny_runtime, ["v0001", "v0002"])
+    assert reference["v0001"] != reference["v0002"]
+
+    router.swap("cats", v3)  # v0001 stays loaded: cats' previous adapter (queued requests keep it)
+    assert set(tiny_runtime.adapters) == {"v0001", "v0002", "v0003", "candidate"}
+    router.swap("cats", None)  # v0001 is now nobody's current or previous: unloaded
+    assert set(tiny_runtime.adapters) == {"v0002", "v0003", "candidate"}
+    assert router.adapter_for("cats") is None and router.adapter_for("dogs") == "v0002"
+    assert router.sync("dogs", registry) is None and router.adapter_for("dogs") is None  # nothing active

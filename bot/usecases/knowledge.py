@@ -107,7 +107,7 @@ def forget_member(
         for registry in all_registries(adapters_dir):
             changed, now = retire_forgotten(registry, forgotten)
             if changed:
-                guild = registry.root.name if registry.scope else ""
+                guild = registry.guild_id or ""
                 replaced[guild] = now.version if now is not None else None
                 if serve is not None and guild:
                     serve(guild, now)

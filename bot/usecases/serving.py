@@ -32,6 +32,7 @@ class GuildAdapters:
         self.runtime = runtime
         self.registry_for = registry_for
         self.router = AdapterRouter(runtime)
+        self._broken: dict[str, str] = {}  # guild -> why its active adapter cannot be served (warned once)
 
     def adapter_for(self, guild_id: str | None) -> str | None:
         """The adapter answering ``guild_id`` (None: the base model; a DM has no guild)."""
@@ -45,11 +46,16 @@ class GuildAdapters:
         """Serve the guild's active version. One that cannot be served (missing, corrupt, trained for
         another base) never stops the bot: the guild gets the base model and a warning says why."""
         try:
-            return self.router.sync(guild_id, self.registry_for(guild_id))
+            served = self.router.sync(guild_id, self.registry_for(guild_id))
         except AdapterError as error:
-            log.warning("guild %s: serving the bare base model: %s", guild_id, error)
+            # The registry watch retries every few seconds: say it once, not at every look.
+            report = log.warning if self._broken.get(guild_id) != str(error) else log.debug
+            report("guild %s: serving the bare base model: %s", guild_id, error)
+            self._broken[guild_id] = str(error)
             self.router.swap(guild_id, None)
             return None
+        self._broken.pop(guild_id, None)
+        return served
 
     def refresh(self, guild_ids: Iterable[str]) -> dict[str, str | None]:
         """Sync every given guild (and every guild served so far); what each serves now."""
