@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from adapters.prompt import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
-from adapters.prompt import training_messages
+from adapters.prompt import passage_block, training_messages
 
 INSTRUCTIONS = [
     "How do I keep my cat from scratching the sofa?",
@@ -158,8 +158,8 @@ def rag_prompts(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
         post, question, _ = _fact(rng)
         passages = rng.sample(prose, rng.randint(2, 4)) + [post]
         rng.shuffle(passages)
-        # Numbered without a source name: the shipped quantization was measured on exactly this text.
-        context = "\n\n".join(f"[{i}] {p}" for i, p in enumerate(passages, 1))
+        # Laid out exactly as the answer chain lays out its passages (in-distribution activations).
+        context = "\n\n".join(passage_block(i, "", p) for i, p in enumerate(passages, 1))
         prompts.append(training_messages(question, context, SYSTEM_PROMPT))
     return prompts
 

@@ -10,15 +10,18 @@ changes: it is logged with every answer, so pairs made under an older layout can
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-PROMPT_VERSION = "rag-v1"
+PROMPT_VERSION = "rag-v2"
 
+# Chosen with bench/answer_quality.py: a 135M model copies numbered "[1] (source)" markup and lists
+# instead of answering, so the passages are plain text and the instruction asks for one sentence.
 DEFAULT_SYSTEM_PROMPT = (
-    "You are loopbot, a helpful assistant for this community. Answer briefly and truthfully. "
-    "When context passages are given, answer from them and cite them as [1], [2], ... "
-    "If the context does not contain the answer, say you don't know."
+    "You are loopbot, the assistant of this community's Discord server. Answer the member's question "
+    "in one short sentence, using only the facts in the notes given with it. "
+    "If the notes do not say, answer: I don't know."
 )
 
 # The last turns of a reply chain kept as history; older ones rarely help a small model.
@@ -37,21 +40,29 @@ class Passage(Protocol):
     def text(self) -> str: ...
 
 
+_HEADING = re.compile(r"^\s*#+\s*", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
 def passage_block(number: int, source: str, text: str) -> str:
-    """One numbered passage as it appears in the context block: ``[n] (source) text``."""
-    return f"[{number}] ({source}) {text}"
+    """One passage as it appears in the context block: its text, markdown heading marks removed.
+
+    No number and no source name: the small model copied that markup instead of answering (the
+    member sees the numbered sources under the answer anyway). ``number`` and ``source`` stay in the
+    signature so a layout that shows them is a one-line change."""
+    return _BLANK_LINES.sub("\n", _HEADING.sub("", text)).strip()
 
 
 def format_context(passages: Iterable[Passage]) -> str:
-    """Number the passages in the given order, one blank line apart (the Alpaca ``input``)."""
+    """The passages in the given order, one blank line apart (the Alpaca ``input``)."""
     return "\n\n".join(passage_block(n, p.source, p.text) for n, p in enumerate(passages, start=1))
 
 
 def user_message(question: str, context: str) -> str:
-    """The final user turn: the context block (if any) then the question."""
+    """The final user turn: the notes (if any) then the question."""
     if not context:
         return question
-    return f"Context:\n{context}\n\nQuestion: {question}"
+    return f"Notes:\n{context}\n\nQuestion: {question}"
 
 
 def history_turns(history: Sequence[Message]) -> list[Message]:
@@ -100,6 +111,42 @@ def fold_system(messages: Sequence[Message]) -> list[Message]:
         merged = {"role": chat[1]["role"], "content": chat[0]["content"] + "\n\n" + chat[1]["content"]}
         return [merged, *chat[2:]]
     return chat
+
+
+# Said when the knowledge base had no passage worth using; the model's general-knowledge answer follows,
+# marked as such (a small model's guess about a community matter must not pass for the community's word).
+NOTHING_FOUND = "This server's knowledge base has nothing on that."
+GENERAL_KNOWLEDGE = "From general knowledge:"
+# Said when the model's own sentence was not grounded in the passages: the best passage sentence instead.
+CLOSEST_NOTE = "The notes don't say that exactly; the closest one says:"
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+
+
+def finish_answer(
+    text: str,
+    *,
+    max_sentences: int = 0,
+    nothing_found: bool = False,
+    evidence: str | None = None,
+    grounded: bool = True,
+) -> str:
+    """The answer as members read it.
+
+    The model's text is cut to ``max_sentences`` sentences (0: all). When no passage was good enough
+    (``nothing_found``), the note that the knowledge base has nothing comes before the model's guess,
+    marked as general knowledge. Otherwise ``evidence`` (the passage sentence that best answers) is
+    quoted under a ``grounded`` answer, or replaces one that stated what the passages do not say."""
+    text = text.strip()
+    if max_sentences > 0:
+        text = " ".join(_SENTENCE_END.split(text)[:max_sentences]).strip()
+    if nothing_found:
+        return f"{NOTHING_FOUND} {GENERAL_KNOWLEDGE} {text}" if text else NOTHING_FOUND
+    if evidence is None:
+        return text
+    if not grounded or not text:
+        return f"{CLOSEST_NOTE} “{evidence}”"
+    return f"{text}\n> {evidence}"
 
 
 def plain_transcript(messages: Sequence[Message]) -> str:

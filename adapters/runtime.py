@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from adapters._loading import check_adapter_dir, gptq_settings, load_base_model, module_shapes
-from adapters._streaming import _StopCriteria, _Streamer
+from adapters._streaming import _AnswerRepetitionPenalty, _StopCriteria, _Streamer
 from adapters.errors import AdapterError
 from adapters.prompt import fold_system, plain_transcript, with_system
 
@@ -167,6 +167,7 @@ class ModelRuntime(_AdapterChoice):
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         system_prompt: str | None = None,
+        repetition_penalty: float = 1.0,
     ):
         self._base_model = model
         self._model = model  # becomes a PeftModel once an adapter is loaded
@@ -178,6 +179,8 @@ class ModelRuntime(_AdapterChoice):
         self.default_max_new_tokens = max_new_tokens
         self.default_temperature = temperature
         self.default_system_prompt = system_prompt
+        # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
+        self.repetition_penalty = repetition_penalty
         self._adapters: dict[str, Path] = {}
         self._active: str | None = None
         self._lock = threading.Lock()
@@ -199,6 +202,7 @@ class ModelRuntime(_AdapterChoice):
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         system_prompt: str | None = None,
+        repetition_penalty: float = 1.0,
     ) -> ModelRuntime:
         """Load a GPTQ or plain checkpoint (local path or hub id) and start the worker thread.
 
@@ -223,6 +227,7 @@ class ModelRuntime(_AdapterChoice):
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             system_prompt=system_prompt,
+            repetition_penalty=repetition_penalty,
         )
 
     def close(self) -> None:
@@ -415,6 +420,12 @@ class ModelRuntime(_AdapterChoice):
             "stopping_criteria": StoppingCriteriaList([_StopCriteria(streamer)]),
             "pad_token_id": self._tokenizer.pad_token_id,
         }
+        if self.repetition_penalty != 1.0:
+            from transformers import LogitsProcessorList
+
+            options["logits_processor"] = LogitsProcessorList(
+                [_AnswerRepetitionPenalty(prompt_len, self.repetition_penalty)]
+            )
         if temperature > 0:
             options.update(do_sample=True, temperature=temperature, top_p=0.95)
         else:

@@ -49,6 +49,9 @@ def score(rows: list[dict]) -> dict:
         return {
             "answerable": len(answerable),
             "answerable_correct": round(sum(r["correct"] for r in answerable) / max(1, len(answerable)), 3),
+            "answerable_correct_own_words": round(
+                sum(r["correct_own_words"] for r in answerable) / max(1, len(answerable)), 3
+            ),
             "unanswerable": len(unanswerable),
             "unanswerable_honest": round(
                 sum(r["honest"] for r in unanswerable) / max(1, len(unanswerable)), 3
@@ -69,7 +72,7 @@ def run(model: str, questions: list[dict], kb, settings) -> dict:  # type: ignor
     from adapters.default_model import default_model_dir, plain_model_dir
     from adapters.runtime import ModelRuntime
     from bot.wiring import build_answer_service
-    from knowledge.quality import echoes_markup, has_key, says_nothing_found
+    from knowledge.quality import echoes_markup, has_key, own_words, says_nothing_found
 
     path = default_model_dir(settings.models_dir) if model == "gptq" else plain_model_dir(settings.models_dir)
     rows = []
@@ -81,6 +84,7 @@ def run(model: str, questions: list[dict], kb, settings) -> dict:  # type: ignor
         max_new_tokens=settings.model.max_new_tokens,
         temperature=0.0,
         system_prompt=settings.model.system_prompt,
+        repetition_penalty=settings.model.repetition_penalty,
     ) as runtime:
         service = build_answer_service(settings, kb=kb, runtime=runtime)
         started = time.perf_counter()
@@ -97,6 +101,8 @@ def run(model: str, questions: list[dict], kb, settings) -> dict:  # type: ignor
                     "sources": [s.source for s in answer.sources],
                     "expected_source": q["source"],
                     "correct": q["answerable"] and has_key(text, q["keys"]),
+                    # The model's own sentence, without the quoted passage sentence under or instead of it.
+                    "correct_own_words": q["answerable"] and has_key(own_words(text), q["keys"]),
                     "honest": (not q["answerable"]) and says_nothing_found(text),
                     "echo": echoes_markup(text),
                 }
@@ -139,7 +145,12 @@ def main() -> None:
             "chunks": len(report.chunks),
             "settings": {
                 "top_k": settings.kb.top_k,
+                "min_relevance": settings.kb.min_relevance,
+                "relevance_margin": settings.kb.relevance_margin,
+                "max_passages": settings.kb.max_passages,
                 "max_new_tokens": settings.model.max_new_tokens,
+                "max_sentences": settings.model.max_sentences,
+                "repetition_penalty": settings.model.repetition_penalty,
                 "prompt_version": __import__("adapters.prompt", fromlist=["PROMPT_VERSION"]).PROMPT_VERSION,
             },
             "scores": {m: r["scores"] for m, r in results.items()},

@@ -38,8 +38,17 @@ class ModelSettings(BaseSettings):
         "auto", description="auto: fp16 on CUDA, bf16 for GPTQ on CPU (fastest kernel path), else fp32."
     )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
-    max_new_tokens: int = Field(256, ge=1, le=8192)
+    max_new_tokens: int = Field(96, ge=1, le=8192, description="Longest answer in tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
+    repetition_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=2.0,
+        description="Penalise tokens the answer already used (1.0: off), never the prompt's.",
+    )
+    max_sentences: int = Field(
+        2, ge=0, description="Answers keep at most this many sentences (0: no budget)."
+    )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     offline: bool = Field(True, description="Never contact a model hub (HF_HUB_OFFLINE=1).")
     server_url: str = Field("", description="OpenAI-compatible server (vLLM); empty: generate in-process.")
@@ -61,6 +70,20 @@ class KnowledgeSettings(BaseSettings):
     top_k: int = Field(5, ge=1, le=50)
     max_context_tokens: int = Field(
         1024, ge=64, description="Token budget of the context passages in a prompt."
+    )
+    min_relevance: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Passages below this cosine (and not matched lexically) are not used.",
+    )
+    relevance_margin: float | None = Field(
+        0.1, ge=0.0, le=1.0, description="Passages further than this below the best one are not used."
+    )
+    max_passages: int = Field(2, ge=0, description="At most this many passages in a prompt (0: top_k).")
+    quote_evidence: bool = Field(
+        True,
+        description="Quote the passage sentence that best answers under each answer (or instead of it).",
     )
     chunk_size: int = Field(800, ge=100)
     chunk_overlap: int = Field(100, ge=0)

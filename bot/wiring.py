@@ -63,6 +63,7 @@ def build_runtime(settings: Settings, *, guild_id: str | None = None, serve_acti
             max_new_tokens=settings.model.max_new_tokens,
             temperature=settings.model.temperature,
             system_prompt=settings.model.system_prompt,
+            repetition_penalty=settings.model.repetition_penalty,
         )
     if serve_active and guild_id is not None:
         try:
@@ -185,4 +186,9 @@ def build_answer_service(
         top_k=settings.kb.top_k,
         system_prompt=settings.model.system_prompt,
         max_context_tokens=settings.kb.max_context_tokens,
+        min_relevance=settings.kb.min_relevance,
+        relevance_margin=settings.kb.relevance_margin,
+        max_passages=settings.kb.max_passages or None,
+        max_sentences=settings.model.max_sentences,
+        quote_evidence=settings.kb.quote_evidence,
     )

@@ -17,6 +17,7 @@ from typing import Any
 from adapters.prompt import (
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_VERSION,
+    finish_answer,
     format_context,
     passage_block,
     plain_transcript,
@@ -25,6 +26,7 @@ from adapters.prompt import (
 )
 from adapters.runtime import ACTIVE
 from knowledge.errors import KnowledgeError
+from knowledge.evidence import best_sentences, is_grounded
 from knowledge.types import Hit
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,11 @@ class AnswerService:
         top_k: int = 5,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         max_context_tokens: int = 1024,
+        min_relevance: float = 0.0,
+        relevance_margin: float | None = None,
+        max_passages: int | None = None,
+        max_sentences: int = 0,
+        quote_evidence: bool = False,
     ) -> None:
         if top_k < 1:
             raise KnowledgeError(f"top_k must be at least 1, got {top_k}")
@@ -85,6 +92,15 @@ class AnswerService:
         self.top_k = top_k
         self.system_prompt = system_prompt
         self.max_context_tokens = max_context_tokens
+        # Only passages that help: a dense cosine floor (lexical matches pass: the embedder is weak on
+        # non-Latin scripts), none far below the best, and at most this many.
+        self.min_relevance = min_relevance
+        self.relevance_margin = relevance_margin
+        self.max_passages = max_passages
+        self.max_sentences = max_sentences  # 0: no sentence budget
+        # Quote the passage sentence that best answers under the model's own (or instead of it,
+        # when the model states what the passages do not say): see knowledge/evidence.py.
+        self.quote_evidence = quote_evidence
 
     # --- steps ------------------------------------------------------------------------------
     def retrieve(self, question: str, *, user_id: str | None, guild_id: str | None) -> list[Hit]:
@@ -92,6 +108,15 @@ class AnswerService:
         if self.kb is None or guild_id is None:
             return []  # a DM has no guild, so no community and no scoped records
         return list(self.kb.search(question, guild_id=guild_id, user_id=user_id, k=self.top_k))
+
+    def select(self, hits: Sequence[Hit]) -> list[Hit]:
+        """The passages worth putting in the prompt (and citing): above the relevance floor or
+        matched lexically, within ``relevance_margin`` of the best one, at most ``max_passages``."""
+        kept = [h for h in hits if h.lexical or (h.similarity or 0.0) >= self.min_relevance]
+        if kept and self.relevance_margin is not None:
+            best = max((h.similarity or 0.0) for h in kept)
+            kept = [h for h in kept if h.lexical or (h.similarity or 0.0) >= best - self.relevance_margin]
+        return kept[: self.max_passages] if self.max_passages else kept
 
     def _tokens(self, text: str) -> int:
         count = getattr(self.runtime, "count_tokens", None)
@@ -126,17 +151,31 @@ class AnswerService:
         question = question.strip()
         if not question:
             raise KnowledgeError("ask a question: the text is empty")
-        used = self.fit_context(hits)
+        used = self.fit_context(self.select(hits))
         messages, context = self.build_messages(question, used, history)
         # Ids only: the passages may be someone's personal records and logs are read by operators.
         log.debug("answering with chunks %s", [hit.chunk.id for hit in used])
         return question, used, messages, context
 
-    def _answer(self, question: str, used: Sequence[Hit], messages, context: str, generation: Any) -> Answer:
-        text = getattr(generation, "text", generation)
+    def _answer(
+        self, question: str, used: Sequence[Hit], messages, context: str, generation: Any, searched: bool
+    ) -> Answer:
+        text = str(getattr(generation, "text", generation)).strip()
         adapter = getattr(generation, "adapter", getattr(self.runtime, "active_adapter", None))
+        evidence = None
+        if used and self.quote_evidence:
+            similarity = getattr(self.kb, "similarities", None)
+            evidence = best_sentences(question, [h.chunk.text for h in used], similarity)
+        budgeted = finish_answer(text, max_sentences=self.max_sentences)
+        text = finish_answer(
+            text,
+            max_sentences=self.max_sentences,
+            nothing_found=searched and not used,
+            evidence=evidence,
+            grounded=is_grounded(budgeted, context),
+        )
         return Answer(
-            answer=str(text).strip(),
+            answer=text,
             sources=[Source(h.chunk.id, h.chunk.source, h.chunk.scope, h.chunk.text) for h in used],
             adapter=adapter,
             question=question,
@@ -164,7 +203,7 @@ class AnswerService:
         generation = self.runtime.generate(
             messages, system_prompt=self.system_prompt, on_token=on_token, **_adapter(adapter)
         )
-        return self._answer(question, used, messages, context, generation)
+        return self._answer(question, used, messages, context, generation, self._searched(guild_id))
 
     async def aanswer(
         self,
@@ -182,7 +221,11 @@ class AnswerService:
         generation = await self.runtime.agenerate(
             messages, system_prompt=self.system_prompt, on_token=on_token, **_adapter(adapter)
         )
-        return self._answer(question, used, messages, context, generation)
+        return self._answer(question, used, messages, context, generation, self._searched(guild_id))
+
+    def _searched(self, guild_id: str | None) -> bool:
+        """Whether a knowledge base was consulted (a DM has none: no 'nothing found' note there)."""
+        return self.kb is not None and guild_id is not None
 
 
 def _adapter(adapter: Any) -> dict[str, Any]:

@@ -25,6 +25,16 @@ _NOTHING = re.compile(
 )
 
 
+def own_words(answer: str) -> str:
+    """The model's own sentence of an answer: without the quoted passage sentence (``> …`` under it,
+    or the closest-note quote that replaced it)."""
+    from adapters.prompt import CLOSEST_NOTE
+
+    if answer.startswith(CLOSEST_NOTE):
+        return ""
+    return answer.split("\n> ", 1)[0]
+
+
 def has_key(answer: str, keys: Sequence[str]) -> bool:
     """The answer holds one of the expected keys (case-insensitive)."""
     folded = answer.casefold()

@@ -338,6 +338,16 @@ class KnowledgeBase:
             names.append(personal_collection(guild_id, user_id))
         return names
 
+    def similarities(self, query: str, texts: list[str]) -> list[float]:
+        """Cosine of ``query`` with each of ``texts`` under the store's embedder (unit vectors)."""
+        if not texts:
+            return []
+        vector = self._embed_query(query)
+        return [
+            sum(a * b for a, b in zip(vector, other, strict=True))
+            for other in self.embeddings.embed_documents(texts)
+        ]
+
     def search(self, query: str, *, guild_id: str, user_id: str | None, k: int = 5) -> list[Hit]:
         """The ``k`` best chunks for ``query`` among the guild's posts and the asker's own records."""
         if k < 1:
@@ -355,6 +365,8 @@ class KnowledgeBase:
         """:meth:`search` with the query already embedded (benchmarks time the store path alone)."""
         names = self.scope_collections(guild_id, user_id)
         found: dict[str, Chunk] = {}
+        similarity: dict[str, float] = {}
+        lexical_ids: set[str] = set()
         # One embedder for every collection, so distances compare across them: the scopes' dense
         # results merge into one ranking before fusion (two lists would give both #1s equal weight).
         dense: list[tuple[float, str]] = []
@@ -376,6 +388,7 @@ class KnowledgeBase:
                 # Vectors are unit length and Chroma's L2 is squared, so cosine = 1 - d / 2.
                 if 1.0 - distance / 2.0 >= self.min_similarity:
                     dense.append((distance, doc.id))
+                    similarity[doc.id] = 1.0 - distance / 2.0
                     found[doc.id] = _chunk_from(doc.id, doc.page_content, doc.metadata)
         rankings = [[chunk_id for _, chunk_id in sorted(dense)[: self.candidates]]]
         weights = [1.0]
@@ -391,6 +404,7 @@ class KnowledgeBase:
                 floor = rows[0][2] * self.lexical_floor  # bm25 is negative: lower is better
                 rows = [row for row in rows if row[2] <= floor]
                 rankings.append([chunk_id for chunk_id, _, _ in rows])
+                lexical_ids.update(chunk_id for chunk_id, _, _ in rows)
                 # English paraphrase is the dense side's strength; other scripts are the lexical side's.
                 weights.append(self.latin_lexical_weight if table == "words" else 1.0)
                 for chunk_id, name, _ in rows:
@@ -398,7 +412,11 @@ class KnowledgeBase:
                         missing.setdefault(name, []).append(chunk_id)
             self._fetch(missing, found)
         fused = rrf_fuse(rankings, k=self.rrf_k, weights=weights)
-        return [Hit(found[i], score) for i, score in fused if i in found][:k]
+        return [
+            Hit(found[i], score, similarity=similarity.get(i), lexical=i in lexical_ids)
+            for i, score in fused
+            if i in found
+        ][:k]
 
     def _fetch(self, wanted: dict[str, list[str]], into: dict[str, Chunk]) -> None:
         for name, ids in wanted.items():

@@ -33,10 +33,16 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Hit:
-    """A retrieved chunk and its fused relevance score (higher is better)."""
+    """A retrieved chunk and its fused relevance score (higher is better).
+
+    ``similarity`` is the dense cosine between question and chunk (None when only the lexical side
+    found it); ``lexical`` says whether the lexical index matched it. The answer chain's relevance
+    floor reads both."""
 
     chunk: Chunk
     score: float
+    similarity: float | None = None
+    lexical: bool = False
 
 
 @dataclass

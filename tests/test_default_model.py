@@ -71,7 +71,8 @@ def test_calibration_prompts_are_not_the_regression_questions() -> None:
     requests = topic_requests(192)
     assert len(set(requests)) == 192 and not regression & set(requests)
     prompts = rag_prompts(4)
-    assert all(p[-1]["content"].startswith("Context:\n[1] ") for p in prompts)
+    # Laid out as the answer chain lays out its passages: one prompt module owns both.
+    assert all(p[-1]["content"].startswith("Notes:\n") and "[1]" not in p[-1]["content"] for p in prompts)
 
 
 # ----- evaluation -----------------------------------------------------------------------------

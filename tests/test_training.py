@@ -59,8 +59,8 @@ def test_prompt_is_rendered_as_the_runtime_renders_it(tiny_runtime) -> None:
     )
     served = tiny_runtime.render_prompt([m for m in example.prompt if m["role"] != "system"], SYSTEM)
     assert trl_text == served
-    with_context = training_messages("Why?", "[1] (post.md) Because.", SYSTEM)
-    assert with_context[1]["content"] == "Context:\n[1] (post.md) Because.\n\nQuestion: Why?"
+    with_context = training_messages("Why?", "Because.", SYSTEM)
+    assert with_context[1]["content"] == "Notes:\nBecause.\n\nQuestion: Why?"
 
 
 @pytest.mark.slow

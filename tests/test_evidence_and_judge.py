@@ -1,0 +1,59 @@
+"""Grounding helpers (knowledge/evidence.py) and the answer-quality judge (knowledge/quality.py)."""
+
+from __future__ import annotations
+
+from adapters.prompt import CLOSEST_NOTE, NOTHING_FOUND, finish_answer
+from knowledge.evidence import best_sentences, is_grounded, is_non_answer, sentences, ungrounded
+from knowledge.quality import echoes_markup, has_key, own_words, says_nothing_found
+
+PASSAGE = (
+    "## Monthly meetup\nThe monthly meetup is on the second Saturday, 2:00 pm to 5:00 pm.\n"
+    "The upstairs room holds 44 people. Entry is free for patrons."
+)
+
+
+def test_sentences_leave_out_headings_and_keep_facts() -> None:
+    assert sentences(PASSAGE) == [
+        "The monthly meetup is on the second Saturday, 2:00 pm to 5:00 pm.",
+        "The upstairs room holds 44 people.",
+        "Entry is free for patrons.",
+    ]
+    assert sentences("ADOPTION FEES\n■ 子猫の食事は1日4回です。") == ["子猫の食事は1日4回です。"]
+
+
+def test_best_sentences_match_the_question_in_any_script() -> None:
+    question = "How many people fit in the upstairs room?"
+    assert best_sentences(question, [PASSAGE], count=1) == "The upstairs room holds 44 people."
+    two = best_sentences(question, [PASSAGE])  # the best two, in passage order
+    assert two is not None and "holds 44 people." in two and two.count(".") >= 2
+    ja = "■ 食事\n子猫の食事は1日4回です。成猫は1日2回です。トイレは毎日掃除します。"
+    assert best_sentences("子猫の食事は何回？", [ja], count=1) == "子猫の食事は1日4回です。"
+    assert best_sentences("anything", []) is None
+
+
+def test_an_answer_that_invents_a_number_or_name_is_not_grounded() -> None:
+    assert is_grounded("The upstairs room holds 44 people.", PASSAGE)
+    assert ungrounded("The room holds 60 people, says Harriet Menon.", PASSAGE) == ["60", "Harriet", "Menon"]
+    assert not is_grounded("The room holds 60 people.", PASSAGE)
+    assert not is_grounded(
+        "The room is wheelchair accessible with a lift.", PASSAGE
+    )  # words not in the notes
+    assert is_non_answer("I'm sorry for the confusion, as a chatbot I cannot help.")
+    assert not is_non_answer("The answer is: 44 people.")
+
+
+def test_the_answer_wording_and_the_judge_agree() -> None:
+    grounded = finish_answer(
+        "It holds 44 people. More text. Even more.",
+        max_sentences=1,
+        evidence="The upstairs room holds 44 people.",
+    )
+    assert grounded == "It holds 44 people.\n> The upstairs room holds 44 people."
+    assert own_words(grounded) == "It holds 44 people." and has_key(grounded, ["44"])
+    replaced = finish_answer("It holds 60.", evidence="The upstairs room holds 44 people.", grounded=False)
+    assert replaced.startswith(CLOSEST_NOTE) and own_words(replaced) == "" and says_nothing_found(replaced)
+    nothing = finish_answer("Mochi is a mythological creature.", nothing_found=True)
+    assert nothing.startswith(NOTHING_FOUND) and says_nothing_found(nothing)
+    assert not says_nothing_found("The meetup is on Saturday.")
+    assert echoes_markup("1. [1] (kb/meetings.md) # Whisker Club meetings") and echoes_markup("Context: ...")
+    assert not echoes_markup("The meetup is on the second Saturday [1].")
