@@ -76,6 +76,7 @@ def run_demo(
     """Run the loop end to end; returns the before/after answers, the cycle report and timings."""
     from adapters.default_model import default_model_dir, is_prepared, prepare_default_model
     from bot.usecases.asking import Asker, answer_and_record
+    from bot.usecases.feedback import correct
     from bot.usecases.training import run_training_cycle
     from bot.wiring import (
         build_answer_service,
@@ -138,8 +139,19 @@ def run_demo(
             for question in fact["questions"]:
                 answer_id, answer = ask(question)
                 before[question] = answer.answer
-                log.add_correction(
-                    answer_id, author_id=ASKER, text=fact["answer"], message_id=None, trusted=True
+                # As the bot does: recorded, accepted (the asker is trusted) and published as a post.
+                record = log.get_answer(answer_id)
+                assert record is not None  # just recorded
+                correct(
+                    log,
+                    kb,
+                    record,
+                    author_id=ASKER,
+                    text=fact["answer"],
+                    message_id=None,
+                    trusted=True,
+                    votes_needed=settings.discord.correction_votes,
+                    private=False,
                 )
                 echo(f"      ✏️ corrected by the asker: {fact['answer']}")
         stats = log.stats()
