@@ -100,12 +100,19 @@ _FILLER = {"answer", "question", "notes", "note", "there", "their", "which", "wo
 
 
 def word_support(answer: str, context: str) -> float:
-    """Share of the answer's content words (Latin script) that the passages use; 1.0 when it has none."""
-    words = [w for w in _WORD.findall(answer.casefold()) if w not in _FILLER]
-    if not words:
-        return 1.0
+    """Share of the answer's content words that the passages use (1.0 when it has none): Latin words,
+    and for Japanese, which has no spaces, the character bigrams of its runs of Japanese text (a
+    looping "バジューバルのバジューバル…" has almost none in the passages)."""
     folded = context.casefold()
-    return sum(1 for w in words if w in folded) / len(words)
+    units = [w for w in _WORD.findall(answer.casefold()) if w not in _FILLER]
+    for run in _CJK_RUN.findall(answer):
+        units += [run[i : i + 2] for i in range(len(run) - 1)]
+    if not units:
+        return 1.0
+    return sum(1 for unit in units if unit in folded) / len(units)
+
+
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]{2,}")
 
 
 def is_grounded(answer: str, context: str, min_support: float = 0.7) -> bool:

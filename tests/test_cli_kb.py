@@ -141,6 +141,10 @@ def test_ask_goes_through_the_chain(
 ) -> None:
     monkeypatch.setenv("LOOPBOT_MODEL_BASE", str(tiny_gptq_dir))
     monkeypatch.setenv("LOOPBOT_MODEL_MAX_NEW_TOKENS", "4")
+    # Every retrieved passage reaches the prompt: this test is about scopes, not the relevance floor.
+    monkeypatch.setenv("LOOPBOT_KB_MIN_RELEVANCE", "0")
+    monkeypatch.setenv("LOOPBOT_KB_RELEVANCE_MARGIN", "1")
+    monkeypatch.setenv("LOOPBOT_KB_MAX_PASSAGES", "0")
     (tmp_path / "faq.md").write_text("Adult cats sleep 12 to 16 hours a day.", encoding="utf-8")
     (tmp_path / "mine.txt").write_text("Mochi sleeps on the heater every night.", encoding="utf-8")
     assert run(capsys, "ingest", str(tmp_path / "faq.md"), "--guild", "100", "--no-progress")[0] == 0

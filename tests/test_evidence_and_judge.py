@@ -38,6 +38,9 @@ def test_an_answer_that_invents_a_number_or_name_is_not_grounded() -> None:
     assert not is_grounded(
         "The room is wheelchair accessible with a lift.", PASSAGE
     )  # words not in the notes
+    ja = "東京支部の年会費は3,000円です。"
+    assert is_grounded("年会費は3,000円です。", ja)
+    assert not is_grounded("これは、バジューバルのバジューバルのバジューバル", ja)
     assert is_non_answer("I'm sorry for the confusion, as a chatbot I cannot help.")
     assert not is_non_answer("The answer is: 44 people.")
 

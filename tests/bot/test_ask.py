@@ -70,6 +70,8 @@ async def test_a_long_answer_is_split_and_every_part_is_logged(
     add_post(CAT_POST)
     torch.manual_seed(0)  # the tiny model samples: fix what it says
     bot_runtime.default_max_new_tokens = 450  # ~3000 characters of sampled text
+    service = bot_services["answer_service"]
+    service.max_sentences, service.quote_evidence = 0, False  # the model's own long text, as it is
 
     await world.alice.send(world.channel, f"{world.bot.user.mention} tell me everything about Mochi")
 
