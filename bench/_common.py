@@ -69,12 +69,15 @@ FILLER = [
 
 
 def rag_messages(case_index: int, filler_repeats: int = 1) -> list[dict[str, str]]:
-    """One RAG-shaped user message: numbered passages (the fact among fillers), then the question."""
+    """One RAG-shaped user message: passages (the fact among fillers), then the question."""
+    from adapters.prompt import passage_block, question_messages
+
     fact, question, _ = RAG_CASES[case_index]
     passages = FILLER * filler_repeats
     passages = passages[: case_index % len(passages)] + [fact] + passages[case_index % len(passages) :]
-    context = "\n\n".join(f"[{i}] {p}" for i, p in enumerate(passages, 1))
-    return [{"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
+    # Laid out by the product's own prompt module, as the answer chain lays out its passages.
+    context = "\n\n".join(passage_block(i, "", p) for i, p in enumerate(passages, 1))
+    return question_messages(question, context)
 
 
 def machine() -> dict[str, Any]:

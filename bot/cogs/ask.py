@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -39,6 +38,7 @@ from bot.cogs._common import (
     strip_mentions,
     uses_personal,
 )
+from bot.cogs._delivery import Delivery, followup_poster, followups, message_delivery
 from bot.cogs._views import answer_view
 from bot.usecases.asking import Asker, record_answer
 from bot.usecases.errors import user_errors
@@ -58,35 +58,6 @@ PROBE_TIMEOUT = 2.0
 PRIVATE_NOTE = "Only you can see this answer: it uses your personal records."
 DM_NOTE = "This answer uses your personal records, so I sent it to you in a direct message."
 NO_DM_NOTE = "This answer uses your personal records and I could not DM you. Use `/ask` to get it privately."
-
-
-@dataclass
-class Delivery:
-    """Where an answer goes: ``edit(text)`` shows streamed text, ``post(pieces)`` the final one.
-
-    ``post(pieces, view)`` puts ``view`` (if any) under the last piece and returns every message it
-    wrote (their ids are logged against the answer).
-    """
-
-    edit: Callable[[str], Awaitable[Any]]
-    post: Callable[[list[str], discord.ui.View | None], Awaitable[list[discord.Message]]]
-    private: bool
-    # The services' ids of answers being written: every message shown is in it until the answer is logged.
-    pending: set[int]
-    # Ephemeral answers cannot carry reactions: they get 👍/👎 buttons instead.
-    buttons: bool = False
-    messages: list[discord.Message] = field(default_factory=list)
-
-    def track(self, message: discord.Message) -> None:
-        """Remember a message this delivery wrote (once) and mark it as an answer being written."""
-        if all(m.id != message.id for m in self.messages):
-            self.messages.append(message)
-        self.pending.add(message.id)
-
-    def release(self) -> None:
-        """The answer is logged (or failed): votes on its messages no longer wait."""
-        for message in self.messages:
-            self.pending.discard(message.id)
 
 
 class AskCog(commands.Cog):
@@ -156,7 +127,7 @@ class AskCog(commands.Cog):
                 first = await interaction.edit_original_response(content=pieces[0], view=view)
             else:
                 first = await interaction.edit_original_response(content=pieces[0])
-            return [first, *await _followups(interaction, pieces[1:], view, ephemeral=private)]
+            return [first, *await followups(interaction, pieces[1:], view, ephemeral=private)]
 
         delivery = Delivery(edit, post, private, self.services.pending_answers, buttons=private)
         channel_id = interaction.channel_id or 0
@@ -173,7 +144,7 @@ class AskCog(commands.Cog):
                 delivery.release()
                 delivery = Delivery(
                     edit,
-                    self._followup_poster(interaction),
+                    followup_poster(interaction),
                     True,
                     self.services.pending_answers,
                     buttons=True,
@@ -273,7 +244,9 @@ class AskCog(commands.Cog):
             target: discord.abc.Messageable = message.author
         else:
             target = message.channel
-        delivery = self._message_delivery(target, message if target is message.channel else None, private)
+        delivery = message_delivery(
+            target, message if target is message.channel else None, private, self.services.pending_answers
+        )
         try:
             answer = await self._generate(question, message.author, guild_id, history, delivery)
         except discord.Forbidden:
@@ -289,56 +262,11 @@ class AskCog(commands.Cog):
             for sent in delivery.messages:
                 await sent.edit(content=DM_NOTE)
             delivery.release()
-            delivery = self._message_delivery(message.author, None, True)
+            delivery = message_delivery(message.author, None, True, self.services.pending_answers)
         try:
             await self._finish(answer, delivery, message.author, guild_id, message.channel.id)
         except discord.Forbidden:
             await message.reply(NO_DM_NOTE, mention_author=False)
-
-    def _message_delivery(
-        self, target: discord.abc.Messageable, origin: discord.Message | None, private: bool
-    ) -> Delivery:
-        """Streaming into a message that replies to ``origin`` (or is sent to ``target``)."""
-        delivery: Delivery
-
-        async def send(text: str, view: discord.ui.View | None = None) -> discord.Message:
-            # Every piece replies to the question, so a reply to any piece has the same chain above it.
-            extra: dict[str, Any] = {"view": view} if view is not None else {}
-            if origin is not None:
-                sent = await origin.reply(text, mention_author=False, **extra)
-            else:
-                sent = await target.send(text, **extra)
-            delivery.track(sent)
-            return sent
-
-        async def edit(text: str) -> None:
-            if delivery.messages:
-                await delivery.messages[0].edit(content=text)
-            else:
-                await send(text)
-
-        async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
-            last = view if len(pieces) == 1 else None
-            if not delivery.messages:
-                await send(pieces[0], last)
-            elif last is not None:
-                await delivery.messages[0].edit(content=pieces[0], view=last)
-            else:
-                await delivery.messages[0].edit(content=pieces[0])
-            for n, piece in enumerate(pieces[1:], 2):
-                await send(piece, view if n == len(pieces) else None)
-            return list(delivery.messages)
-
-        delivery = Delivery(edit, post, private, self.services.pending_answers)
-        return delivery
-
-    def _followup_poster(
-        self, interaction: discord.Interaction
-    ) -> Callable[[list[str], discord.ui.View | None], Awaitable[list[discord.Message]]]:
-        async def post(pieces: list[str], view: discord.ui.View | None = None) -> list[discord.Message]:
-            return await _followups(interaction, pieces, view, ephemeral=True)
-
-        return post
 
     async def _retrieves_personal(
         self, question: str, user_id: int, guild_id: int | None, *, timeout: float | None = None
@@ -417,16 +345,3 @@ class AskCog(commands.Cog):
         finally:
             delivery.release()
         return answer_id
-
-
-async def _followups(
-    interaction: discord.Interaction, pieces: list[str], view: discord.ui.View | None, *, ephemeral: bool
-) -> list[discord.Message]:
-    """Send ``pieces`` as the interaction's follow-ups, ``view`` (if any) under the last one."""
-    sent: list[discord.Message] = []
-    for n, piece in enumerate(pieces, 1):
-        if view is not None and n == len(pieces):
-            sent.append(await interaction.followup.send(piece, ephemeral=ephemeral, wait=True, view=view))
-        else:
-            sent.append(await interaction.followup.send(piece, ephemeral=ephemeral, wait=True))
-    return sent
