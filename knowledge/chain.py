@@ -215,13 +215,17 @@ class AnswerService:
         on_token: Callable[[str], None] | None = None,
         adapter: Any = ACTIVE,
     ) -> Answer:
-        """:meth:`answer` without blocking the event loop: retrieval in a thread, generation queued."""
+        """:meth:`answer` without blocking the event loop: retrieval and the answer's finishing in a
+        thread, generation queued."""
         hits = await asyncio.to_thread(self.retrieve, question, user_id=user_id, guild_id=guild_id)
         question, used, messages, context = self._prepare(question, hits, history)
         generation = await self.runtime.agenerate(
             messages, system_prompt=self.system_prompt, on_token=on_token, **_adapter(adapter)
         )
-        return self._answer(question, used, messages, context, generation, self._searched(guild_id))
+        # Choosing the quoted sentences embeds them: off the event loop too.
+        return await asyncio.to_thread(
+            self._answer, question, used, messages, context, generation, self._searched(guild_id)
+        )
 
     def _searched(self, guild_id: str | None) -> bool:
         """Whether a knowledge base was consulted (a DM has none: no 'nothing found' note there)."""
