@@ -31,9 +31,13 @@ _NON_ANSWER = re.compile(
 def sentences(text: str) -> list[str]:
     """The sentences (and lines) of a passage that can answer something: markdown heading marks and
     list bullets removed, and headings themselves (a few words, no number) left out."""
-    parts = [p for p in _SPLIT.split(text) if not _HEADING_LINE.match(p)]
-    parts = [re.sub(r"^\s*([-*•■]|\d+\.)\s*", "", p).strip() for p in parts]
+    parts = [p for p in _SPLIT.split(text) if not _HEADING_LINE.match(p) and not _QUESTION_LINE.match(p)]
+    parts = [re.sub(r"^\s*([-*•■]|\d+\.|answer\s*:)\s*", "", p, flags=re.IGNORECASE).strip() for p in parts]
     return [p for p in parts if _informative(p)]
+
+
+# An accepted correction is stored as "Question: …\nAnswer: …": the question is no evidence.
+_QUESTION_LINE = re.compile(r"^\s*question\s*:", re.IGNORECASE)
 
 
 # A markdown heading, or an upper-case heading line of a plain-text document.

@@ -19,6 +19,9 @@ def test_sentences_leave_out_headings_and_keep_facts() -> None:
         "Entry is free for patrons.",
     ]
     assert sentences("ADOPTION FEES\n■ 子猫の食事は1日4回です。") == ["子猫の食事は1日4回です。"]
+    # An accepted correction's post: its answer is evidence, its question is not.
+    post = "Question: Who is the treasurer?\nAnswer: The treasurer is Odile Brandt."
+    assert sentences(post) == ["The treasurer is Odile Brandt."]
 
 
 def test_best_sentences_match_the_question_in_any_script() -> None:
