@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import discord
@@ -57,11 +57,6 @@ def format_answer(text: str, sources: Sequence[Any], *, note: str = "") -> str:
     if note:
         body += f"\n\n_{note}_"
     return body
-
-
-def uses_personal(sources: Iterable[Any]) -> bool:
-    """True when any source is someone's personal record (scope ``personal``)."""
-    return any(str(getattr(source, "scope", "")) == "personal" for source in sources)
 
 
 def strip_mentions(content: str, user_id: int) -> str:

@@ -36,11 +36,10 @@ from bot.cogs._common import (
     format_answer,
     split_message,
     strip_mentions,
-    uses_personal,
 )
 from bot.cogs._delivery import Delivery, followup_poster, followups, message_delivery
 from bot.cogs._views import answer_view
-from bot.usecases.asking import Asker, record_answer
+from bot.usecases.asking import Asker, record_answer, uses_personal
 from bot.usecases.errors import user_errors
 from bot.usecases.limits import RateLimiter
 

@@ -7,9 +7,9 @@ committed before anyone can vote on the answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from feedback.log import FeedbackLog
@@ -25,9 +25,14 @@ class Asker:
     channel_id: str
 
 
+def uses_personal(sources: Iterable[Any]) -> bool:
+    """True when any source (a chunk or an answer's source) is someone's personal record."""
+    return any(str(getattr(source, "scope", "")) == "personal" for source in sources)
+
+
 def is_private(answer: Answer, *, delivered_privately: bool) -> bool:
     """Whether an answer is the asker's alone: it used their personal records, or only they saw it."""
-    return delivered_privately or any(source.scope == "personal" for source in answer.sources)
+    return delivered_privately or uses_personal(answer.sources)
 
 
 def record_answer(
@@ -71,4 +76,4 @@ def retrieves_personal(service: AnswerService, question: str, *, user_id: str, g
     if guild_id is None:
         return False
     hits = service.retrieve(question, user_id=user_id, guild_id=guild_id)
-    return any(hit.chunk.scope == "personal" for hit in hits)
+    return uses_personal(hit.chunk for hit in hits)

@@ -10,8 +10,8 @@ from bot.cogs._common import (
     format_answer,
     split_message,
     strip_mentions,
-    uses_personal,
 )
+from bot.usecases.asking import uses_personal
 from bot.usecases.limits import RateLimiter
 
 
