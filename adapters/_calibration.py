@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from adapters.prompt import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
-from adapters.prompt import passage_block, training_messages
+from adapters.prompt import format_context, training_messages
 
 INSTRUCTIONS = [
     "How do I keep my cat from scratching the sofa?",
@@ -159,7 +159,7 @@ def rag_prompts(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
         passages = rng.sample(prose, rng.randint(2, 4)) + [post]
         rng.shuffle(passages)
         # Laid out exactly as the answer chain lays out its passages (in-distribution activations).
-        context = "\n\n".join(passage_block(i, "", p) for i, p in enumerate(passages, 1))
+        context = format_context(passages)
         prompts.append(training_messages(question, context, SYSTEM_PROMPT))
     return prompts
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 PROMPT_VERSION = "rag-v2"
 
@@ -30,32 +29,21 @@ MAX_HISTORY_MESSAGES = 6
 Message = dict[str, str]
 
 
-class Passage(Protocol):
-    """A retrieved passage as the prompt shows it: where it comes from and its text."""
-
-    @property
-    def source(self) -> str: ...
-
-    @property
-    def text(self) -> str: ...
-
-
 _HEADING = re.compile(r"^\s*#+\s*", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
 
-def passage_block(number: int, source: str, text: str) -> str:
+def passage_block(text: str) -> str:
     """One passage as it appears in the context block: its text, markdown heading marks removed.
 
     No number and no source name: the small model copied that markup instead of answering (the
-    member sees the numbered sources under the answer anyway). ``number`` and ``source`` stay in the
-    signature so a layout that shows them is a one-line change."""
+    member sees the numbered sources under the answer anyway)."""
     return _BLANK_LINES.sub("\n", _HEADING.sub("", text)).strip()
 
 
-def format_context(passages: Iterable[Passage]) -> str:
-    """The passages in the given order, one blank line apart (the Alpaca ``input``)."""
-    return "\n\n".join(passage_block(n, p.source, p.text) for n, p in enumerate(passages, start=1))
+def format_context(passages: Iterable[str]) -> str:
+    """The passages' texts in the given order, one blank line apart (the Alpaca ``input``)."""
+    return "\n\n".join(passage_block(text) for text in passages)
 
 
 def user_message(question: str, context: str) -> str:

@@ -70,13 +70,13 @@ FILLER = [
 
 def rag_messages(case_index: int, filler_repeats: int = 1) -> list[dict[str, str]]:
     """One RAG-shaped user message: passages (the fact among fillers), then the question."""
-    from adapters.prompt import passage_block, question_messages
+    from adapters.prompt import format_context, question_messages
 
     fact, question, _ = RAG_CASES[case_index]
     passages = FILLER * filler_repeats
     passages = passages[: case_index % len(passages)] + [fact] + passages[case_index % len(passages) :]
     # Laid out by the product's own prompt module, as the answer chain lays out its passages.
-    context = "\n\n".join(passage_block(i, "", p) for i, p in enumerate(passages, 1))
+    context = format_context(passages)
     return question_messages(question, context)
 
 

@@ -127,7 +127,7 @@ class AnswerService:
         kept: list[Hit] = []
         used = 0
         for hit in hits:
-            cost = self._tokens(passage_block(len(kept) + 1, hit.chunk.source, hit.chunk.text) + "\n\n")
+            cost = self._tokens(passage_block(hit.chunk.text) + "\n\n")
             if kept and used + cost > self.max_context_tokens:
                 break
             kept.append(hit)
@@ -138,7 +138,7 @@ class AnswerService:
         self, question: str, hits: Sequence[Hit], history: Sequence[dict[str, str]] = ()
     ) -> tuple[list[dict[str, str]], str]:
         """Chat messages for the runtime (history, then context + question) and the context block."""
-        context = format_context(hit.chunk for hit in hits)
+        context = format_context(hit.chunk.text for hit in hits)
         return question_messages(question, context, history), context
 
     def _render(self, messages: list[dict[str, str]]) -> str:
@@ -166,13 +166,9 @@ class AnswerService:
         if used and self.quote_evidence:
             similarity = getattr(self.kb, "similarities", None)
             evidence = best_sentences(question, [h.chunk.text for h in used], similarity)
-        budgeted = finish_answer(text, max_sentences=self.max_sentences)
+        text = finish_answer(text, max_sentences=self.max_sentences)  # the budget first: judged as shown
         text = finish_answer(
-            text,
-            max_sentences=self.max_sentences,
-            nothing_found=searched and not used,
-            evidence=evidence,
-            grounded=is_grounded(budgeted, context),
+            text, nothing_found=searched and not used, evidence=evidence, grounded=is_grounded(text, context)
         )
         return Answer(
             answer=text,

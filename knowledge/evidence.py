@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+_CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")  # Japanese kana and kanji
 _SPLIT = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])|\n+")
 # Words that start sentences or are common enough to never count as an invented name.
 _COMMON = {
@@ -47,12 +48,9 @@ _HEADING_LINE = re.compile(r"^\s*#|^\s*[A-Z0-9][A-Z0-9 &/'-]+\s*$")
 def _informative(sentence: str) -> bool:
     if len(sentence) < 6:
         return False
-    if re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", sentence):  # Japanese: no spaces between words
+    if _CJK.search(sentence):  # Japanese: no spaces between words
         return len(sentence) >= 8
     return len(sentence.split()) >= 4 or bool(re.search(r"\d", sentence))
-
-
-_CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
 
 def _grams(text: str, size: int) -> set[str]:
