@@ -26,7 +26,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,10 @@ class AdapterVersion:
     train_config: dict[str, Any] = field(default_factory=dict)
     # The name a runtime loads it under: unique across registries (``g<guild>-v0003``), never stored.
     served_name: str = ""
+
+    def forgotten_pairs(self, forgotten_pair_ids: Iterable[int | str]) -> set[str]:
+        """Which of ``forgotten_pair_ids`` this version was trained on (empty: it can be served)."""
+        return {str(i) for i in forgotten_pair_ids} & set(self.pair_ids)
 
     def to_json(self) -> dict[str, Any]:
         """The metadata as stored in ``loopbot.json`` (the path and served name are implied)."""
@@ -130,11 +134,11 @@ class Stage:
 class AdapterRegistry:
     """Versioned adapters under ``root`` with an atomically replaced active pointer and history."""
 
-    def __init__(self, root: Path | str, scope: str = "", guild_id: str | None = None) -> None:
+    def __init__(self, root: Path | str, guild_id: str | None = None) -> None:
         self.root = Path(root)
-        # Prefixes the served names of its versions, so several registries share one runtime.
-        self.scope = scope
         self.guild_id = guild_id  # the guild whose adapters these are (None: the registry of old)
+        # Prefixes the served names of its versions, so several registries share one runtime.
+        self.scope = f"g{guild_id}" if guild_id else ""
 
     # ----- reading -------------------------------------------------------------------------------
     def read_cache(self, key: str) -> Any | None:
@@ -372,9 +376,7 @@ def guild_registry(adapters_dir: Path | str, guild_id: str) -> AdapterRegistry:
     served as ``g<guild_id>-vNNNN``. Guild ids are Discord snowflakes (digits)."""
     if not str(guild_id).isdigit():
         raise AdapterError(f"Invalid guild id {guild_id!r}: pass the Discord server id (digits).")
-    return AdapterRegistry(
-        Path(adapters_dir) / GUILDS_DIR / str(guild_id), scope=f"g{guild_id}", guild_id=str(guild_id)
-    )
+    return AdapterRegistry(Path(adapters_dir) / GUILDS_DIR / str(guild_id), guild_id=str(guild_id))
 
 
 def guild_ids(adapters_dir: Path | str) -> builtins.list[str]:

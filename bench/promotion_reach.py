@@ -55,7 +55,7 @@ async def _run(args: argparse.Namespace) -> dict:
         with registry.stage() as stage:
             _random_adapter(plain, stage.path, seed)
             registry.publish(stage, {"base_model": resolve_model_base(settings)})
-    runtime = build_runtime(settings, serve_active=False)
+    runtime = build_runtime(settings)
     adapters = GuildAdapters(
         runtime, lambda guild: build_registry(settings.model_copy(update={"data_dir": data}), guild)
     )

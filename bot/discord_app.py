@@ -162,12 +162,10 @@ def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
 
     feedback_log = get("feedback_log", lambda: wiring.build_feedback_log(settings))
     knowledge_base = get("knowledge_base", lambda: wiring.build_knowledge_base(settings))
-    # The registry's active adapter is served from setup_hook (once, after login), not here.
+    # No default adapter: GuildAdapters serves each guild its own (first question, registry watch).
     runtime = get(
         "runtime",
-        lambda: (
-            wiring.build_runtime(settings, serve_active=False) if "answer_service" not in overrides else None
-        ),
+        lambda: wiring.build_runtime(settings) if "answer_service" not in overrides else None,
     )
     answer_service = get(
         "answer_service",

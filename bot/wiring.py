@@ -43,10 +43,11 @@ def resolve_model_base(settings: Settings) -> str:
     return str(path)
 
 
-def build_runtime(settings: Settings, *, guild_id: str | None = None, serve_active: bool = True) -> Runtime:
+def build_runtime(settings: Settings, *, guild_id: str | None = None) -> Runtime:
     """The model runtime: the configured base (or the prepared default), generation defaults from settings.
 
-    ``serve_active``: answer with ``guild_id``'s active adapter (the bot serves each guild its own)."""
+    With ``guild_id`` it answers with that guild's active adapter by default (the CLI, the demo);
+    without, with the base model (the bot serves each guild its own through ``GuildAdapters``)."""
     from adapters.runtime import ModelRuntime
     from bot.usecases import training
 
@@ -65,7 +66,7 @@ def build_runtime(settings: Settings, *, guild_id: str | None = None, serve_acti
             system_prompt=settings.model.system_prompt,
             repetition_penalty=settings.model.repetition_penalty,
         )
-    if serve_active and guild_id is not None:
+    if guild_id is not None:
         try:
             training.serve_active(runtime, build_registry(settings, guild_id))
         except BaseException:
@@ -119,7 +120,7 @@ def build_training_parts(
         registry=build_registry(settings, guild_id),
         base_model=lambda: resolve_model_base(settings),
         runtime=runtime,
-        load_runtime=lambda: build_runtime(settings, serve_active=False),
+        load_runtime=lambda: build_runtime(settings),
         guild_id=guild_id,
         serve=serve,
     )

@@ -151,7 +151,7 @@ def _rows(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
             log.close()
     with _guild_log(args, settings) as (guild, log):
         registry = build_registry(settings, guild)
-        forgotten = {str(i) for i in log.forgotten_pair_ids()}
+        forgotten = log.forgotten_pair_ids()
     active = registry.active()
     rows = []
     for v in registry.list():
@@ -167,7 +167,7 @@ def _rows(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
                 "regression_accuracy": gate.get("regression_accuracy"),
                 "final_loss": v.metrics.get("train", {}).get("final_loss"),
                 # Still trained on data a member asked to forget: replaced by the next retrain.
-                "forgotten_pairs": len(forgotten & set(v.pair_ids)),
+                "forgotten_pairs": len(v.forgotten_pairs(forgotten)),
             }
         )
     return rows

@@ -176,7 +176,7 @@ def run_training_cycle(
     started = time.perf_counter()
     registry = parts.registry
     pairs = parts.feedback_log.pairs(guild_id=parts.guild_id)
-    forgotten = {str(i) for i in parts.feedback_log.forgotten_pair_ids()}
+    forgotten = parts.feedback_log.forgotten_pair_ids()
     if if_needed:
         needed, why = needs_training(settings, pairs, registry)
         if not needed:
@@ -192,7 +192,7 @@ def run_training_cycle(
     base_model = parts.base_model()
     active = registry.active()
     parent = None
-    if from_active and active is not None and not forgotten & set(active.pair_ids):
+    if from_active and active is not None and not active.forgotten_pairs(forgotten):
         parent = active
     own_runtime = parts.runtime is None
     if parts.runtime is not None:
@@ -275,7 +275,7 @@ def promote(
     from adapters.errors import AdapterError
 
     target = registry.get(version)
-    stale = {str(i) for i in forgotten_pair_ids} & set(target.pair_ids)
+    stale = target.forgotten_pairs(forgotten_pair_ids)
     if stale:
         raise AdapterError(
             f"{target.version} was trained on {len(stale)} pair(s) of a member who asked to be forgotten, "
@@ -295,9 +295,8 @@ def rollback(
 ) -> AdapterVersion | None:
     """Re-activate the previously active version (None: the bare base model) and serve it. Versions
     trained on a forgotten member's pairs are passed over."""
-    forgotten = {str(i) for i in forgotten_pair_ids}
     previous = registry.rollback()
-    while previous is not None and forgotten & set(previous.pair_ids):
+    while previous is not None and previous.forgotten_pairs(forgotten_pair_ids):
         previous = registry.rollback()
     if serve is not None:
         serve(previous)
@@ -311,12 +310,11 @@ def retire_forgotten(
     was trained on any, make the newest version without them active (or the bare base model).
 
     Returns ``(changed, the version now active)`` (None: the base model)."""
-    forgotten = {str(i) for i in forgotten_pair_ids}
-    registry.scrub_pairs(forgotten)
+    registry.scrub_pairs({str(i) for i in forgotten_pair_ids})
     active = registry.active()
-    if active is None or not forgotten & set(active.pair_ids):
+    if active is None or not active.forgotten_pairs(forgotten_pair_ids):
         return False, active
-    clean = [v for v in registry.list() if not forgotten & set(v.pair_ids)]
+    clean = [v for v in registry.list() if not v.forgotten_pairs(forgotten_pair_ids)]
     if clean:
         return True, registry.promote(clean[-1].version)
     registry.deactivate("forget")
