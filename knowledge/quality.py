@@ -1,7 +1,8 @@
 """How an answer is judged: does it hold the expected key, admit having nothing, or echo markup?
 
 Shared by the answer-quality benchmark (``bench/answer_quality.py``) and its test, so both judge
-alike. Keys are matched case-insensitively on the answer text alone, never on the cited passages.
+alike. Keys are matched case-insensitively on the answer as members read it (a quoted passage
+sentence included; `own_words` strips it), never on the source list.
 """
 
 from __future__ import annotations
