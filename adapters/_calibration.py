@@ -10,13 +10,20 @@ library's docstrings.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import importlib
 import inspect
+import json
 import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from adapters.prompt import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
 from adapters.prompt import format_context, training_messages
+
+CALIBRATION_FILE = Path(__file__).resolve().parent / "data" / "calibration.json.gz"
 
 INSTRUCTIONS = [
     "How do I keep my cat from scratching the sofa?",
@@ -165,7 +172,12 @@ def rag_prompts(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
 
 
 def _answer_all(
-    model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int
+    model,
+    tokenizer,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch_size: int,
+    advance: Callable[[int], None] | None = None,
 ) -> list[str]:
     """The model's own greedy answers, in batches (left padding), rendered as full chat texts."""
     import torch
@@ -185,39 +197,111 @@ def _answer_all(
         for prompt, ids in zip(prompts, out[:, encoded["input_ids"].shape[1] :], strict=True):
             answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
             texts.append(prompt + answer + "<|im_end|>\n")
+        if advance is not None:
+            advance(len(batch))
     return texts
 
 
-def build_calibration(
-    plain_dir: Path,
-    *,
-    n_chat: int = 24,
-    n_rag: int = 8,
-    n_prose: int = 12,
-    n_topics: int = 192,
-    seed: int = 0,
-) -> list[str]:
+@dataclass(frozen=True)
+class Recipe:
+    """What the calibration is made of. The defaults are the shipped calibration's recipe, chosen with
+    bench/quantization_recipes.py: without the 192 topic answers (44 texts, ~9k tokens instead of
+    ~36k) quantization takes 86 s instead of 206 s for the same divergence from fp32 (agreement 0.910
+    vs 0.917, KL 0.086 vs 0.082; repeated runs of one recipe differ by ~0.015 in agreement)."""
+
+    n_chat: int = 24
+    n_rag: int = 8
+    n_prose: int = 12
+    n_topics: int = 0
+    seed: int = 0
+
+    def answered(self) -> list[tuple[list[list[dict[str, str]]], int, int]]:
+        """The conversations the fp32 model answers: (conversations, max new tokens, batch size)."""
+        # Every other instruction, so English and Japanese are both kept when n_chat is small.
+        picked = (INSTRUCTIONS[::2] + INSTRUCTIONS[1::2])[: self.n_chat]
+        chats = [training_messages(q, "", SYSTEM_PROMPT) for q in picked]
+        topics = [training_messages(r, "", SYSTEM_PROMPT) for r in topic_requests(self.n_topics)]
+        # One batch each: on a 2-core CPU a batch of 24 costs little more than a single sequence.
+        return [(chats, 48, 24), (rag_prompts(self.n_rag, self.seed), 32, 8), (topics, 96, 16)]
+
+    def key(self, gguf: Path) -> str:
+        """Identifies the texts this recipe yields from this model file: what is answered, how, by which
+        weights. A shipped file with another key is stale (other model, prompt or recipe)."""
+        digest = hashlib.sha256()
+        with open(gguf, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        recipe = json.dumps([asdict(self), self.answered()], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256((digest.hexdigest() + recipe).encode()).hexdigest()[:16]
+
+
+def build_calibration(plain_dir: Path, recipe: Recipe | None = None, *, progress: bool = False) -> list[str]:
     """Calibration texts: chat Q&A and RAG prompts answered by the fp32 model, plain prose, and the
-    model's longer answers to general-topic requests."""
+    model's longer answers to general-topic requests (about 3 minutes on 2 cores)."""
     import torch
+    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(seed)
+    recipe = recipe or Recipe()
+    torch.manual_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(plain_dir))
     model = AutoModelForCausalLM.from_pretrained(str(plain_dir), dtype=torch.float32).eval()
-    # Every other instruction, so English and Japanese are both kept when n_chat is small.
-    picked = (INSTRUCTIONS[::2] + INSTRUCTIONS[1::2])[:n_chat]
-    chats = [training_messages(q, "", SYSTEM_PROMPT) for q in picked]
-    # One batch each: on a 2-core CPU a batch of 24 costs little more than a single sequence.
-    texts = _answer_all(model, tokenizer, chats, max_new_tokens=48, batch_size=24)
-    texts += _answer_all(model, tokenizer, rag_prompts(n_rag, seed), max_new_tokens=32, batch_size=8)
-    rng = random.Random(seed)
+    answered = recipe.answered()
+    texts: list[str] = []
+    total = sum(len(conversations) for conversations, _, _ in answered)
+    with tqdm(total=total, desc="calibration answers", unit="answer", disable=not progress) as bar:
+        for conversations, max_new_tokens, batch_size in answered:
+            texts += _answer_all(model, tokenizer, conversations, max_new_tokens, batch_size, bar.update)
+    rng = random.Random(recipe.seed)
     prose = stdlib_paragraphs()
     # Chunks of 3-4 consecutive paragraphs: plain text of a few hundred tokens.
-    for _ in range(n_prose):
+    for _ in range(recipe.n_prose):
         i = rng.randrange(len(prose))
         texts.append(" ".join(prose[i : i + rng.randint(3, 4)]))
-    topics = [training_messages(r, "", SYSTEM_PROMPT) for r in topic_requests(n_topics)]
-    texts += _answer_all(model, tokenizer, topics, max_new_tokens=96, batch_size=16)
     del model
     return texts
+
+
+def shipped_calibration(gguf: Path, recipe: Recipe | None = None) -> list[str] | None:
+    """The calibration shipped with loopbot, or None if it was made from another model, prompt or recipe.
+
+    The fp32 model's greedy answers are deterministic, so they are generated once
+    (``python -m adapters._calibration``) and shipped instead of being regenerated on every machine.
+    """
+    if not CALIBRATION_FILE.is_file():
+        return None
+    data = json.loads(gzip.decompress(CALIBRATION_FILE.read_bytes()).decode("utf-8"))
+    if data.get("key") != (recipe or Recipe()).key(gguf):
+        return None
+    return list(data["texts"])
+
+
+def write_shipped(plain_dir: Path, gguf: Path, recipe: Recipe | None = None) -> Path:
+    """Generate the calibration from ``plain_dir`` (converted from ``gguf``) and write the shipped file."""
+    recipe = recipe or Recipe()
+    texts = build_calibration(plain_dir, recipe, progress=True)
+    payload = json.dumps(
+        {"key": recipe.key(gguf), "recipe": asdict(recipe), "texts": texts}, ensure_ascii=False
+    )
+    CALIBRATION_FILE.write_bytes(gzip.compress(payload.encode("utf-8"), mtime=0))
+    return CALIBRATION_FILE
+
+
+def main() -> None:
+    """``python -m adapters._calibration [MODELS_DIR]``: regenerate the shipped calibration (after a
+    change of the default model, the prompt or the recipe; a test says when it is stale)."""
+    import sys
+    import tempfile
+
+    from adapters.default_model import convert_gguf, gguf_path, is_prepared, plain_model_dir
+
+    if len(sys.argv) > 1 and is_prepared(plain_model_dir(Path(sys.argv[1]))):
+        print(write_shipped(plain_model_dir(Path(sys.argv[1])), gguf_path()))
+        return
+    with tempfile.TemporaryDirectory(prefix="loopbot-plain-") as tmp:
+        convert_gguf(Path(tmp))
+        print(write_shipped(Path(tmp), gguf_path()))
+
+
+if __name__ == "__main__":
+    main()

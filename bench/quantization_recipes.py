@@ -9,29 +9,33 @@ recipe costs 3-8 minutes on 2 cores). Writes bench/results/quantization_recipes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, models_dir, write
+from _common import RESULTS, machine, models_dir, write
 
-# name: (QuantizeConfig overrides, quantize batch size, calibration: "base" = 44 texts, "topics" = +192)
+SEQUENTIAL = {"true_sequential": True, "offload_to_disk": True}  # gptqmodel's own defaults
+# name: (QuantizeConfig overrides, quantize batch size, topic answers in the calibration: 0 = 44 texts)
 RECIPES = {
-    "g32-asym-base": ({}, 4, "base"),
-    "g32-sym-base": ({"sym": True}, 4, "base"),
-    "g32-asym-damp0.01-base": ({"damp_percent": 0.01}, 4, "base"),
-    "g32-asym-gptaq-base": ({"gptaq": {"alpha": 0.25}}, 1, "base"),  # GPTAQ needs batch size 1
-    "g32-asym-topics (chosen)": ({}, 4, "topics"),
+    "g32-asym-base": ({**SEQUENTIAL}, 4, 0),
+    "g32-sym-base": ({**SEQUENTIAL, "sym": True}, 4, 0),
+    "g32-asym-damp0.01-base": ({**SEQUENTIAL, "damp_percent": 0.01}, 4, 0),
+    "g32-asym-gptaq-base": ({**SEQUENTIAL, "gptaq": {"alpha": 0.25}}, 1, 0),  # GPTAQ needs batch size 1
+    "g32-asym-topics192": ({**SEQUENTIAL}, 4, 192),
+    "g32-asym-topics192-fast": ({}, 4, 192),
+    "g32-asym-base-fast (chosen)": ({}, 4, 0),
 }
 
 
-def calibration(plain: Path, kind: str, cache: dict[str, list[str]]) -> list[str]:
-    from adapters._calibration import build_calibration
+def calibration(plain: Path, topics: int, cache: dict[int, list[str]]) -> list[str]:
+    from adapters._calibration import Recipe, build_calibration
 
-    if kind not in cache:
-        cache[kind] = build_calibration(plain, n_topics=0 if kind == "base" else 192)
-    return cache[kind]
+    if topics not in cache:
+        cache[topics] = build_calibration(plain, Recipe(n_topics=topics))
+    return cache[topics]
 
 
 def measure(path: Path, reference, tokenizer) -> dict:
@@ -75,21 +79,27 @@ def main(names: list[str]) -> None:
         "sym": default_model.SYM,
         "mse": default_model.MSE,
     }
-    cache: dict[str, list[str]] = {}
-    rows = []
+    cache: dict[int, list[str]] = {}
+    previous = RESULTS / "quantization_recipes.json"
+    earlier = json.loads(previous.read_text(encoding="utf-8"))["recipes"] if previous.is_file() else []
+    rows: list[dict] = []
     for name in names or list(RECIPES):
-        overrides, batch_size, kind = RECIPES[name]
-        texts = calibration(plain, kind, cache)
+        overrides, batch_size, topics = RECIPES[name]
+        texts = calibration(plain, topics, cache)
         config = {**base_config, **overrides}
+        load = [round(x, 2) for x in os.getloadavg()]
         with tempfile.TemporaryDirectory(prefix="loopbot-recipe-") as scratch:
             started = time.perf_counter()
             default_model.quantize(plain, Path(scratch), texts, batch_size=batch_size, **config)
             seconds = round(time.perf_counter() - started)
             row = {"recipe": name, "config": config, "calibration_texts": len(texts), "quantize_s": seconds}
             row.update(measure(Path(scratch), reference, tokenizer))
+        row["load_average_before"] = load
         print(json.dumps(row), flush=True)
         rows.append(row)
-    write("quantization_recipes", {"machine": machine(), "recipes": rows})
+    # Recipes measured in earlier runs and not re-run now are kept.
+    kept = [r for r in earlier if r["recipe"] not in {row["recipe"] for row in rows}]
+    write("quantization_recipes", {"machine": machine(), "recipes": kept + rows})
 
 
 if __name__ == "__main__":

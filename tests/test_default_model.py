@@ -75,6 +75,31 @@ def test_calibration_prompts_are_not_the_regression_questions() -> None:
     assert all(p[-1]["content"].startswith("Notes:\n") and "[1]" not in p[-1]["content"] for p in prompts)
 
 
+def test_shipped_calibration_is_for_this_model_and_prompt() -> None:
+    from adapters._calibration import CALIBRATION_FILE, Recipe, shipped_calibration
+
+    texts = shipped_calibration(default_model.gguf_path())
+    assert texts is not None, (
+        f"{CALIBRATION_FILE.name} was made from another model file, prompt or recipe: regenerate it with "
+        "`python -m adapters._calibration` (prepare would otherwise generate it on every machine)"
+    )
+    recipe = Recipe()
+    assert len(texts) == recipe.n_chat + recipe.n_rag + recipe.n_prose + recipe.n_topics
+    # The key follows what is answered: another recipe or prompt is not served the shipped texts.
+    assert shipped_calibration(default_model.gguf_path(), Recipe(n_chat=recipe.n_chat - 1)) is None
+
+
+def test_prepare_generates_calibration_when_the_shipped_one_is_stale(tmp_path: Path, monkeypatch) -> None:
+    from adapters import _calibration
+
+    monkeypatch.setattr(_calibration, "CALIBRATION_FILE", tmp_path / "absent.json.gz")
+    built: list[Path] = []
+    monkeypatch.setattr(_calibration, "build_calibration", lambda plain, **_: built.append(plain) or ["x"])
+    said: list[str] = []
+    assert default_model._calibration(tmp_path, said.append, False) == (["x"], "generated")
+    assert built == [tmp_path] and "python -m adapters._calibration" in said[0]
+
+
 # ----- evaluation -----------------------------------------------------------------------------
 
 
@@ -155,6 +180,25 @@ def test_default_model_is_a_4bit_gptq_checkpoint(default_model_path: Path) -> No
     assert config["quantization_config"]["bits"] == 4
     assert config["quantization_config"]["quant_method"] == "gptq"
     assert json.loads((default_model_path / MARKER).read_text())["calibration_texts"] >= 32
+
+
+@pytest.mark.slow
+def test_shipped_calibration_matches_a_fresh_build(default_model_path: Path) -> None:
+    """The fp32 model's greedy answers are deterministic: building them here gives the shipped texts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adapters._calibration import Recipe, _answer_all, shipped_calibration
+
+    shipped = shipped_calibration(default_model.gguf_path())
+    assert shipped is not None
+    plain = default_model.plain_model_dir(default_model_path.parent)
+    tokenizer = AutoTokenizer.from_pretrained(str(plain))
+    model = AutoModelForCausalLM.from_pretrained(str(plain), dtype="float32").eval()
+    conversations, max_new_tokens, batch_size = Recipe().answered()[0]  # the chat answers, one batch
+    fresh = _answer_all(model, tokenizer, conversations, max_new_tokens, batch_size)
+    same = sum(a == b for a, b in zip(fresh, shipped, strict=False))
+    # Another CPU may round a near tie the other way in one answer; most must match exactly.
+    assert same >= 0.9 * len(fresh), [(a, b) for a, b in zip(fresh, shipped, strict=False) if a != b][:2]
 
 
 @pytest.mark.slow
