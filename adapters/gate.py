@@ -1,17 +1,24 @@
-"""The promotion gate: a candidate adapter against the active one, on held-out pairs and regressions.
+"""The promotion gate: does a candidate adapter know what it was taught, without losing anything?
 
-Held-out score: the mean **token F1** between the answer and the expected output (SQuAD-style:
-lower-cased, punctuation and the articles a/an/the removed, bag-of-words overlap). F1 was chosen over
-"the key content appears in the answer" because feedback outputs are free text with no marked key
-span, and F1 rewards a correct short answer without demanding the exact wording. A held-out answer
-is flagged correct in the report when its F1 is at least :data:`CORRECT_F1`.
+Candidate and active adapter (or the bare base) answer the same prompts greedily on the same runtime,
+on four sets, and the gate says which rule decided:
 
-Regression score: accuracy on the fixed regression question set (:mod:`adapters.evaluation`).
+* **taught**: the pairs this round adds (new corrections and 👍 answers). *Did it learn them?* The
+  candidate must answer at least ``min_learned`` of them.
+* **retained**: the pairs earlier versions were trained on and that are still in force (a forgotten
+  member's pairs are gone). *Did it keep them?* Its share may fall by at most ``max_forgotten``.
+* **regression**: the fixed general-question set (:mod:`adapters.evaluation`). *Did it keep its
+  general answers?* Accuracy may fall by at most ``max_regression_drop``.
+* **heldout**: 👍 answers left out of this round's training. *Did the answer style generalise, or at
+  least not get worse?* Mean token F1 may fall by at most ``max_heldout_drop``. They are trained on in
+  the next round (the held-out choice rotates), so no pair is withheld for good.
 
-Rule: promote when ``candidate_heldout - active_heldout`` is positive and at least ``min_gain``,
-AND ``candidate_regression >= active_regression - max_regression_drop``. No held-out pairs means the
-candidate cannot show it is better: it is not promoted (promote by hand with
-``loopbot adapters promote``). Both adapters answer the same prompts greedily on the same runtime.
+A pair is *answered* when the answer's token F1 against the expected output (SQuAD-style:
+lower-cased, punctuation and the articles a/an/the removed, bag-of-words overlap) is at least
+:data:`CORRECT_F1`: feedback outputs are free text with no marked key span, and F1 rewards a correct
+short answer without demanding the exact wording. An empty set's rule is skipped; a gate with no
+taught, retained or held-out pair has nothing to show and does not promote (promote by hand with
+``loopbot adapters promote``).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import csv
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +36,12 @@ from adapters.errors import AdapterError
 from adapters.evaluation import RegressionQuestion, accuracy, load_regression_questions, run_regression
 from adapters.prompt import split_system
 
-CORRECT_F1 = 0.5  # a held-out answer at or above this token F1 is flagged correct in the report
-_EPSILON = 1e-9  # float noise must not flip a tie on the regression set
+CORRECT_F1 = 0.5  # an answer at or above this token F1 counts as answering the pair
+_EPSILON = 1e-9  # float noise must not flip a tie
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
+PAIR_SETS = ("taught", "retained", "heldout")  # scored from pairs; "regression" has its own set
+SETS = ("taught", "retained", "regression", "heldout")
 
 
 def _tokens(text: str) -> list[str]:
@@ -52,8 +61,8 @@ def token_f1(answer: str, expected: str) -> float:
 
 
 @dataclass(frozen=True)
-class HeldOutItem:
-    """A held-out pair to answer: the chat messages (system first) and the expected output."""
+class GateItem:
+    """A pair to answer: the chat messages (system first) and the expected output."""
 
     question: str
     messages: list[dict[str, str]]
@@ -62,47 +71,65 @@ class HeldOutItem:
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """``min_gain``: held-out F1 the candidate must gain; ``max_regression_drop``: allowed accuracy loss."""
+    """What a candidate must show; see the module docstring for each set."""
 
-    min_gain: float = 0.0
+    min_learned: float = 0.5
+    max_forgotten: float = 0.1
     max_regression_drop: float = 0.0
+    max_heldout_drop: float = 0.05
+
+
+@dataclass(frozen=True)
+class SetScore:
+    """One set's score for both adapters: the share answered (taught, retained), accuracy
+    (regression) or mean token F1 (heldout)."""
+
+    count: int
+    active: float
+    candidate: float
+
+    def line(self, name: str) -> str:
+        if name in ("taught", "retained"):
+            return (
+                f"{name} {round(self.candidate * self.count)}/{self.count} "
+                f"(active {round(self.active * self.count)}/{self.count})"
+            )
+        what = "accuracy" if name == "regression" else "F1"
+        return f"{name} {what} {self.active:.2f} -> {self.candidate:.2f} ({self.count})"
 
 
 @dataclass
 class GateResult:
-    """The gate's decision, its scores and where the CSV report is."""
+    """The gate's decision, the rule that decided, each set's scores and where the CSV report is."""
 
     promote: bool
     reason: str
     candidate: str
     active: str | None
-    heldout_active: float
-    heldout_candidate: float
-    regression_active: float
-    regression_candidate: float
-    heldout_count: int
-    regression_count: int
+    sets: dict[str, SetScore]
     report_path: Path | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """Each non-empty set's scores on one line."""
+        return "; ".join(self.sets[n].line(n) for n in SETS if n in self.sets and self.sets[n].count)
+
     def metrics(self) -> dict[str, Any]:
         """The scores as a flat dict (stored in the candidate's metadata)."""
-        return {
-            "heldout_f1_active": round(self.heldout_active, 4),
-            "heldout_f1": round(self.heldout_candidate, 4),
-            "regression_accuracy_active": round(self.regression_active, 4),
-            "regression_accuracy": round(self.regression_candidate, 4),
-            "heldout_pairs": self.heldout_count,
-            "regression_questions": self.regression_count,
-            "promoted": self.promote,
-            "reason": self.reason,
-        }
+        out: dict[str, Any] = {"promoted": self.promote, "reason": self.reason}
+        for name, score in self.sets.items():
+            out |= {
+                f"{name}_count": score.count,
+                f"{name}_active": round(score.active, 4),
+                f"{name}_candidate": round(score.candidate, 4),
+            }
+        return out
 
 
 def _answer_all(
-    runtime: Any, items: Sequence[HeldOutItem], adapter: str | None, max_new_tokens: int
+    runtime: Any, items: Sequence[GateItem], adapter: str | None, max_new_tokens: int
 ) -> list[str]:
-    """Queue every held-out prompt at once (one adapter per job, so a concurrent swap cannot mix)."""
+    """Queue every prompt at once (one adapter per job, so a concurrent swap cannot mix)."""
     futures = []
     for item in items:
         system, turns = split_system(item.messages)
@@ -114,26 +141,43 @@ def _answer_all(
     return [f.result().text for f in futures]
 
 
-def decide(
-    heldout_gain: float, regression_change: float, heldout_count: int, thresholds: GateThresholds
-) -> tuple[bool, str]:
-    """The rule itself, separate from the generation, so it can be read and tested on its own."""
-    if heldout_count == 0:
+def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bool, str]:
+    """The rule itself, separate from the generation, so it can be read and tested on its own.
+
+    Refusals name the rule that failed; a promotion lists every set's scores.
+    """
+    empty = SetScore(0, 0.0, 0.0)
+    taught, retained, regression, heldout = (sets.get(name, empty) for name in SETS)
+    if not (taught.count or retained.count or heldout.count):
         return False, (
-            "no held-out pairs to compare on (set LOOPBOT_TRAIN_EVAL_FRACTION above 0 or collect more "
-            "pairs); promote by hand with `loopbot adapters promote` if you trust it"
+            "no pairs to compare on; promote by hand with `loopbot adapters promote` if you trust it"
         )
-    if heldout_gain <= 0 or heldout_gain + _EPSILON < thresholds.min_gain:
+    if taught.count and taught.candidate + _EPSILON < thresholds.min_learned:
         return False, (
-            f"held-out F1 gain {heldout_gain:+.3f} is not above the required "
-            f"{max(thresholds.min_gain, 0.0):.3f}"
+            f"did not learn: answers {round(taught.candidate * taught.count)} of the {taught.count} pairs "
+            f"taught this round, {thresholds.min_learned:.0%} needed"
         )
-    if regression_change + thresholds.max_regression_drop < -_EPSILON:
+    if retained.count and retained.candidate + thresholds.max_forgotten + _EPSILON < retained.active:
         return False, (
-            f"regression accuracy changed by {regression_change:+.3f}, more than the allowed "
-            f"drop of {thresholds.max_regression_drop:.3f}"
+            f"forgot earlier pairs: answers {round(retained.candidate * retained.count)} of {retained.count}, "
+            f"the active adapter {round(retained.active * retained.count)} (allowed drop "
+            f"{thresholds.max_forgotten:.0%})"
         )
-    return True, f"held-out F1 {heldout_gain:+.3f}, regression accuracy {regression_change:+.3f}"
+    if (
+        regression.count
+        and regression.candidate + thresholds.max_regression_drop + _EPSILON < regression.active
+    ):
+        return False, (
+            f"regression accuracy changed by {regression.candidate - regression.active:+.3f}, more than "
+            f"the allowed drop of {thresholds.max_regression_drop:.3f}"
+        )
+    if heldout.count and heldout.candidate + thresholds.max_heldout_drop + _EPSILON < heldout.active:
+        return False, (
+            f"held-out F1 changed by {heldout.candidate - heldout.active:+.3f}, more than the allowed "
+            f"drop of {thresholds.max_heldout_drop:.3f}"
+        )
+    score_lines = "; ".join(sets[n].line(n) for n in SETS if n in sets and sets[n].count)
+    return True, f"learned and lost nothing: {score_lines}"
 
 
 def run_gate(
@@ -141,23 +185,45 @@ def run_gate(
     *,
     candidate: str,
     active: str | None,
-    heldout: Sequence[HeldOutItem],
+    pairs: Mapping[str, Sequence[GateItem]],
     thresholds: GateThresholds | None = None,
     regression: Sequence[RegressionQuestion] | None = None,
     report_path: Path | None = None,
     system_prompt: str | None = None,
     max_new_tokens: int = 48,
 ) -> GateResult:
-    """Answer the held-out pairs and the regression set with ``candidate`` and ``active`` (None: the
-    bare base), decide, and write the CSV report to ``report_path``.
+    """Answer each pair set (keys of :data:`PAIR_SETS`) and the regression set with ``candidate`` and
+    ``active`` (None: the bare base), decide, and write the CSV report (every set) to ``report_path``.
 
     Both adapters must already be loaded on ``runtime`` under those names.
     """
     thresholds = thresholds or GateThresholds()
     if candidate not in runtime.adapters:
         raise AdapterError(f"Candidate adapter {candidate!r} is not loaded on the runtime: load it first.")
+    unknown = set(pairs) - set(PAIR_SETS)
+    if unknown:
+        raise ValueError(f"unknown gate set(s) {sorted(unknown)}; expected {PAIR_SETS}")
     questions = list(regression) if regression is not None else load_regression_questions()
-    answers = {name: _answer_all(runtime, heldout, name, max_new_tokens) for name in (active, candidate)}
+    rows: list[dict[str, Any]] = []
+    sets: dict[str, SetScore] = {}
+    for name in PAIR_SETS:
+        items = list(pairs.get(name, ()))
+        answers = {a: _answer_all(runtime, items, a, max_new_tokens) for a in (active, candidate)}
+        scores: dict[str | None, list[float]] = {active: [], candidate: []}
+        for index, item in enumerate(items):
+            row: dict[str, Any] = {"set": name, "question": item.question, "expected": item.expected}
+            for role, adapter in (("active", active), ("candidate", candidate)):
+                f1 = token_f1(answers[adapter][index], item.expected)
+                # Held-out pairs score their F1 (style); the others whether they were answered.
+                scores[adapter].append(f1 if name == "heldout" else float(f1 >= CORRECT_F1))
+                row |= {
+                    f"{role}_answer": answers[adapter][index],
+                    f"{role}_score": round(f1, 4),
+                    f"{role}_correct": f1 >= CORRECT_F1,
+                }
+            rows.append(row)
+        mean = {a: (sum(v) / len(v) if v else 0.0) for a, v in scores.items()}
+        sets[name] = SetScore(len(items), mean[active], mean[candidate])
     reg = {
         name: run_regression(
             runtime,
@@ -168,19 +234,6 @@ def run_gate(
         )
         for name in (active, candidate)
     }
-    rows: list[dict[str, Any]] = []
-    f1 = {active: [], candidate: []}  # type: dict[str | None, list[float]]
-    for index, item in enumerate(heldout):
-        row: dict[str, Any] = {"set": "heldout", "question": item.question, "expected": item.expected}
-        for role, name in (("active", active), ("candidate", candidate)):
-            score = token_f1(answers[name][index], item.expected)
-            f1[name].append(score)
-            row |= {
-                f"{role}_answer": answers[name][index],
-                f"{role}_score": round(score, 4),
-                f"{role}_correct": score >= CORRECT_F1,
-            }
-        rows.append(row)
     for a, c in zip(reg[active], reg[candidate], strict=True):
         rows.append(
             {
@@ -195,25 +248,9 @@ def run_gate(
                 "candidate_correct": c.correct,
             }
         )
-    mean = {name: (sum(v) / len(v) if v else 0.0) for name, v in f1.items()}
-    reg_acc = {name: accuracy(results) for name, results in reg.items()}
-    promote, reason = decide(
-        mean[candidate] - mean[active], reg_acc[candidate] - reg_acc[active], len(heldout), thresholds
-    )
-    result = GateResult(
-        promote,
-        reason,
-        candidate,
-        active,
-        mean[active],
-        mean[candidate],
-        reg_acc[active],
-        reg_acc[candidate],
-        len(heldout),
-        len(questions),
-        report_path,
-        rows,
-    )
+    sets["regression"] = SetScore(len(questions), accuracy(reg[active]), accuracy(reg[candidate]))
+    promote, reason = decide(sets, thresholds)
+    result = GateResult(promote, reason, candidate, active, sets, report_path, rows)
     if report_path is not None:
         write_report(result, report_path)
     return result
@@ -233,7 +270,7 @@ REPORT_COLUMNS = [
 
 
 def write_report(result: GateResult, path: Path) -> Path:
-    """The CSV report: one row per question (held-out, then regression) with both adapters' answers."""
+    """The CSV report: one row per question of every set with both adapters' answers and scores."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as handle:

@@ -128,7 +128,13 @@ class TrainSettings(BaseSettings):
     learning_rate: float = Field(2e-4, gt=0)
     min_pairs: int = Field(8, ge=1, description="Fewer new accepted pairs than this: nothing is trained.")
     min_interval_hours: float = Field(24.0, ge=0)
-    eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    eval_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of 👍 answers held out of a run to check the answer style; corrections are "
+        "always trained on, and pairs held out in one run are trained on in the next.",
+    )
     anchors: int = Field(
         16,
         ge=0,
@@ -136,8 +142,14 @@ class TrainSettings(BaseSettings):
         description="General questions the base model answers for itself, replayed in every run "
         "so the adapter keeps the base's general answers; 0: none.",
     )
-    gate_min_gain: float = Field(0.0, description="Held-out score the candidate must beat the active by.")
+    gate_min_learned: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of this run's new pairs the candidate must answer."
+    )
+    gate_max_forgotten: float = Field(
+        0.1, ge=0.0, le=1.0, description="Allowed drop in the share of earlier pairs answered."
+    )
     gate_max_regression_drop: float = Field(0.0, ge=0.0, description="Allowed drop on the regression set.")
+    gate_max_heldout_drop: float = Field(0.05, ge=0.0, description="Allowed drop of held-out token F1.")
 
 
 class Settings(BaseSettings):

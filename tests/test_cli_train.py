@@ -91,7 +91,7 @@ def test_train_list_forget_promote_rollback(data_dir: Path, capsys: pytest.Captu
         and first["version"] == "v0001"
         and first["train_pairs"] + first["heldout_pairs"] == 6
     )
-    assert Path(first["gate_report"]).is_file() and first["gate"]["regression_questions"] >= 1
+    assert Path(first["gate_report"]).is_file() and first["gate"]["regression_count"] >= 1
     # The base model's answers to 3 general questions were replayed, generated once and cached.
     registry_dir = data_dir / "adapters" / "guilds" / GUILD  # one server: nobody had to say which
     (cache,) = registry_dir.glob("cache-anchors-*.json")

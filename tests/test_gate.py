@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from adapters.evaluation import RegressionQuestion
-from adapters.gate import GateThresholds, HeldOutItem, decide, run_gate, token_f1
+from adapters.gate import SETS, GateItem, GateThresholds, SetScore, decide, run_gate, token_f1
 
 SYSTEM = "You are loopbot, a test assistant."
-HELD_OUT = ["What colour is the club house door?", "Who baked the cake?", "When does the chess group meet?"]
+QUESTIONS = ["What colour is the club house door?", "Who baked the cake?", "When does the chess group meet?"]
 REGRESSION = ["What is the capital of Japan?", "How many legs does a cat have?"]
 
 
@@ -22,22 +22,44 @@ def test_token_f1() -> None:
     assert token_f1("", "") == 1.0
 
 
+def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(14, 0.4, 0.4), heldout=(0, 0.0, 0.0)):
+    return {
+        name: SetScore(*score)
+        for name, score in zip(SETS, (taught, retained, regression, heldout), strict=True)
+    }
+
+
 @pytest.mark.parametrize(
-    ("gain", "reg_change", "count", "thresholds", "promote", "why"),
+    ("sets", "thresholds", "promote", "why"),
     [
-        (0.10, 0.0, 5, GateThresholds(), True, "held-out F1 +0.100"),
-        (0.0, 0.0, 5, GateThresholds(), False, "not above"),  # equal is not better
-        (-0.2, 0.5, 5, GateThresholds(), False, "not above"),
-        (0.04, 0.0, 5, GateThresholds(min_gain=0.05), False, "not above the required 0.050"),
-        (0.05, 0.0, 5, GateThresholds(min_gain=0.05), True, ""),
-        (0.3, -0.1, 5, GateThresholds(), False, "regression accuracy changed by -0.100"),
-        (0.3, -0.1, 5, GateThresholds(max_regression_drop=0.1), True, ""),
-        (0.3, 0.0, 0, GateThresholds(), False, "no held-out pairs"),
+        (_sets(taught=(20, 0.1, 0.85)), GateThresholds(), True, "learned and lost nothing: taught 17/20"),
+        (_sets(taught=(20, 0.1, 0.45)), GateThresholds(), False, "did not learn: answers 9 of the 20"),
+        (_sets(taught=(20, 0.1, 0.45)), GateThresholds(min_learned=0.4), True, ""),
+        # An earlier round forgotten: 6 of 10 answered where the active answered 10.
+        (_sets(taught=(5, 0, 1), retained=(10, 1.0, 0.6)), GateThresholds(), False, "forgot earlier pairs"),
+        (_sets(taught=(5, 0, 1), retained=(10, 1.0, 0.9)), GateThresholds(), True, "retained 9/10"),
+        (_sets(taught=(5, 0, 1), regression=(14, 0.5, 0.43)), GateThresholds(), False, "changed by -0.070"),
+        (
+            _sets(taught=(5, 0, 1), regression=(14, 0.5, 0.43)),
+            GateThresholds(max_regression_drop=0.1),
+            True,
+            "",
+        ),
+        (
+            _sets(taught=(5, 0, 1), heldout=(3, 0.6, 0.5)),
+            GateThresholds(),
+            False,
+            "held-out F1 changed by -0.100",
+        ),
+        (_sets(taught=(5, 0, 1), heldout=(3, 0.6, 0.58)), GateThresholds(), True, "heldout F1 0.60 -> 0.58"),
+        # A retrain with nothing new (after a forget): keeping everything is enough.
+        (_sets(retained=(8, 1.0, 1.0)), GateThresholds(), True, "retained 8/8"),
+        (_sets(), GateThresholds(), False, "no pairs to compare on"),
     ],
 )
-def test_decision_rule(gain, reg_change, count, thresholds, promote, why) -> None:
-    decision, reason = decide(gain, reg_change, count, thresholds)
-    assert decision is promote and why in reason
+def test_decision_rule(sets, thresholds, promote, why) -> None:
+    decision, reason = decide(sets, thresholds)
+    assert decision is promote and why in reason, reason
 
 
 @pytest.fixture
@@ -58,15 +80,15 @@ def two_adapters(tiny_runtime, tiny_model_dir: Path, make_lora_adapter):
             for q in questions
         ]
 
-    out = {name: (answers(name, HELD_OUT), answers(name, REGRESSION)) for name in ("a", "b")}
+    out = {name: (answers(name, QUESTIONS), answers(name, REGRESSION)) for name in ("a", "b")}
     assert out["a"][0] != out["b"][0]  # the adapters really answer differently
     return tiny_runtime, out
 
 
-def _items(expected: list[str]) -> list[HeldOutItem]:
+def _items(expected: list[str]) -> list[GateItem]:
     return [
-        HeldOutItem(q, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}], e)
-        for q, e in zip(HELD_OUT, expected, strict=True)
+        GateItem(q, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}], e)
+        for q, e in zip(QUESTIONS, expected, strict=True)
     ]
 
 
@@ -74,68 +96,68 @@ def _regression(expected: list[str]) -> list[RegressionQuestion]:
     return [RegressionQuestion(q, (e,)) for q, e in zip(REGRESSION, expected, strict=True)]
 
 
-def test_gate_promotes_the_better_candidate_and_writes_a_report(two_adapters, tmp_path: Path) -> None:
-    runtime, out = two_adapters
-    report = tmp_path / "gate.csv"
-    result = run_gate(
+def _gate(runtime, candidate, active, report=None, **sets):
+    return run_gate(
         runtime,
-        candidate="a",
-        active="b",
-        heldout=_items(out["a"][0]),
-        regression=_regression(out["a"][1]),
+        candidate=candidate,
+        active=active,
+        pairs={name: _items(expected) for name, expected in sets.items() if name != "regression"},
+        regression=_regression(sets["regression"]),
         report_path=report,
         system_prompt=SYSTEM,
         max_new_tokens=12,
     )
+
+
+def test_gate_promotes_a_candidate_that_learned_and_writes_every_set(two_adapters, tmp_path: Path) -> None:
+    """``a`` answers what it was taught (its own answers) and keeps the rest: promoted over ``b``."""
+    runtime, out = two_adapters
+    report = tmp_path / "gate.csv"
+    result = _gate(
+        runtime,
+        "a",
+        "b",
+        report,
+        taught=out["a"][0],
+        retained=out["a"][0],
+        heldout=out["a"][0],
+        regression=out["a"][1],
+    )
     assert result.promote, result.reason
-    assert result.heldout_candidate == pytest.approx(1.0) and result.heldout_active < 1.0
-    assert result.regression_candidate == 1.0
+    assert result.sets["taught"] == SetScore(3, result.sets["taught"].active, 1.0)
+    assert result.sets["taught"].active < 1.0 and result.sets["regression"].candidate == 1.0
+    assert "learned and lost nothing" in result.reason
     rows = list(csv.DictReader(report.open(encoding="utf-8")))
-    assert [r["set"] for r in rows] == ["heldout"] * 3 + ["regression"] * 2
-    assert rows[0]["question"] == HELD_OUT[0] and rows[0]["candidate_answer"] == out["a"][0][0]
+    assert [r["set"] for r in rows] == ["taught"] * 3 + ["retained"] * 3 + ["heldout"] * 3 + [
+        "regression"
+    ] * 2
+    assert rows[0]["question"] == QUESTIONS[0] and rows[0]["candidate_answer"] == out["a"][0][0]
     assert rows[0]["active_answer"] == out["b"][0][0] and rows[0]["candidate_correct"] == "True"
 
 
-def test_gate_rejects_a_worse_candidate(two_adapters) -> None:
+def test_gate_refuses_a_candidate_that_did_not_learn(two_adapters) -> None:
     runtime, out = two_adapters
-    result = run_gate(
-        runtime,
-        candidate="b",
-        active="a",
-        heldout=_items(out["a"][0]),
-        regression=_regression(out["a"][1]),
-        system_prompt=SYSTEM,
-        max_new_tokens=12,
-    )
-    assert not result.promote and "held-out F1" in result.reason
+    result = _gate(runtime, "b", "a", taught=out["a"][0], regression=out["a"][1])
+    assert not result.promote and "did not learn" in result.reason
 
 
-def test_gate_rejects_a_regression(two_adapters) -> None:
-    """Better on the held-out pairs but worse on the regression set: not promoted."""
+def test_gate_refuses_a_candidate_that_forgot_an_earlier_round(two_adapters) -> None:
+    """``b`` learned this round's pairs but no longer answers the earlier round's, which ``a`` does."""
+    runtime, out = two_adapters
+    result = _gate(runtime, "b", "a", taught=out["b"][0], retained=out["a"][0], regression=out["b"][1])
+    assert not result.promote and "forgot earlier pairs" in result.reason, result.reason
+
+
+def test_gate_refuses_a_candidate_that_broke_the_regression_set(two_adapters) -> None:
     runtime, out = two_adapters
     if any(a in b or b in a for a, b in zip(out["a"][1], out["b"][1], strict=True)):
         pytest.skip("the random adapters gave overlapping regression answers")
-    result = run_gate(
-        runtime,
-        candidate="a",
-        active="b",
-        heldout=_items(out["a"][0]),
-        regression=_regression(out["b"][1]),
-        system_prompt=SYSTEM,
-        max_new_tokens=12,
-    )
+    result = _gate(runtime, "a", "b", taught=out["a"][0], regression=out["b"][1])
     assert not result.promote and "regression accuracy changed by -1.000" in result.reason
 
 
 def test_gate_against_the_bare_base(two_adapters) -> None:
     runtime, out = two_adapters
-    result = run_gate(
-        runtime,
-        candidate="a",
-        active=None,
-        heldout=_items(out["a"][0]),
-        regression=_regression(out["a"][1]),
-        system_prompt=SYSTEM,
-        max_new_tokens=12,
-    )
-    assert result.active is None and result.heldout_candidate == pytest.approx(1.0)
+    result = _gate(runtime, "a", None, taught=out["a"][0], regression=out["a"][1])
+    assert result.active is None and result.sets["taught"].candidate == pytest.approx(1.0)
+    assert result.promote, result.reason

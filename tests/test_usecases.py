@@ -165,3 +165,32 @@ def test_registry_cache_round_trip_and_bad_keys(tmp_path) -> None:
     assert registry.read_cache("anchors-x") == [{"a": 1}]
     with pytest.raises(AdapterError, match="Invalid cache key"):
         registry.write_cache("../escape", [])
+
+
+def test_the_gate_sets_train_every_correction_and_rotate_the_held_out_answers(log) -> None:
+    from datetime import UTC, datetime
+
+    from adapters.registry import AdapterVersion
+    from bot.usecases.training import split_for_gate
+    from feedback.records import Pair
+
+    def pair(i: int, kind: str) -> Pair:
+        return Pair(i, kind, f"question {i}?", "", f"answer {i}", ASKER, None, datetime.now(UTC))  # type: ignore[arg-type]
+
+    pairs = [pair(i, "corrected") for i in range(1, 11)] + [pair(i, "positive") for i in range(11, 21)]
+    train, sets = split_for_gate(pairs, None, 0.2)
+    assert {p.kind for p in sets["heldout"]} == {"positive"} and sets["heldout"]  # 👍 answers check style
+    assert {p.id for p in pairs if p.kind == "corrected"} <= {p.id for p in train}  # never withheld
+    assert sets["taught"] == train and sets["retained"] == []  # nothing trained before
+    # The next round: what this one held out is trained on, what it trained on is "retained".
+    active = AdapterVersion(
+        "v0001",
+        Path("."),
+        pair_ids=[str(p.id) for p in train],
+        heldout_pair_ids=[str(p.id) for p in sets["heldout"]],
+    )
+    new = [pair(21, "corrected")]
+    train2, sets2 = split_for_gate(pairs + new, active, 0.2)
+    assert {p.id for p in sets["heldout"]} <= {p.id for p in train2}
+    assert {p.id for p in sets2["taught"]} == {21} | {p.id for p in sets["heldout"]}
+    assert {p.id for p in sets2["retained"]} == {p.id for p in train} - {p.id for p in sets2["heldout"]}

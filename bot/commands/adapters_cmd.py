@@ -125,16 +125,8 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(report.summary())
         if report.gate is not None:
-            g = report.gate
-            print(
-                f"  held-out F1: active {g.heldout_active:.3f} -> candidate {g.heldout_candidate:.3f} "
-                f"({g.heldout_count} pairs)"
-            )
-            print(
-                f"  regression accuracy: active {g.regression_active:.3f} -> candidate "
-                f"{g.regression_candidate:.3f} ({g.regression_count} questions)"
-            )
-            print(f"  report: {g.report_path}")
+            print(f"  {report.gate.summary()}")
+            print(f"  report: {report.gate.report_path}")
     return 0
 
 

@@ -165,11 +165,7 @@ def run_demo(
         cycle = run_training_cycle(settings, parts, show_progress=progress)
         echo(f"   {cycle.summary()}")
         if cycle.gate is not None:
-            g = cycle.gate
-            echo(
-                f"   held-out F1 {g.heldout_active:.2f} -> {g.heldout_candidate:.2f}; regression accuracy "
-                f"{g.regression_active:.2f} -> {g.regression_candidate:.2f}; report {g.report_path}"
-            )
+            echo(f"   {cycle.gate.summary()}; report {cycle.gate.report_path}")
         t = lap("train_gate_swap", t)
         echo(f"5. answering again (adapter: {runtime.active_adapter or 'none'})")
         rows = []

@@ -110,12 +110,38 @@ def needs_training(
     return True, f"{fresh} new pair(s)"
 
 
-def _heldout_items(pairs: Sequence[Pair], system_prompt: str) -> list[Any]:
-    from adapters.gate import HeldOutItem
+def split_for_gate(
+    pairs: Sequence[Pair], active: AdapterVersion | None, eval_fraction: float
+) -> tuple[list[Pair], dict[str, list[Pair]]]:
+    """(train pairs, the gate's pair sets ``taught`` / ``retained`` / ``heldout``).
+
+    Corrections are always trained on: a member's correction is what the loop must learn. A share of
+    the 👍 answers is held out to check the answer style, chosen among those the active version did
+    not hold out, so a pair held out in one run is trained on in the next and none is withheld for
+    good. ``taught``: trained pairs the active version was not trained on; ``retained``: the rest.
+    """
+    from feedback.dataset import split_pairs
+
+    rested = set(active.heldout_pair_ids) if active is not None else set()
+    eligible = [p for p in pairs if p.kind == "positive" and str(p.id) not in rested]
+    _, heldout = split_pairs(eligible, eval_fraction, SPLIT_SEED)
+    held = {p.id for p in heldout}
+    train = [p for p in pairs if p.id not in held]
+    earlier = set(active.pair_ids) if active is not None else set()
+    sets = {
+        "taught": [p for p in train if str(p.id) not in earlier],
+        "retained": [p for p in train if str(p.id) in earlier],
+        "heldout": heldout,
+    }
+    return train, sets
+
+
+def _gate_items(pairs: Sequence[Pair], system_prompt: str) -> list[Any]:
+    from adapters.gate import GateItem
     from adapters.prompt import training_messages
 
     return [
-        HeldOutItem(p.instruction, training_messages(p.instruction, p.input or "", system_prompt), p.output)
+        GateItem(p.instruction, training_messages(p.instruction, p.input or "", system_prompt), p.output)
         for p in pairs
     ]
 
@@ -171,7 +197,6 @@ def run_training_cycle(
     from adapters.registry import GATE_REPORT_FILE
     from adapters.swap import ensure_loaded, served_name, swap_to
     from adapters.training import NotEnoughPairs, examples_from_pairs, train_adapter
-    from feedback.dataset import split_pairs
 
     started = time.perf_counter()
     registry = parts.registry
@@ -181,7 +206,9 @@ def run_training_cycle(
         needed, why = needs_training(settings, pairs, registry)
         if not needed:
             return CycleReport(trained=False, reason=why)
-    train_pairs, heldout_pairs = split_pairs(pairs, settings.train.eval_fraction, SPLIT_SEED)
+    active = registry.active()
+    train_pairs, gate_sets = split_for_gate(pairs, active, settings.train.eval_fraction)
+    heldout_pairs = gate_sets["heldout"]
     if len(train_pairs) < settings.train.min_pairs:
         raise NotEnoughPairs(
             f"Only {len(train_pairs)} training pair(s) ({len(pairs)} in the feedback log, {len(heldout_pairs)} "
@@ -190,7 +217,6 @@ def run_training_cycle(
         )
     system_prompt = settings.model.system_prompt
     base_model = parts.base_model()
-    active = registry.active()
     parent = None
     if from_active and active is not None and not active.forgotten_pairs(forgotten):
         parent = active
@@ -231,8 +257,13 @@ def run_training_cycle(
             gate_runtime,
             candidate=served_name(version),
             active=served_name(active) if active else None,
-            heldout=_heldout_items(heldout_pairs, system_prompt),
-            thresholds=GateThresholds(settings.train.gate_min_gain, settings.train.gate_max_regression_drop),
+            pairs={name: _gate_items(chosen, system_prompt) for name, chosen in gate_sets.items()},
+            thresholds=GateThresholds(
+                min_learned=settings.train.gate_min_learned,
+                max_forgotten=settings.train.gate_max_forgotten,
+                max_regression_drop=settings.train.gate_max_regression_drop,
+                max_heldout_drop=settings.train.gate_max_heldout_drop,
+            ),
             report_path=version.path / GATE_REPORT_FILE,
             system_prompt=system_prompt,
             max_new_tokens=min(48, settings.model.max_new_tokens),
