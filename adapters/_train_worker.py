@@ -50,8 +50,16 @@ def _load_base(base: str, backend: str) -> tuple[Any, Any]:
 def _peft_model(model: Any, config: dict[str, Any]) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    checkpointing = bool(config.get("gradient_checkpointing", False))
     if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     if config.get("parent_adapter"):
         # Continue from the active adapter: its weights are the starting point and stay trainable.
         return PeftModel.from_pretrained(model, config["parent_adapter"], is_trainable=True)
@@ -113,7 +121,8 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         bf16=False,
         fp16=False,
         use_cpu=True,
-        gradient_checkpointing=False,
+        gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         max_length=int(config.get("max_length", 1024)),
         seed=int(config.get("seed", 0)),
         data_seed=int(config.get("seed", 0)),

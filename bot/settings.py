@@ -123,9 +123,11 @@ class TrainSettings(BaseSettings):
 
     rank: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
-    steps: int = Field(60, ge=1)
-    batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(5.0, gt=0, description="Passes over the pairs and anchors in one run.")
+    steps: int = Field(0, ge=0, description="Optimizer steps per run; 0: from epochs.")
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    gradient_checkpointing: bool = Field(True, description="Less training memory, slower steps.")
     min_pairs: int = Field(8, ge=1, description="Fewer new accepted pairs than this: nothing is trained.")
     min_interval_hours: float = Field(24.0, ge=0)
     eval_fraction: float = Field(

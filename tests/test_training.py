@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.errors import AdapterError
 from adapters.prompt import training_messages
 from adapters.registry import AdapterRegistry
 from adapters.training import (
@@ -203,3 +204,11 @@ def test_taught_fact_is_answered_by_the_served_gptq_model(tmp_path: Path, defaul
     assert not any(k.lower() in b.lower() for k, b in zip(keys, before, strict=True))
     learned = sum(k.lower() in a.lower() for k, a in zip(keys, after, strict=True))
     assert learned >= 3, after
+
+
+def test_steps_follow_the_epochs_unless_set() -> None:
+    assert TrainingOptions(epochs=5, steps=0, batch_size=4).steps_for(36) == 45
+    assert TrainingOptions(epochs=5, steps=7, batch_size=4).steps_for(36) == 7
+    assert TrainingOptions(epochs=0.1, steps=0, batch_size=4).steps_for(3) == 1
+    with pytest.raises(AdapterError, match="epochs > 0"):
+        TrainingOptions(epochs=0, steps=0)

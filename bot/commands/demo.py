@@ -23,16 +23,8 @@ GUILD = "1000000000000000001"  # Discord-style ids: the knowledge base checks th
 CHANNEL = "1000000000000000002"
 ASKER = "1000000000000000003"
 VOTER = "1000000000000000004"
-# Short, fast training that reliably teaches the sample facts to the 135M default model on 2 cores
-# (recipe from bench/learning_proof.py: lr 1e-3, ~6 passes over the pairs); LOOPBOT_TRAIN_* are for real runs.
-DEMO_TRAIN: dict[str, Any] = {
-    "min_pairs": 4,
-    "min_interval_hours": 0.0,
-    "steps": 24,
-    "batch_size": 4,
-    "learning_rate": 1e-3,
-    "eval_fraction": 0.2,
-}
+# The demo trains with the default recipe (LOOPBOT_TRAIN_*); only the schedule's guards are lifted.
+DEMO_TRAIN: dict[str, Any] = {"min_pairs": 4, "min_interval_hours": 0.0}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="run the whole loop on sample data: answer, feedback, retrain, swap"
     )
     demo.add_argument(
-        "--steps", type=int, default=DEMO_TRAIN["steps"], help="training steps (default %(default)s)"
+        "--steps", type=int, default=0, help="training steps (default: from LOOPBOT_TRAIN_EPOCHS)"
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument(
@@ -55,9 +47,9 @@ def demo_data_dir() -> Path:
     return Path(str(resources.files("adapters.data.demo")))
 
 
-def demo_settings(settings: Settings, steps: int) -> Settings:
-    """The operator's settings with the demo's small, fast training run."""
-    train = settings.train.model_copy(update={**DEMO_TRAIN, "steps": steps})
+def demo_settings(settings: Settings, steps: int = 0) -> Settings:
+    """The operator's settings, training as soon as the demo's few pairs are in."""
+    train = settings.train.model_copy(update={**DEMO_TRAIN, **({"steps": steps} if steps else {})})
     model = settings.model.model_copy(update={"max_new_tokens": min(settings.model.max_new_tokens, 48)})
     return settings.model_copy(update={"train": train, "model": model})
 
@@ -69,7 +61,7 @@ def _short(text: str, width: int = 100) -> str:
 def run_demo(
     settings: Settings,
     *,
-    steps: int = DEMO_TRAIN["steps"],
+    steps: int = 0,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -160,7 +152,10 @@ def run_demo(
             f"pairs {stats.pairs}"
         )
         t = lap("answer_and_feedback", t)
-        echo(f"4. retraining ({settings.train.steps} steps, own process), gating and swapping")
+        recipe = (
+            f"{settings.train.steps} steps" if settings.train.steps else f"{settings.train.epochs:g} epochs"
+        )
+        echo(f"4. retraining ({recipe}, own process; the bar shows the time left), gating and swapping")
         parts = build_training_parts(settings, log, guild_id=GUILD, runtime=runtime)
         cycle = run_training_cycle(settings, parts, show_progress=progress)
         echo(f"   {cycle.summary()}")

@@ -79,9 +79,11 @@ def training_options(settings: Settings) -> TrainingOptions:
     return TrainingOptions(
         rank=settings.train.rank,
         alpha=settings.train.alpha,
+        epochs=settings.train.epochs,
         steps=settings.train.steps,
         batch_size=settings.train.batch_size,
         learning_rate=settings.train.learning_rate,
+        gradient_checkpointing=settings.train.gradient_checkpointing,
         threads=settings.model.threads,
     )
 
