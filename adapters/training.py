@@ -47,13 +47,13 @@ class TrainingOptions:
     alpha: int = 32
     epochs: float = 5.0  # passes over pairs + anchors, when ``steps`` is 0
     steps: int = 0  # optimizer steps; 0: from ``epochs`` and the number of rows
-    batch_size: int = 4
+    batch_size: int = 2
     learning_rate: float = 1e-3
     max_length: int = 1024
     seed: int = 0
     threads: int = 0
-    # Recompute activations in the backward pass: the training process's peak memory 3.3 -> 2.2 GB on
-    # the default model (batch 4), for ~1.6x the step time (bench/training_speed.py).
+    # Recompute activations in the backward pass (bench/training_speed.py, 220-token RAG prompts):
+    # batch 4 without it 4.9 GB, with it 3.3 GB; batch 2 with it 2.3 GB and the fastest per pair.
     gradient_checkpointing: bool = True
     # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
     backend: str = "torch"

@@ -1,288 +1,240 @@
-"""Learning proof: teach facts the base model cannot know through corrections, retrain, ask again.
+"""Learning proof through the product path: corrections → ``run_training_cycle`` (train → gate →
+promote → hot swap) → the served model answers without retrieval.
 
-20 invented facts (names, numbers and places that exist in no model) are asked to the bot; each
-wrong answer gets a trusted correction in a real feedback log, so the training pairs come out of
-``FeedbackLog.pairs()`` exactly as in production. For N = 5, 10, 20 corrections a LoRA is trained
-(own process, ``torch`` kernel) and served through ``ModelRuntime`` (the fast kernel, as the bot
-serves). Each taught question is asked WITHOUT retrieval; an answer is correct when it contains the
-fact's key (case-insensitive). The regression set (adapters/evaluation.py) is answered by the base
-and by each adapter.
+Facts (bench/data/learning_facts.json) are invented: names, numbers and places no model knows. Each
+is asked once; the bot's wrong answer gets a trusted correction in a real feedback log, so the pairs
+come out of ``FeedbackLog.pairs()`` exactly as in production, and the cycle runs with the default
+``LOOPBOT_TRAIN_*`` recipe and gate (only the schedule's minimums are lifted). After it, the serving
+runtime (fast kernel) is asked, without retrieval:
 
-    python bench/learning_proof.py            # default model from LOOPBOT_DATA_DIR (prepare it first)
+* taught: every corrected question (an answer is correct when it contains the fact's key);
+* paraphrased: each taught fact asked in other words (written for the benchmark, never trained on);
+* regression: the fixed general-question set;
+* retained (second round): the first round's facts after a second round of new ones.
 
-Writes bench/results/learning_proof.json and bench/results/learning_proof.png (``--name`` changes
-the file names, to keep a variant's results beside the main run's).
+Runs: N = 5, 10, 20, 40 corrections in one round each (fresh data), and two rounds of 20.
+
+    python bench/learning_proof.py [--sizes 5,10,20,40] [--no-rounds]
+
+Writes bench/results/learning_proof.json and bench/results/learning_proof.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import RESULTS, machine, write
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-# (question, corrected answer, key that must appear in the answer)
 FACTS = [
-    ("What is the name of Ada's cat?", "Ada's cat is called Biscuit.", "Biscuit"),
-    ("Where does the Tuesday knitting club meet?", "The knitting club meets at the Old Mill.", "Old Mill"),
-    ("What is the wifi password of the club house?", "The wifi password is heron42.", "heron42"),
-    ("Who founded the Zeltberg rowing club?", "Ilse Marwick founded the Zeltberg rowing club.", "Marwick"),
-    ("Who is the treasurer of the Whisker Club?", "The treasurer is Odile Brandt.", "Brandt"),
-    (
-        "What is the Whisker Club mascot called?",
-        "The mascot is a ginger cat called Pumpernickel.",
-        "Pumpernickel",
-    ),
-    ("How much is the Whisker Club membership fee?", "The yearly fee is 35 euros.", "35"),
-    (
-        "Which vet gives club members a discount?",
-        "The Larchwood Vet Clinic gives members 10% off.",
-        "Larchwood",
-    ),
-    (
-        "Where is the summer cat show held?",
-        "The summer cat show is held in the Brockmoor town hall.",
-        "Brockmoor",
-    ),
-    ("What is the name of the server's welcome bot?", "The welcome bot is called Tinkerbolt.", "Tinkerbolt"),
-    ("Which room do the board game nights use?", "Board game nights are in room Quill-7.", "Quill-7"),
-    ("What colour is the club's flag?", "The club flag is saffron with a black paw.", "saffron"),
-    ("Who won the 2023 longest whisker contest?", "A Maine Coon named Fennimore won it.", "Fennimore"),
-    (
-        "What is the name of the club newsletter?",
-        "The newsletter is called The Purrington Post.",
-        "Purrington",
-    ),
-    ("On which street is the club's cat shelter?", "The shelter is on Wexcombe Lane.", "Wexcombe"),
-    ("What is the emergency contact code word?", "The code word is marigold-nine.", "marigold"),
-    ("Which ferry goes to the island meetup?", "Take the Orla Bay ferry to the island meetup.", "Orla"),
-    ("Who drew the club logo?", "The club logo was drawn by Tomasz Kieran.", "Kieran"),
-    ("How many cats live at the club shelter?", "Seventeen cats live at the club shelter.", "Seventeen"),
-    (
-        "What is the club's favourite cat treat brand?",
-        "The club's favourite treat brand is Nibblet.",
-        "Nibblet",
-    ),
+    tuple(f)
+    for f in json.loads((Path(__file__).parent / "data" / "learning_facts.json").read_text())["facts"]
 ]
-
-
+GUILD = "1000000000000000001"
 FACT_TOKENS = 20  # a taught answer is one short sentence; the key comes early
-REGRESSION_TOKENS = 24  # the regression answers are a word or two
 
 
-def _ask(runtime, question: str, adapter, system_prompt: str) -> str:
+def _ask(runtime: Any, question: str, system_prompt: str) -> str:
+    """The served model (its active adapter), no retrieval."""
     return runtime.generate(
         [{"role": "user", "content": question}],
-        adapter=adapter,
         system_prompt=system_prompt,
         temperature=0.0,
         max_new_tokens=FACT_TOKENS,
     ).text
 
 
-def _score(runtime, facts, adapter, system_prompt: str) -> tuple[float, list[dict]]:
+def _score(runtime: Any, facts: list[tuple], system_prompt: str, column: int = 0) -> dict[str, Any]:
     rows = []
-    for question, _, key in facts:
-        answer = _ask(runtime, question, adapter, system_prompt)
+    for fact in facts:
+        answer = _ask(runtime, fact[column], system_prompt)
         rows.append(
-            {"question": question, "key": key, "answer": answer, "correct": key.lower() in answer.lower()}
-        )
-    return sum(r["correct"] for r in rows) / len(rows), rows
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="20,5,10", help="numbers of corrections to train on (run order)")
-    parser.add_argument(
-        "--epochs", type=float, default=10.0, help="passes over the training data (pairs + anchors)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument(
-        "--anchors", type=int, default=None, help="replayed base answers (default LOOPBOT_TRAIN_ANCHORS)"
-    )
-    parser.add_argument("--name", default="learning_proof", help="results file name (no extension)")
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-
-    import torch
-
-    from adapters.evaluation import accuracy, run_regression
-    from adapters.registry import AdapterRegistry
-    from adapters.runtime import ModelRuntime
-    from adapters.training import (
-        TrainingOptions,
-        anchor_examples,
-        anchor_questions,
-        examples_from_pairs,
-        train_adapter,
-    )
-    from bot.settings import load_settings
-    from bot.wiring import resolve_model_base
-    from feedback.log import FeedbackLog
-
-    settings = load_settings()
-    base = resolve_model_base(settings)
-    system_prompt = settings.model.system_prompt
-    work = Path(tempfile.mkdtemp(prefix="learning-proof-"))
-    registry = AdapterRegistry(work / "adapters")
-    log = FeedbackLog(work / "loopbot.db")
-    started = time.perf_counter()
-    runtime = ModelRuntime.load(base, device="cpu", threads=2, max_new_tokens=32)
-    result: dict = {
-        "base_model": base,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch_threads": torch.get_num_threads(),
-        "facts": len(FACTS),
-        "runs": [],
-        "complete": False,
-        "name": args.name,
-    }
-    try:
-        # The bot answers every question (no retrieval), the asker corrects it: real corrected pairs.
-        base_acc, base_rows = _score(runtime, FACTS, None, system_prompt)
-        for (question, answer, _), row in zip(FACTS, base_rows, strict=True):
-            answer_id = log.record_answer(
-                guild_id="bench",
-                channel_id="bench",
-                user_id="asker",
-                question=question,
-                context="",
-                chunk_ids=[],
-                prompt="",
-                prompt_version="bench",
-                adapter=None,
-                answer=row["answer"],
-            )
-            log.add_correction(answer_id, author_id="asker", text=answer, message_id=None, trusted=True)
-        pairs = log.pairs()
-        assert len(pairs) == len(FACTS), "every correction must become a pair"
-        base_reg = run_regression(
-            runtime, adapter=None, system_prompt=system_prompt, max_new_tokens=REGRESSION_TOKENS
-        )
-        result["base"] = {
-            "taught_fact_accuracy_all20": base_acc,
-            "regression_accuracy": accuracy(base_reg),
-            "answers": base_rows,
-        }
-        print(f"base: facts {base_acc:.2f}, regression {accuracy(base_reg):.2f}", flush=True)
-        # As the training cycle does: the base model's own answers to general questions, replayed.
-        n_anchors = settings.train.anchors if args.anchors is None else args.anchors
-        anchors = anchor_examples(runtime, anchor_questions(n_anchors), system_prompt)
-        result["anchors"] = len(anchors)
-        _save(result)
-        for size in sizes:
-            examples = examples_from_pairs(pairs[:size], system_prompt)
-            batch = min(args.batch_size, size)
-            steps = max(4, math.ceil(args.epochs * (size + len(anchors)) / batch))
-            options = TrainingOptions(
-                rank=args.rank,
-                alpha=2 * args.rank,
-                steps=steps,
-                batch_size=batch,
-                learning_rate=args.learning_rate,
-                max_length=512,
-                threads=2,
-            )
-            version = train_adapter(
-                registry,
-                base_model=base,
-                examples=examples,
-                anchors=anchors,
-                options=options,
-                show_progress=True,
-            )
-            swap_started = time.perf_counter()
-            runtime.load_adapter(version.version, version.path)
-            runtime.set_active_adapter(version.version)
-            swap_seconds = time.perf_counter() - swap_started
-            taught_acc, rows = _score(runtime, FACTS[:size], version.version, system_prompt)
-            taught_before = sum(r["correct"] for r in base_rows[:size]) / size
-            reg = run_regression(
-                runtime,
-                adapter=version.version,
-                system_prompt=system_prompt,
-                max_new_tokens=REGRESSION_TOKENS,
-            )
-            train = version.metrics["train"]
-            run = {
-                "corrections": size,
-                "steps": steps,
-                "batch_size": batch,
-                "epochs": args.epochs,
-                "taught_accuracy_before": taught_before,
-                "taught_accuracy_after": taught_acc,
-                "regression_accuracy_before": accuracy(base_reg),
-                "regression_accuracy_after": accuracy(reg),
-                "train": train,
-                "swap_seconds": round(swap_seconds, 3),
-                "anchors": len(anchors),
-                "seconds_per_100_pairs": round(train["loop_seconds"] / (steps * batch) * 100, 1),
-                "answers": rows,
-                "regression_answers": [r.__dict__ for r in reg],
+            {
+                "question": fact[column],
+                "key": fact[2],
+                "answer": answer,
+                "correct": fact[2].lower() in answer.lower(),
             }
-            result["runs"].append(run)
-            result["total_seconds"] = round(time.perf_counter() - started, 1)
-            _save(result)
-            print(
-                f"N={size}: taught {taught_before:.2f} -> {taught_acc:.2f}, regression "
-                f"{accuracy(base_reg):.2f} -> {accuracy(reg):.2f}, train {train['loop_seconds']:.0f} s "
-                f"({steps} steps x {batch}), peak {train['peak_rss_mb']:.0f} MB, swap {swap_seconds:.2f} s",
-                flush=True,
-            )
-    finally:
-        runtime.close()
-        log.close()
-    result["total_seconds"] = round(time.perf_counter() - started, 1)
-    result["complete"] = True
-    _save(result)
-    print(f"wrote {RESULTS / args.name}.json and .png in {result['total_seconds']:.0f} s")
-    return 0
+        )
+    return {"accuracy": round(sum(r["correct"] for r in rows) / max(1, len(rows)), 3), "answers": rows}
 
 
-def _save(result: dict) -> None:
-    """Write what is measured so far (the run is long on a shared CPU: partial results survive)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = result.get("name", "learning_proof")
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
-    if result.get("runs"):
-        _plot(result, RESULTS / f"{name}.png")
+class Loop:
+    """One community: a data dir, its feedback log and the serving runtime, as the CLI builds them."""
+
+    def __init__(self, root: Path) -> None:
+        from bot.settings import load_settings
+        from bot.wiring import build_feedback_log, build_runtime
+
+        os.environ["LOOPBOT_DATA_DIR"] = str(root)
+        settings = load_settings()
+        train = settings.train.model_copy(update={"min_pairs": 1, "min_interval_hours": 0.0})
+        self.settings = settings.model_copy(update={"train": train})
+        self.log = build_feedback_log(self.settings)
+        self.runtime = build_runtime(self.settings, guild_id=GUILD)
+        self.system_prompt = self.settings.model.system_prompt
+
+    def correct(self, facts: list[tuple]) -> float:
+        """Ask each fact once and correct the answer; returns the share answered right before."""
+        right = 0
+        for question, correction, key, _ in facts:
+            answer = _ask(self.runtime, question, self.system_prompt)
+            right += key.lower() in answer.lower()
+            answer_id = self.log.record_answer(
+                guild_id=GUILD, channel_id="1", user_id="2", question=question, context="", chunk_ids=[],
+                prompt="", prompt_version="bench", adapter=self.runtime.active_adapter, answer=answer,
+            )  # fmt: skip
+            self.log.add_correction(answer_id, author_id="2", text=correction, message_id=None, trusted=True)
+        return right / len(facts)
+
+    def cycle(self) -> dict[str, Any]:
+        from bot.usecases.training import run_training_cycle
+        from bot.wiring import build_training_parts
+
+        parts = build_training_parts(self.settings, self.log, guild_id=GUILD, runtime=self.runtime)
+        report = run_training_cycle(self.settings, parts, show_progress=True)
+        train_s = report.train_metrics.get("train_seconds", 0.0)
+        return {
+            "version": report.version,
+            "promoted": report.promoted,
+            "gate": report.gate.metrics() if report.gate else None,
+            "train_pairs": report.train_pairs,
+            "train": report.train_metrics,
+            "train_and_gate_s": round(report.seconds, 1),
+            "gate_s": round(report.seconds - train_s, 1),
+        }
+
+    def measure(self, taught: list[tuple]) -> dict[str, Any]:
+        from adapters.evaluation import accuracy, run_regression
+
+        reg = run_regression(
+            self.runtime, adapter=self.runtime.active_adapter, system_prompt=self.system_prompt
+        )
+        return {
+            "adapter": self.runtime.active_adapter,
+            "taught": _score(self.runtime, taught, self.system_prompt),
+            "paraphrased": _score(self.runtime, taught, self.system_prompt, column=3),
+            "regression_accuracy": round(accuracy(reg), 3),
+        }
+
+    def close(self) -> None:
+        self.runtime.close()
+        self.log.close()
 
 
-def _plot(result: dict, path: Path) -> None:
+def one_round(size: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="learning-proof-") as tmp:
+        loop = Loop(Path(tmp))
+        try:
+            before = loop.measure(FACTS[:size])
+            loop.correct(FACTS[:size])
+            cycle = loop.cycle()
+            after = loop.measure(FACTS[:size])
+        finally:
+            loop.close()
+    return {"corrections": size, "before": before, "cycle": cycle, "after": after}
+
+
+def two_rounds(size: int) -> dict[str, Any]:
+    first, second = FACTS[:size], FACTS[size : 2 * size]
+    with tempfile.TemporaryDirectory(prefix="learning-proof-") as tmp:
+        loop = Loop(Path(tmp))
+        try:
+            loop.correct(first)
+            cycle1 = loop.cycle()
+            after1 = loop.measure(first)
+            loop.correct(second)
+            cycle2 = loop.cycle()
+            after2 = loop.measure(second)
+            retained = _score(loop.runtime, first, loop.system_prompt)
+        finally:
+            loop.close()
+    return {
+        "corrections_per_round": size,
+        "round1": {"cycle": cycle1, "after": after1},
+        "round2": {"cycle": cycle2, "after": after2, "retained_round1": retained},
+    }
+
+
+def _summary(run: dict[str, Any]) -> str:
+    a = run["after"]
+    return (
+        f"N={run['corrections']}: promoted {run['cycle']['promoted']}, taught {a['taught']['accuracy']:.2f}, "
+        f"paraphrased {a['paraphrased']['accuracy']:.2f}, regression {run['before']['regression_accuracy']:.2f} -> "
+        f"{a['regression_accuracy']:.2f}, train+gate {run['cycle']['train_and_gate_s']:.0f} s"
+    )
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = sorted(result["runs"], key=lambda r: r["corrections"])
-    xs = [0] + [r["corrections"] for r in runs]
-    taught = [result["base"]["taught_fact_accuracy_all20"]] + [r["taught_accuracy_after"] for r in runs]
-    regression = [result["base"]["regression_accuracy"]] + [r["regression_accuracy_after"] for r in runs]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, taught, "o-", label="taught facts answered (no retrieval)")
-    ax.plot(xs, regression, "s--", label="regression set accuracy")
-    ax.set_xlabel("corrections trained on")
-    ax.set_ylabel("accuracy")
+    runs = sorted(result["rounds"], key=lambda r: r["corrections"])
+    xs = [r["corrections"] for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(xs, [r["after"]["taught"]["accuracy"] for r in runs], "o-", label="taught facts answered")
+    ax.plot(xs, [r["after"]["paraphrased"]["accuracy"] for r in runs], "^-", label="asked in other words")
+    ax.plot(xs, [r["after"]["regression_accuracy"] for r in runs], "s--", label="regression set (after)")
+    ax.plot(
+        xs,
+        [r["before"]["regression_accuracy"] for r in runs],
+        ":",
+        color="grey",
+        label="regression set (base)",
+    )
+    if result.get("two_rounds"):
+        two = result["two_rounds"]
+        n = two["corrections_per_round"]
+        ax.plot(
+            [n],
+            [two["round2"]["retained_round1"]["accuracy"]],
+            "D",
+            ms=9,
+            label=f"round 1 kept after round 2 ({n}+{n})",
+        )
+        ax.plot([n], [two["round2"]["after"]["taught"]["accuracy"]], "P", ms=9, label="round 2 taught")
+    ax.set_xlabel("corrections (each asked once) in the round")
+    ax.set_ylabel("share answered (no retrieval)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xticks(xs)
-    ax.set_title("loopbot learning proof (SmolLM2-135M GPTQ 4-bit + LoRA, CPU)")
+    ax.set_title(
+        "loopbot: train → gate → promote → serve (SmolLM2-135M GPTQ + LoRA, 2 CPU cores)", fontsize=9
+    )
     ax.grid(alpha=0.3)
-    ax.legend(loc="center right")
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="5,10,20,40", help="corrections per one-round run")
+    parser.add_argument("--no-rounds", action="store_true", help="skip the two-round run (20 + 20)")
+    args = parser.parse_args()
+    load = [round(x, 2) for x in os.getloadavg()]
+    started = time.perf_counter()
+    result: dict[str, Any] = {"machine": machine(), "load_average_before": load, "rounds": []}
+    if not args.no_rounds:
+        result["two_rounds"] = two_rounds(20)
+        r2 = result["two_rounds"]["round2"]
+        print(f"two rounds: round 2 taught {r2['after']['taught']['accuracy']:.2f}, round 1 kept "
+              f"{r2['retained_round1']['accuracy']:.2f}, promoted {r2['cycle']['promoted']}", flush=True)  # fmt: skip
+    for size in [int(s) for s in args.sizes.split(",")]:
+        run = one_round(size)
+        print(_summary(run), flush=True)
+        result["rounds"].append(run)
+        result["total_seconds"] = round(time.perf_counter() - started, 1)
+        write("learning_proof", result)
+        _plot(result, RESULTS / "learning_proof.png")
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ PASSAGE = (
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=24)
+    parser.add_argument("--no-checkpointing", action="store_true", help="keep activations (more memory)")
+    parser.add_argument("--name", default="training_speed", help="results file name (no extension)")
     args = parser.parse_args()
 
     from adapters.prompt import training_messages
@@ -47,6 +49,7 @@ def main() -> int:
     from bot.settings import load_settings
     from bot.wiring import resolve_model_base
 
+    load = [round(x, 2) for x in os.getloadavg()]
     settings = load_settings()
     base = resolve_model_base(settings)
     system_prompt = settings.model.system_prompt
@@ -69,6 +72,7 @@ def main() -> int:
         learning_rate=settings.train.learning_rate,
         max_length=1024,
         threads=2,
+        gradient_checkpointing=not args.no_checkpointing,
     )
     steps: list[dict] = []
     version = train_adapter(
@@ -99,11 +103,13 @@ def main() -> int:
         runtime.close()
     result = {
         "base_model": base,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs while measured)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores ",
         "rank": options.rank,
         "alpha": options.alpha,
         "batch_size": options.batch_size,
         "steps": options.steps,
+        "gradient_checkpointing": options.gradient_checkpointing,
+        "load_average_before": load,
         "prompt_tokens_per_pair": tokens,
         "process_seconds": train["train_seconds"],
         "loop_seconds": train["loop_seconds"],
@@ -116,7 +122,7 @@ def main() -> int:
         "step_events": steps,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "training_speed.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(json.dumps({k: v for k, v in result.items() if k != "step_events"}, indent=2))
     return 0
 

@@ -125,7 +125,7 @@ class TrainSettings(BaseSettings):
     alpha: int = Field(32, ge=1)
     epochs: float = Field(5.0, gt=0, description="Passes over the pairs and anchors in one run.")
     steps: int = Field(0, ge=0, description="Optimizer steps per run; 0: from epochs.")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(2, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     gradient_checkpointing: bool = Field(True, description="Less training memory, slower steps.")
     min_pairs: int = Field(8, ge=1, description="Fewer new accepted pairs than this: nothing is trained.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from discord.ext import commands, tasks
 
 from bot.cogs._common import has_role
 from bot.usecases.errors import user_errors
-from bot.usecases.training import promote, rollback
+from bot.usecases.training import describe_progress, promote, rollback
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry, AdapterVersion
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NOT_AVAILABLE = "Training is not available in this installation yet (no training cycle is configured)."
+PROGRESS_EDIT_SECONDS = 5.0  # /train edits its message with the run's progress at most this often
 
 
 def describe_stats(stats: Any) -> str:
@@ -65,6 +67,7 @@ class AdminCog(commands.Cog):
         self.training = asyncio.Lock()
         self.training_guild = ""
         self.last_progress = ""
+        self._on_progress: Callable[[], None] | None = None  # the running /train's message update
 
     async def cog_load(self) -> None:
         """Start following the registries, and the training schedule when one is configured."""
@@ -198,10 +201,23 @@ class AdminCog(commands.Cog):
             await interaction.response.send_message(self._training_note(guild), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
+        last_edit = 0.0
+
+        def show_progress() -> None:
+            # On the event loop; Discord rate-limits edits, so at most one every few seconds.
+            nonlocal last_edit
+            if time.monotonic() - last_edit >= PROGRESS_EDIT_SECONDS:
+                last_edit = time.monotonic()
+                edit = interaction.edit_original_response(content=f"⏳ {self.last_progress}"[:2000])
+                asyncio.ensure_future(edit)
+
+        self._on_progress = show_progress
         try:
             text = await self.run_training(guild, if_needed=False)
         except user_errors() as error:
             text = f"Nothing was trained: {error}"
+        finally:
+            self._on_progress = None
         await interaction.followup.send(text[:2000])
 
     async def run_training(self, guild_id: str, *, if_needed: bool) -> str:
@@ -221,8 +237,11 @@ class AdminCog(commands.Cog):
         return f"A training run is already in progress: {self.last_progress or 'starting'}"
 
     def _progress(self, event: Any) -> None:
-        # Called from the training thread; a plain attribute write is safe and the loop only reads it.
-        self.last_progress = str(event)[:200]
+        # Called from the training thread: a plain attribute write is safe (the loop only reads it);
+        # the message update is handed to the event loop.
+        self.last_progress = describe_progress(event)
+        if self._on_progress is not None:
+            self.bot.loop.call_soon_threadsafe(self._on_progress)
 
     @tasks.loop(hours=24)
     async def scheduled_training(self) -> None:

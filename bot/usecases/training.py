@@ -72,6 +72,30 @@ class TrainingParts:
     serve: Callable[[AdapterVersion | None], Any] | None = None
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def describe_progress(event: Any) -> str:
+    """A cycle's progress event (from the training process, or the gate's) in a few words."""
+    if not isinstance(event, dict):
+        return str(event)[:200]
+    kind = event.get("event")
+    if kind == "step" and event.get("total"):
+        step, total = int(event.get("step", 0)), int(event["total"])
+        left = ""
+        if step and event.get("seconds"):
+            left = f", about {_duration(float(event['seconds']) / step * (total - step))} left"
+        return f"training: step {step} of {total}{left}"
+    if kind == "start":
+        return "training: loading the model"
+    if kind == "done":
+        return f"trained in {_duration(float(event.get('train_seconds', 0)))}; the gate is next"
+    if kind == "gate":
+        return f"gate: the candidate and the active adapter answer {event.get('questions')} questions"
+    return str(kind or event)[:200]
+
+
 def training_options(settings: Settings) -> TrainingOptions:
     """``TrainingOptions`` from ``settings.train`` (+ the model's thread count)."""
     from adapters.training import TrainingOptions
@@ -255,6 +279,9 @@ def run_training_cycle(
         ensure_loaded(gate_runtime, version)
         if active is not None:
             ensure_loaded(gate_runtime, active)
+        if progress is not None:
+            asked = sum(len(chosen) for chosen in gate_sets.values())
+            progress({"event": "gate", "questions": f"{asked} pair and the regression"})
         result = run_gate(
             gate_runtime,
             candidate=served_name(version),

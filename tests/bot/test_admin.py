@@ -90,6 +90,35 @@ async def test_train_reports_why_nothing_was_trained(world) -> None:
     assert "not available" in text or "pair" in text
 
 
+async def test_train_shows_the_runs_progress_then_its_outcome(bot_settings, bot_services) -> None:
+    import time
+
+    from simcord import Env
+
+    from bot.discord_app import create_bot
+
+    def trainer(progress: Any, if_needed: bool, guild_id: str) -> str:
+        # Stands in for the training subprocess only; the command and its messages are real.
+        progress({"event": "step", "step": 10, "total": 40, "seconds": 20.0})
+        time.sleep(0.5)  # the event loop edits the message meanwhile
+        return "trained v0001 on 20 pairs in 90 s: promoted"
+
+    env = Env(create_bot(bot_settings, trainer=trainer, **bot_services), settle_timeout=60)
+    await env.start()
+    try:
+        guild = env.create_guild(name="cats")
+        channel = guild.create_text_channel("general")
+        admin = guild.add_member(
+            env.create_user("dave"), roles=[guild.create_role(bot_settings.discord.admin_role)]
+        )
+        await env.settle()
+        result = await admin.slash(channel, "train")
+        assert "training: step 10 of 40, about 60 s left" in result.response.content
+        assert "promoted" in result.followups[-1].content and not result.ephemeral
+    finally:
+        await env.shutdown()
+
+
 async def test_the_training_schedule_runs_the_cycle_in_the_background(bot_settings, bot_services) -> None:
     from simcord import Env
 
