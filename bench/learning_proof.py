@@ -37,6 +37,7 @@ FACTS = [
     for f in json.loads((Path(__file__).parent / "data" / "learning_facts.json").read_text())["facts"]
 ]
 GUILD = "1000000000000000001"
+BASE = ""  # the prepared default model of the caller's data dir (main() sets it)
 FACT_TOKENS = 20  # a taught answer is one short sentence; the key comes early
 
 
@@ -75,7 +76,8 @@ class Loop:
         os.environ["LOOPBOT_DATA_DIR"] = str(root)
         settings = load_settings()
         train = settings.train.model_copy(update={"min_pairs": 1, "min_interval_hours": 0.0})
-        self.settings = settings.model_copy(update={"train": train})
+        model = settings.model.model_copy(update={"base": BASE})
+        self.settings = settings.model_copy(update={"train": train, "model": model})
         self.log = build_feedback_log(self.settings)
         self.runtime = build_runtime(self.settings, guild_id=GUILD)
         self.system_prompt = self.settings.model.system_prompt
@@ -219,6 +221,11 @@ def main() -> int:
     parser.add_argument("--sizes", default="5,10,20,40", help="corrections per one-round run")
     parser.add_argument("--no-rounds", action="store_true", help="skip the two-round run (20 + 20)")
     args = parser.parse_args()
+    from bot.settings import load_settings
+    from bot.wiring import resolve_model_base
+
+    global BASE
+    BASE = resolve_model_base(load_settings())
     load = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     result: dict[str, Any] = {"machine": machine(), "load_average_before": load, "rounds": []}

@@ -38,7 +38,7 @@ def resolve_model_base(settings: Settings) -> str:
     if not is_prepared(path):
         raise AdapterError(
             f"The default model is not prepared in {settings.models_dir}: run `loopbot model prepare` "
-            "(about 5 minutes, offline) or set LOOPBOT_MODEL_BASE to a GPTQ model directory."
+            "(about 2 minutes, offline) or set LOOPBOT_MODEL_BASE to a GPTQ model directory."
         )
     return str(path)
 
