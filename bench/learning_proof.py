@@ -218,7 +218,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="5,10,20,40", help="corrections per one-round run")
+    parser.add_argument("--sizes", default="5,10,20,40", help="corrections per one-round run ('': none)")
     parser.add_argument("--no-rounds", action="store_true", help="skip the two-round run (20 + 20)")
     args = parser.parse_args()
     from bot.settings import load_settings
@@ -229,15 +229,25 @@ def main() -> int:
     load = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     result: dict[str, Any] = {"machine": machine(), "load_average_before": load, "rounds": []}
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    earlier = RESULTS / "learning_proof.json"
+    if earlier.is_file():  # keep what this run does not measure again
+        kept = json.loads(earlier.read_text(encoding="utf-8"))
+        result["rounds"] = [r for r in kept.get("rounds", []) if r["corrections"] not in sizes]
+        if args.no_rounds and "two_rounds" in kept:
+            result["two_rounds"] = kept["two_rounds"]
     if not args.no_rounds:
         result["two_rounds"] = two_rounds(20)
         r2 = result["two_rounds"]["round2"]
         print(f"two rounds: round 2 taught {r2['after']['taught']['accuracy']:.2f}, round 1 kept "
               f"{r2['retained_round1']['accuracy']:.2f}, promoted {r2['cycle']['promoted']}", flush=True)  # fmt: skip
-    for size in [int(s) for s in args.sizes.split(",")]:
+    if not sizes:
+        write("learning_proof", result)
+        _plot(result, RESULTS / "learning_proof.png")
+    for size in sizes:
         run = one_round(size)
         print(_summary(run), flush=True)
-        result["rounds"].append(run)
+        result["rounds"] = [r for r in result["rounds"] if r["corrections"] != size] + [run]
         result["total_seconds"] = round(time.perf_counter() - started, 1)
         write("learning_proof", result)
         _plot(result, RESULTS / "learning_proof.png")

@@ -150,7 +150,12 @@ class TrainSettings(BaseSettings):
     gate_max_forgotten: float = Field(
         0.1, ge=0.0, le=1.0, description="Allowed drop in the share of earlier pairs answered."
     )
-    gate_max_regression_drop: float = Field(0.0, ge=0.0, description="Allowed drop on the regression set.")
+    gate_max_regression_drop: float = Field(
+        0.08,
+        ge=0.0,
+        description="Allowed accuracy drop on the regression set: one question of its 14 (a single "
+        "answer flips between runs of the same model).",
+    )
     gate_max_heldout_drop: float = Field(0.05, ge=0.0, description="Allowed drop of held-out token F1.")
 
 
