@@ -121,6 +121,7 @@ def one_run(clone: bool) -> dict[str, Any]:
             "demo_after_install_s": round(row["prepare"]["seconds"] + demo["seconds"], 1),
             "peak_mb": {"prepare": row["prepare"]["peak_mb"], "demo": demo["peak_mb"]},
             "promoted": result["promoted"],
+            "gate": result["gate"],
         }
         return row
     finally:

@@ -182,7 +182,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     runs = sorted(result["rounds"], key=lambda r: r["corrections"])
     xs = [r["corrections"] for r in runs]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(xs, [r["after"]["taught"]["accuracy"] for r in runs], "o-", label="taught facts answered")
+    ax.plot(
+        xs, [r["after"]["taught"]["accuracy"] for r in runs], "o-", label="taught facts answered (served)"
+    )
     ax.plot(xs, [r["after"]["paraphrased"]["accuracy"] for r in runs], "^-", label="asked in other words")
     ax.plot(xs, [r["after"]["regression_accuracy"] for r in runs], "s--", label="regression set (after)")
     ax.plot(
@@ -192,6 +194,16 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         color="grey",
         label="regression set (base)",
     )
+    for r in runs:  # what a refused candidate had learned, and why the gate refused it
+        if not r["cycle"]["promoted"]:
+            gate = r["cycle"]["gate"] or {}
+            ax.plot([r["corrections"]], [gate.get("taught_candidate", 0)], "x", color="C0", ms=9)
+            ax.annotate(
+                "not promoted:\n" + (gate.get("reason") or "")[:38],
+                (r["corrections"], 0.05),
+                fontsize=6,
+                ha="center",
+            )
     if result.get("two_rounds"):
         two = result["two_rounds"]
         n = two["corrections_per_round"]
@@ -202,7 +214,10 @@ def _plot(result: dict[str, Any], path: Path) -> None:
             ms=9,
             label=f"round 1 kept after round 2 ({n}+{n})",
         )
-        ax.plot([n], [two["round2"]["after"]["taught"]["accuracy"]], "P", ms=9, label="round 2 taught")
+        promoted = "" if two["round2"]["cycle"]["promoted"] else " (not promoted: served model is round 1's)"
+        ax.plot(
+            [n], [two["round2"]["after"]["taught"]["accuracy"]], "P", ms=9, label=f"round 2 taught{promoted}"
+        )
     ax.set_xlabel("corrections (each asked once) in the round")
     ax.set_ylabel("share answered (no retrieval)")
     ax.set_ylim(-0.05, 1.05)

@@ -54,6 +54,8 @@ def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(14, 0.4, 0.4
             "held-out F1 changed by -0.100",
         ),
         (_sets(taught=(5, 0, 1), heldout=(3, 0.6, 0.58)), GateThresholds(), True, "heldout F1 0.60 -> 0.58"),
+        # One or two held-out answers are reported but too few to decide.
+        (_sets(taught=(5, 0, 1), heldout=(1, 0.42, 0.33)), GateThresholds(), True, "heldout F1 0.42 -> 0.33"),
         # A retrain with nothing new (after a forget): keeping everything is enough.
         (_sets(retained=(8, 1.0, 1.0)), GateThresholds(), True, "retained 8/8"),
         (_sets(), GateThresholds(), False, "no pairs to compare on"),
