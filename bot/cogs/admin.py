@@ -201,15 +201,16 @@ class AdminCog(commands.Cog):
             await interaction.response.send_message(self._training_note(guild), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
-        last_edit = 0.0
+        last_edit: float | None = None
+        edits: list[asyncio.Future[Any]] = []
 
         def show_progress() -> None:
             # On the event loop; Discord rate-limits edits, so at most one every few seconds.
             nonlocal last_edit
-            if time.monotonic() - last_edit >= PROGRESS_EDIT_SECONDS:
+            if last_edit is None or time.monotonic() - last_edit >= PROGRESS_EDIT_SECONDS:
                 last_edit = time.monotonic()
                 edit = interaction.edit_original_response(content=f"⏳ {self.last_progress}"[:2000])
-                asyncio.ensure_future(edit)
+                edits.append(asyncio.ensure_future(edit))
 
         self._on_progress = show_progress
         try:
@@ -218,7 +219,8 @@ class AdminCog(commands.Cog):
             text = f"Nothing was trained: {error}"
         finally:
             self._on_progress = None
-        await interaction.followup.send(text[:2000])
+        await asyncio.gather(*edits, return_exceptions=True)  # no late progress over the outcome
+        await interaction.edit_original_response(content=text[:2000])
 
     async def run_training(self, guild_id: str, *, if_needed: bool) -> str:
         """One server's training cycle off the event loop (it waits on the training subprocess); one

@@ -97,10 +97,13 @@ async def test_train_shows_the_runs_progress_then_its_outcome(bot_settings, bot_
 
     from bot.discord_app import create_bot
 
+    seen: list[str] = []
+
     def trainer(progress: Any, if_needed: bool, guild_id: str) -> str:
         # Stands in for the training subprocess only; the command and its messages are real.
         progress({"event": "step", "step": 10, "total": 40, "seconds": 20.0})
         time.sleep(0.5)  # the event loop edits the message meanwhile
+        seen.extend(m.content for m in channel.history())  # what members see while it runs
         return "trained v0001 on 20 pairs in 90 s: promoted"
 
     env = Env(create_bot(bot_settings, trainer=trainer, **bot_services), settle_timeout=60)
@@ -113,8 +116,9 @@ async def test_train_shows_the_runs_progress_then_its_outcome(bot_settings, bot_
         )
         await env.settle()
         result = await admin.slash(channel, "train")
-        assert "training: step 10 of 40, about 60 s left" in result.response.content
-        assert "promoted" in result.followups[-1].content and not result.ephemeral
+        assert "⏳ training: step 10 of 40, about 60 s left" in seen, seen
+        # The outcome then replaces the progress message.
+        assert "promoted" in result.response.content and not result.ephemeral
     finally:
         await env.shutdown()
 
