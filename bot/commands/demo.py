@@ -92,7 +92,7 @@ def run_demo(
     t = time.perf_counter()
     if not settings.model.base:
         if not is_prepared(default_model_dir(settings.models_dir)):
-            echo("1. preparing the offline default model (once, a few minutes)")
+            echo("1. preparing the offline default model (once, about 2 minutes)")
         path = prepare_default_model(settings.models_dir, progress=progress)
         echo(f"1. model: {path}")
     else:
