@@ -194,3 +194,15 @@ def test_the_gate_sets_train_every_correction_and_rotate_the_held_out_answers(lo
     assert {p.id for p in sets["heldout"]} <= {p.id for p in train2}
     assert {p.id for p in sets2["taught"]} == {21} | {p.id for p in sets["heldout"]}
     assert {p.id for p in sets2["retained"]} == {p.id for p in train} - {p.id for p in sets2["heldout"]}
+
+
+def test_progress_events_read_as_members_would_see_them() -> None:
+    from bot.usecases.training import describe_progress
+
+    assert describe_progress({"event": "step", "step": 10, "total": 40, "seconds": 20.0}) == (
+        "training: step 10 of 40, about 60 s left"
+    )
+    assert "about 5 min left" in describe_progress({"event": "step", "step": 1, "total": 61, "seconds": 5.0})
+    assert describe_progress({"event": "gate", "pairs": 20}).startswith("gate: ") and "20 pairs" in (
+        describe_progress({"event": "gate", "pairs": 20})
+    )

@@ -92,7 +92,7 @@ def describe_progress(event: Any) -> str:
     if kind == "done":
         return f"trained in {_duration(float(event.get('train_seconds', 0)))}; the gate is next"
     if kind == "gate":
-        return f"gate: the candidate and the active adapter answer {event.get('questions')} questions"
+        return f"gate: the candidate and the active adapter answer {event.get('pairs')} pairs and the regression set"
     return str(kind or event)[:200]
 
 
@@ -280,8 +280,7 @@ def run_training_cycle(
         if active is not None:
             ensure_loaded(gate_runtime, active)
         if progress is not None:
-            asked = sum(len(chosen) for chosen in gate_sets.values())
-            progress({"event": "gate", "questions": f"{asked} pair and the regression"})
+            progress({"event": "gate", "pairs": sum(len(chosen) for chosen in gate_sets.values())})
         result = run_gate(
             gate_runtime,
             candidate=served_name(version),
