@@ -102,6 +102,11 @@ class SetScore:
         return f"{name} {what} {self.active:.2f} -> {self.candidate:.2f} ({self.count})"
 
 
+def score_lines(sets: Mapping[str, SetScore]) -> str:
+    """Each non-empty set's scores, in the gate's order, on one line."""
+    return "; ".join(sets[n].line(n) for n in SETS if n in sets and sets[n].count)
+
+
 @dataclass
 class GateResult:
     """The gate's decision, the rule that decided, each set's scores and where the CSV report is."""
@@ -116,7 +121,7 @@ class GateResult:
 
     def summary(self) -> str:
         """Each non-empty set's scores on one line."""
-        return "; ".join(self.sets[n].line(n) for n in SETS if n in self.sets and self.sets[n].count)
+        return score_lines(self.sets)
 
     def metrics(self) -> dict[str, Any]:
         """The scores as a flat dict (stored in the candidate's metadata)."""
@@ -183,8 +188,7 @@ def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bo
             f"held-out F1 changed by {heldout.candidate - heldout.active:+.3f}, more than the allowed "
             f"drop of {thresholds.max_heldout_drop:.3f}"
         )
-    score_lines = "; ".join(sets[n].line(n) for n in SETS if n in sets and sets[n].count)
-    return True, f"learned and lost nothing: {score_lines}"
+    return True, f"learned and lost nothing: {score_lines(sets)}"
 
 
 def run_gate(
