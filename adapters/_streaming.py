@@ -9,7 +9,7 @@ from typing import Any
 
 
 class _Streamer:
-    """A transformers streamer: decodes the new tokens, hides stop strings, feeds ``on_token``.
+    """Decodes a request's new tokens, hides stop strings, feeds ``on_token``.
 
     Text that could be the start of a stop string is held back until it is known not to be one,
     so the callback never sees text the final answer does not contain.
@@ -18,7 +18,6 @@ class _Streamer:
     def __init__(
         self,
         tokenizer: Any,
-        prompt_len: int,
         stop: Sequence[str],
         on_token: Callable[[str], None] | None,
         cancel: threading.Event,
@@ -29,22 +28,18 @@ class _Streamer:
             on_token,
             cancel,
         )
-        self.prompt_len = prompt_len
         self.ids: list[int] = []
-        self.skipped_prompt = False
         self.text = ""
         self.emitted = 0
         self.stopped_at: int | None = None
         self.started = time.perf_counter()
         self.first_token: float | None = None
 
-    def put(self, value: Any) -> None:
-        if not self.skipped_prompt:  # generate() first puts the prompt
-            self.skipped_prompt = True
-            return
+    def put_ids(self, ids: Sequence[int]) -> None:
+        """Take the next generated token ids; emit what is now known to be answer text."""
         if self.first_token is None:
             self.first_token = time.perf_counter() - self.started
-        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+        self.ids.extend(ids)
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         for s in self.stop:
             index = self.text.find(s)
@@ -74,35 +69,14 @@ class _Streamer:
         return self.text if self.stopped_at is None else self.text[: self.stopped_at]
 
 
-class _StopCriteria:
-    """Stops generation once the streamer saw a stop string or the request was cancelled."""
-
-    def __init__(self, streamer: _Streamer):
-        self.streamer = streamer
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.streamer.should_stop(), dtype=torch.bool)
-
-
-class _AnswerRepetitionPenalty:
-    """A logits processor: tokens the answer already used are made less likely (CTRL-style penalty).
+def penalise_repeats(scores: Any, generated: Sequence[int], penalty: float) -> Any:
+    """One row's logits with the tokens its answer already used made less likely (CTRL-style).
 
     Unlike transformers' ``repetition_penalty``, the prompt's tokens are not penalised: in a RAG
     prompt those are the facts the answer should copy (measured: penalising them made the default
     model invent instead of quoting). It breaks the small model's loops ("You can't. You can't. …")."""
+    import torch
 
-    def __init__(self, prompt_len: int, penalty: float) -> None:
-        self.prompt_len = prompt_len
-        self.penalty = penalty
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        generated = input_ids[:, self.prompt_len :]
-        if generated.shape[1] == 0:
-            return scores
-        seen = torch.gather(scores, 1, generated)
-        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
-        return scores.scatter(1, generated, seen)
+    seen = torch.tensor(sorted(set(generated)), dtype=torch.long, device=scores.device)
+    values = scores.index_select(0, seen)
+    return scores.index_copy(0, seen, torch.where(values < 0, values * penalty, values / penalty))

@@ -16,7 +16,7 @@ from typing import Any
 
 from adapters.errors import AdapterError
 from adapters.prompt import training_messages
-from adapters.runtime import ACTIVE
+from adapters.runtime import ACTIVE, BACKGROUND
 
 PACKAGED_CSV = "regression_questions.csv"
 
@@ -99,6 +99,7 @@ def run_regression(
             temperature=0.0,
             max_new_tokens=max_new_tokens,
             system_prompt=system_prompt,
+            priority=BACKGROUND,
         )
         for q in questions
     ]

@@ -36,6 +36,7 @@ from typing import Any
 from adapters.errors import AdapterError
 from adapters.evaluation import RegressionQuestion, accuracy, load_regression_questions, run_regression
 from adapters.prompt import split_system
+from adapters.runtime import BACKGROUND
 
 CORRECT_F1 = 0.5  # an answer at or above this token F1 counts as answering the pair
 _EPSILON = 1e-9  # float noise must not flip a tie
@@ -144,7 +145,12 @@ def _answer_all(
         system, turns = split_system(item.messages)
         futures.append(
             runtime.submit(
-                turns, system_prompt=system, adapter=adapter, temperature=0.0, max_new_tokens=max_new_tokens
+                turns,
+                system_prompt=system,
+                adapter=adapter,
+                temperature=0.0,
+                max_new_tokens=max_new_tokens,
+                priority=BACKGROUND,  # members' questions go first; the gate's answers batch together
             )
         )
     return [f.result().text for f in futures]

@@ -20,7 +20,7 @@ from typing import Any
 
 from adapters.errors import AdapterError
 from adapters.prompt import with_system
-from adapters.runtime import ACTIVE, Generation, _AdapterChoice
+from adapters.runtime import ACTIVE, INTERACTIVE, Generation, _AdapterChoice
 
 __all__ = ["RemoteRuntime"]
 
@@ -112,10 +112,14 @@ class RemoteRuntime(_AdapterChoice):
         adapter: Any = ACTIVE,
         on_token: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        priority: int = INTERACTIVE,
     ) -> concurrent.futures.Future[Generation]:
         """Send a generation request; the future resolves to a :class:`Generation`.
 
-        The adapter is fixed now, so a swap never changes a request already sent.
+        The adapter is fixed now, so a swap never changes a request already sent. Requests go out
+        concurrently (up to the pool's size) and the server batches them. ``priority`` is accepted
+        for the in-process runtime's sake and not sent: vLLM refuses it unless started with
+        ``--scheduling-policy priority``.
         """
         if not messages:
             raise AdapterError("Nothing to answer: the message list is empty.")

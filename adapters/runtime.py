@@ -1,9 +1,13 @@
 """The model runtime: one base model (GPTQ 4-bit or plain) with several unmerged LoRA adapters.
 
-Every generation runs on ONE worker thread fed by a queue. A job carries its own adapter choice,
-resolved when it is submitted, so switching the active adapter never changes a request already
-queued or in flight, and adapters are loaded/unloaded by jobs on the same queue, in order, so
-nothing touches the model while it generates. Callers get blocking (:meth:`ModelRuntime.generate`),
+Generation runs on ONE worker thread that decodes every request in flight together (continuous
+batching, :mod:`adapters._batching`): a request joins the running batch at the next step and leaves
+it the step it finishes. Each request carries its own adapter, resolved when it is submitted, so
+switching the active adapter never changes a request already queued or in flight; rows with
+different adapters share a forward (:mod:`adapters._lora`). Adapters are loaded and unloaded between
+steps, an unload once no request submitted with it remains. Members' questions go before background
+work (``priority=BACKGROUND``: the gate's evaluation), and past ``max_waiting`` queued questions a
+new one is refused with :class:`RuntimeBusy`. Callers get blocking (:meth:`ModelRuntime.generate`),
 future (:meth:`ModelRuntime.submit`) and asyncio (:meth:`ModelRuntime.agenerate`) entry points.
 """
 
@@ -11,45 +15,32 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from adapters._batching import BACKGROUND, INTERACTIVE, BatchEngine, Generation, Request, RuntimeBusy
 from adapters._loading import check_adapter_dir, gptq_settings, load_base_model, module_shapes
-from adapters._streaming import _AnswerRepetitionPenalty, _StopCriteria, _Streamer
+from adapters._lora import read_adapter
 from adapters.errors import AdapterError
 from adapters.prompt import fold_system, plain_transcript, with_system
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACTIVE", "Generation", "ModelRuntime", "Runtime", "load_base_model"]
+__all__ = [
+    "ACTIVE",
+    "BACKGROUND",
+    "INTERACTIVE",
+    "Generation",
+    "ModelRuntime",
+    "Runtime",
+    "RuntimeBusy",
+    "load_base_model",
+]
 
 ACTIVE: Any = object()  # sentinel: "use the adapter active when the request is submitted"
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One finished generation: the text (stop string excluded) and how it was produced."""
-
-    text: str
-    adapter: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    first_token_seconds: float | None
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Decode speed after the first token (0 when fewer than two tokens were produced)."""
-        if self.first_token_seconds is None or self.completion_tokens < 2:
-            return 0.0
-        return (self.completion_tokens - 1) / max(self.seconds - self.first_token_seconds, 1e-9)
 
 
 class Runtime(Protocol):
@@ -82,12 +73,6 @@ class Runtime(Protocol):
     async def agenerate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation: ...
 
     def close(self) -> None: ...
-
-
-@dataclass
-class _Job:
-    run: Callable[[], Any]
-    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
 
 
 class _AdapterChoice:
@@ -154,7 +139,10 @@ class _AdapterChoice:
 
 
 class ModelRuntime(_AdapterChoice):
-    """A loaded base model + LoRA adapters, generating on one worker thread. Build with :meth:`load`."""
+    """A loaded base model + LoRA adapters, batching generations on one worker thread.
+
+    Build with :meth:`load`. ``max_batch``: requests decoded together; ``max_waiting``: members'
+    questions queued beyond those before a new one is refused (:class:`RuntimeBusy`)."""
 
     def __init__(
         self,
@@ -168,25 +156,31 @@ class ModelRuntime(_AdapterChoice):
         temperature: float = 0.0,
         system_prompt: str | None = None,
         repetition_penalty: float = 1.0,
+        max_batch: int = 8,
+        max_waiting: int = 32,
     ):
         self._base_model = model
-        self._model = model  # becomes a PeftModel once an adapter is loaded
         self._tokenizer = tokenizer
         self._base = base
         self._device = device
         self._backend = backend
-        self._shapes = module_shapes(model)  # before peft wraps any layer
+        self._shapes = module_shapes(model)
         self.default_max_new_tokens = max_new_tokens
         self.default_temperature = temperature
         self.default_system_prompt = system_prompt
-        # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
-        self.repetition_penalty = repetition_penalty
         self._adapters: dict[str, Path] = {}
         self._active: str | None = None
         self._lock = threading.Lock()
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._closed = False
-        self._worker = threading.Thread(target=self._work, name="loopbot-model", daemon=True)
+        # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
+        self._engine = BatchEngine(
+            model,
+            tokenizer,
+            max_batch=max_batch,
+            max_waiting=max_waiting,
+            repetition_penalty=repetition_penalty,
+        )
+        self._worker = threading.Thread(target=self._engine.run, name="loopbot-model", daemon=True)
         self._worker.start()
 
     # ----- construction and lifecycle -------------------------------------------------------
@@ -203,6 +197,8 @@ class ModelRuntime(_AdapterChoice):
         temperature: float = 0.0,
         system_prompt: str | None = None,
         repetition_penalty: float = 1.0,
+        max_batch: int = 8,
+        max_waiting: int = 32,
     ) -> ModelRuntime:
         """Load a GPTQ or plain checkpoint (local path or hub id) and start the worker thread.
 
@@ -228,15 +224,17 @@ class ModelRuntime(_AdapterChoice):
             temperature=temperature,
             system_prompt=system_prompt,
             repetition_penalty=repetition_penalty,
+            max_batch=max_batch,
+            max_waiting=max_waiting,
         )
 
     def close(self) -> None:
-        """Finish queued jobs, stop the worker thread. Later calls raise AdapterError."""
+        """Finish queued and running requests, stop the worker thread. Later calls raise AdapterError."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(None)
+        self._engine.close()
         if threading.current_thread() is not self._worker:
             self._worker.join()
 
@@ -245,26 +243,6 @@ class ModelRuntime(_AdapterChoice):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            if not job.future.set_running_or_notify_cancel():
-                continue
-            try:
-                job.future.set_result(job.run())
-            except BaseException as error:  # the caller gets it; the worker keeps serving
-                job.future.set_exception(error)
-
-    def _enqueue(self, run: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        job = _Job(run)
-        with self._lock:
-            if self._closed:
-                raise AdapterError("The model runtime is closed: build a new one.")
-            self._queue.put(job)
-        return job.future
 
     # ----- properties -----------------------------------------------------------------------
     @property
@@ -276,6 +254,24 @@ class ModelRuntime(_AdapterChoice):
     def tokenizer(self) -> Any:
         """The base model's tokenizer (read-only use; safe from any thread)."""
         return self._tokenizer
+
+    @property
+    def repetition_penalty(self) -> float:
+        """Penalty on tokens the answer already used (1.0: off); settable between requests."""
+        return self._engine.repetition_penalty
+
+    @repetition_penalty.setter
+    def repetition_penalty(self, value: float) -> None:
+        self._engine.repetition_penalty = value
+
+    @property
+    def peak_batch(self) -> int:
+        """The most requests decoded together since the runtime started."""
+        return self._engine.peak_batch
+
+    def queue_load(self) -> dict[str, int]:
+        """Requests being answered (``running``) and waiting (members' and background)."""
+        return self._engine.load()
 
     def info(self) -> dict[str, Any]:
         """What is loaded: base, quantization, bits, group size, device, backend, adapters, active."""
@@ -298,6 +294,7 @@ class ModelRuntime(_AdapterChoice):
             "device": self._device,
             "backend": self._backend,
             "kernels": kernels,
+            "max_batch": self._engine.max_batch,
             "adapters": self.adapters,
             "active": self._active,
         }
@@ -309,30 +306,23 @@ class ModelRuntime(_AdapterChoice):
     # ----- adapters -------------------------------------------------------------------------
     def load_adapter(self, name: str, path: Path) -> None:
         """Attach the LoRA adapter in ``path`` under ``name`` (unmerged). AdapterError if missing,
-        corrupt, already loaded, or trained for another base. Runs after already queued requests."""
+        corrupt, already loaded, or trained for another base. Requests in flight are not disturbed."""
         if not name or name in self._adapters:
             raise AdapterError(f"An adapter named {name!r} is already loaded: use a new (versioned) name.")
+        self._check_open()
         config = check_adapter_dir(Path(path), self._shapes, self._base)
-        self._enqueue(lambda: self._attach(name, Path(path), config)).result()
-
-    def _attach(self, name: str, path: Path, config: dict[str, Any]) -> None:
-        from peft import PeftModel
-
         try:
-            if self._model is self._base_model:
-                self._model = PeftModel.from_pretrained(
-                    self._base_model, str(path), adapter_name=name, is_trainable=False
-                )
-            else:
-                self._model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        except Exception as error:  # peft raises many types; the message matters to the operator
+            deltas = read_adapter(Path(path), config)
+        except AdapterError:
+            raise
+        except Exception as error:  # safetensors/torch raise many types; the operator needs the path
             raise AdapterError(f"Cannot load adapter {path}: {error}. Retrain or restore it.") from None
-        self._model.eval()
-        self._adapters[name] = path
+        self._engine.call(lambda: self._engine.bank.add(name, deltas)).result()
+        self._adapters[name] = Path(path)
         log.info("adapter %s loaded from %s (r=%s)", name, path, config.get("r"))
 
     def unload_adapter(self, name: str) -> None:
-        """Detach adapter ``name`` after the requests queued before this call have finished."""
+        """Detach adapter ``name`` once no request submitted with it remains (new ones cannot use it)."""
         if name not in self._adapters:
             raise AdapterError(
                 f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
@@ -340,16 +330,9 @@ class ModelRuntime(_AdapterChoice):
         with self._lock:
             if self._active == name:
                 self._active = None
-        self._enqueue(lambda: self._detach(name)).result()
-
-    def _detach(self, name: str) -> None:
-        self._adapters.pop(name, None)
-        if not self._adapters:
-            # Deleting peft's last adapter leaves a broken wrapper: unwrap to the plain base instead.
-            self._model = self._model.unload()
-            self._base_model = self._model
-        else:
-            self._model.delete_adapter(name)
+            self._adapters.pop(name)
+        engine = self._engine
+        engine.call(lambda: engine.bank.remove(name), ready=lambda: not engine.uses(name)).result()
 
     # ----- generation -----------------------------------------------------------------------
     def render_prompt(self, messages: list[dict[str, str]], system_prompt: str | None = None) -> str:
@@ -379,81 +362,36 @@ class ModelRuntime(_AdapterChoice):
         adapter: Any = ACTIVE,
         on_token: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        priority: int = INTERACTIVE,
     ) -> concurrent.futures.Future[Generation]:
         """Queue a generation; the future resolves to a :class:`Generation`.
 
         The adapter is fixed now (``ACTIVE`` = the active one at this moment). ``on_token`` is
-        called on the worker thread with each new piece of text. Setting ``cancel`` stops early.
+        called on the worker thread with each new piece of text. Setting ``cancel`` stops early
+        (the answer so far is the result). ``priority=BACKGROUND`` for work no member waits on.
+        RuntimeBusy when too many members' questions already wait.
         """
         if not messages:
             raise AdapterError("Nothing to answer: the message list is empty.")
         name = self._resolve_adapter(adapter)
-        prompt = self.render_prompt(messages, system_prompt)
         limit = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
-        temp = self.default_temperature if temperature is None else temperature
         if limit < 1:
             raise AdapterError("max_new_tokens must be at least 1.")
-        event = cancel or threading.Event()
-        return self._enqueue(lambda: self._generate(prompt, name, limit, temp, tuple(stop), on_token, event))
-
-    def _generate(
-        self,
-        prompt: str,
-        adapter: str | None,
-        max_new_tokens: int,
-        temperature: float,
-        stop: tuple[str, ...],
-        on_token: Callable[[str], None] | None,
-        cancel: threading.Event,
-    ) -> Generation:
-        import torch
-        from transformers import StoppingCriteriaList
-
-        encoded = self._tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        device = next(self._base_model.parameters()).device
-        encoded = {k: v.to(device) for k, v in encoded.items()}
-        prompt_len = int(encoded["input_ids"].shape[1])
-        streamer = _Streamer(self._tokenizer, prompt_len, stop, on_token, cancel)
-        options: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([_StopCriteria(streamer)]),
-            "pad_token_id": self._tokenizer.pad_token_id,
-        }
-        if self.repetition_penalty != 1.0:
-            from transformers import LogitsProcessorList
-
-            options["logits_processor"] = LogitsProcessorList(
-                [_AnswerRepetitionPenalty(prompt_len, self.repetition_penalty)]
-            )
-        if temperature > 0:
-            options.update(do_sample=True, temperature=temperature, top_p=0.95)
-        else:
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode(), self._adapter_context(adapter):
-            self._model.generate(**encoded, **options)
-        streamer.end()
-        seconds = time.perf_counter() - streamer.started
-        eos = (
-            self._tokenizer.convert_tokens_to_ids(self._tokenizer.eos_token)
-            if self._tokenizer.eos_token
-            else None
+        self._check_open()
+        prompt = self.render_prompt(messages, system_prompt)
+        ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        request = Request(
+            prompt_ids=list(ids),
+            adapters=(name,) if name is not None else (),
+            max_new_tokens=limit,
+            temperature=self.default_temperature if temperature is None else temperature,
+            stop=tuple(stop),
+            on_token=on_token,
+            cancel=cancel or threading.Event(),
+            priority=priority,
         )
-        completion = len([t for t in streamer.ids if t != eos])
-        return Generation(
-            text=streamer.final_text().strip(),
-            adapter=adapter,
-            prompt_tokens=prompt_len,
-            completion_tokens=completion,
-            seconds=seconds,
-            first_token_seconds=streamer.first_token,
-        )
+        return self._engine.offer(request)
 
-    def _adapter_context(self, adapter: str | None) -> contextlib.AbstractContextManager[Any]:
-        """Runs on the worker thread: select ``adapter`` or disable all adapters for this job."""
-        if self._model is self._base_model:
-            return contextlib.nullcontext()
-        if adapter is None:
-            return self._model.disable_adapter()  # type: ignore[no-any-return]
-        self._model.set_adapter(adapter)
-        return contextlib.nullcontext()
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AdapterError("The model runtime is closed: build a new one.")

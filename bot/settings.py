@@ -49,6 +49,10 @@ class ModelSettings(BaseSettings):
     max_sentences: int = Field(
         2, ge=0, description="Answers keep at most this many sentences (0: no budget)."
     )
+    max_batch: int = Field(8, ge=1, le=256, description="Questions decoded together (continuous batching).")
+    max_waiting: int = Field(
+        32, ge=0, description="Members' questions that may wait beyond those; the next is told to retry."
+    )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     offline: bool = Field(True, description="Never contact a model hub (HF_HUB_OFFLINE=1).")
     server_url: str = Field("", description="OpenAI-compatible server (vLLM); empty: generate in-process.")

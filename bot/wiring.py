@@ -65,6 +65,8 @@ def build_runtime(settings: Settings, *, guild_id: str | None = None) -> Runtime
             temperature=settings.model.temperature,
             system_prompt=settings.model.system_prompt,
             repetition_penalty=settings.model.repetition_penalty,
+            max_batch=settings.model.max_batch,
+            max_waiting=settings.model.max_waiting,
         )
     if guild_id is not None:
         try:

@@ -1,0 +1,382 @@
+"""Continuous batching for the in-process runtime: every request in flight is decoded together.
+
+One worker thread runs :meth:`BatchEngine.run`. Each step it runs the queued control jobs (adapter
+loads and unloads), lets finished and cancelled requests leave, prefills new requests (members'
+questions before background work such as the gate's evaluation), then decodes one token for every
+row at once, each row with its own adapters (:class:`adapters._lora.LoraBank`).
+
+Rows of different lengths share one key/value cache, left-padded: a request that joins mid-generation
+is prefilled alone and its cache is padded to the batch's length and appended; the attention mask
+hides the padding and each row keeps its own positions. When rows leave, columns that are padding for
+every remaining row are dropped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters._lora import LoraBank
+from adapters._streaming import _Streamer, penalise_repeats
+from adapters.errors import AdapterError
+
+log = logging.getLogger(__name__)
+
+INTERACTIVE = 0  # a member is waiting for it
+BACKGROUND = 1  # evaluation and other work nobody watches: runs when members' questions leave room
+
+
+class RuntimeBusy(AdapterError):
+    """Too many questions are already waiting; the message says how many and what to do."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One finished generation: the text (stop string excluded) and how it was produced."""
+
+    text: str
+    adapter: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    first_token_seconds: float | None
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode speed after the first token (0 when fewer than two tokens were produced)."""
+        if self.first_token_seconds is None or self.completion_tokens < 2:
+            return 0.0
+        return (self.completion_tokens - 1) / max(self.seconds - self.first_token_seconds, 1e-9)
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation: its prompt, its adapters (fixed at submission), its limits and its callbacks."""
+
+    prompt_ids: list[int]
+    adapters: tuple[str, ...]  # applied together (their deltas add up); empty: the base model
+    max_new_tokens: int
+    temperature: float
+    stop: tuple[str, ...]
+    on_token: Callable[[str], None] | None
+    cancel: threading.Event
+    priority: int = INTERACTIVE
+    future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
+    # while it runs
+    streamer: _Streamer | None = None
+    generated: list[int] = field(default_factory=list)
+    position: int = 0  # position of the next token fed to the model
+
+
+@dataclass
+class _Job:
+    run: Callable[[], Any]
+    ready: Callable[[], bool] = lambda: True  # a job waits until this holds (e.g. an adapter falls idle)
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class BatchEngine:
+    """The scheduler and the batched decode loop of one model (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch: int = 8,
+        max_waiting: int = 32,
+        repetition_penalty: float = 1.0,
+    ):
+        if max_batch < 1:
+            raise AdapterError("max_batch must be at least 1.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.bank = LoraBank(model)
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.repetition_penalty = repetition_penalty
+        self.peak_batch = 0  # the most rows decoded together so far (benchmarks and tests read it)
+        config = getattr(model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self._eos = eos_ids
+        self._device = next(model.parameters()).device
+        self._lock = threading.RLock()  # job readiness checks re-enter it
+        self._wake = threading.Condition(self._lock)
+        self._waiting: list[tuple[int, int, Request]] = []
+        self._order = itertools.count()
+        self._jobs: deque[_Job] = deque()
+        self._closing = False
+        self._rows: list[Request] = []
+        self._starting: list[Request] = []  # admitted this step, being prefilled
+        self._cache: Any = None
+        self._mask: Any = None
+
+    # ----- called from any thread ----------------------------------------------------------
+    def offer(self, request: Request) -> concurrent.futures.Future[Generation]:
+        """Queue ``request``; RuntimeBusy when ``max_waiting`` members' questions already wait."""
+        with self._wake:
+            if self._closing:
+                raise AdapterError("The model runtime is closed: build a new one.")
+            if request.priority == INTERACTIVE:
+                ahead = sum(1 for p, _, _ in self._waiting if p == INTERACTIVE)
+                if ahead >= self.max_waiting:
+                    raise RuntimeBusy(
+                        f"I am busy: {self._running()} answers are being written and {ahead} questions are "
+                        "waiting before yours. Ask again in a minute."
+                    )
+            heapq.heappush(self._waiting, (request.priority, next(self._order), request))
+            self._wake.notify()
+        return request.future
+
+    def call(
+        self, run: Callable[[], Any], ready: Callable[[], bool] = lambda: True
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``run`` on the worker thread between two steps, once ``ready()`` holds."""
+        job = _Job(run, ready)
+        with self._wake:
+            if self._closing:
+                raise AdapterError("The model runtime is closed: build a new one.")
+            self._jobs.append(job)
+            self._wake.notify()
+        return job.future
+
+    def close(self) -> None:
+        """Finish what is queued and in flight, then let :meth:`run` return."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+
+    def uses(self, adapter: str) -> bool:
+        """Whether a queued or running request was submitted with ``adapter``."""
+        with self._lock:
+            waiting = [r for _, _, r in self._waiting]
+        return any(adapter in r.adapters for r in [*waiting, *self._rows, *self._starting])
+
+    def load(self) -> dict[str, int]:
+        """How many requests run and wait, by kind (for ``info`` and the busy message)."""
+        with self._lock:
+            waiting = [p for p, _, _ in self._waiting]
+        return {
+            "running": self._running(),
+            "waiting": waiting.count(INTERACTIVE),
+            "background_waiting": waiting.count(BACKGROUND),
+        }
+
+    def _running(self) -> int:
+        return len(self._rows) + len(self._starting)
+
+    # ----- the worker thread ----------------------------------------------------------------
+    def run(self) -> None:
+        """The worker loop: returns once closed and everything queued has finished."""
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not (self._rows or self._waiting or self._ready_jobs() or self._closing):
+                        self._wake.wait(timeout=0.5 if self._jobs else None)
+                    if self._closing and not (self._rows or self._waiting or self._jobs):
+                        return
+                    jobs = self._ready_jobs()
+                    for job in jobs:
+                        self._jobs.remove(job)
+                for job in jobs:
+                    self._run_job(job)
+                self._step()
+
+    def _ready_jobs(self) -> list[_Job]:
+        return [job for job in self._jobs if job.ready()]
+
+    @staticmethod
+    def _run_job(job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.run())
+        except BaseException as error:  # the caller gets it; the worker keeps serving
+            job.future.set_exception(error)
+
+    def _step(self) -> None:
+        self._leave([r for r in self._rows if r.cancel.is_set()])
+        self._starting = self._admit()
+        for request in list(self._starting):
+            self._prefill(request)
+            self._starting.remove(request)
+        if self._rows:
+            try:
+                self._decode()
+            except Exception as error:  # every row of the failed step gets the error; serving goes on
+                log.exception("batched decode step failed")
+                for request in self._rows:
+                    if not request.future.done():
+                        request.future.set_exception(AdapterError(f"Generation failed: {error}"))
+                self._rows, self._cache, self._mask = [], None, None
+
+    def _admit(self) -> list[Request]:
+        """Take waiting requests into free rows: members' questions first, background work only into
+        at most half the rows (so a member who arrives during an evaluation finds room soon)."""
+        admitted: list[Request] = []
+        background = sum(1 for r in self._rows if r.priority != INTERACTIVE)
+        with self._lock:
+            while self._waiting and len(self._rows) + len(admitted) < self.max_batch:
+                priority, _, request = self._waiting[0]
+                if priority != INTERACTIVE and background >= max(1, self.max_batch // 2):
+                    break
+                heapq.heappop(self._waiting)
+                if request.cancel.is_set() or not request.future.set_running_or_notify_cancel():
+                    if not request.future.done():  # cancelled while waiting: an empty answer
+                        request.streamer = _Streamer(self.tokenizer, (), None, request.cancel)
+                        request.future.set_result(self._result(request))
+                    continue
+                background += priority != INTERACTIVE
+                admitted.append(request)
+        return admitted
+
+    def _prefill(self, request: Request) -> None:
+        """Run the prompt alone, pick the first token, then join the batch (padded to its length)."""
+        import torch
+        from transformers import DynamicCache
+
+        request.streamer = _Streamer(self.tokenizer, request.stop, request.on_token, request.cancel)
+        try:
+            ids = torch.tensor([request.prompt_ids], device=self._device)
+            cache = DynamicCache(config=self.model.config)
+            self.bank.use([request.adapters])
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = self._choose(out.logits[:, -1, :], [request])[0]
+        except Exception as error:
+            log.exception("prefill failed")
+            request.future.set_exception(AdapterError(f"Generation failed: {error}"))
+            return
+        request.position = len(request.prompt_ids)
+        if self._accept(request, token):
+            self._join(request, out.past_key_values)
+
+    def _join(self, request: Request, cache: Any) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        length = cache.get_seq_length()
+        mask = torch.ones((1, length), dtype=torch.long, device=self._device)
+        if self._cache is None:
+            self._rows, self._cache, self._mask = [request], cache, mask
+            return
+        current = self._mask.shape[1]
+        grow, pad = max(0, length - current), max(0, current - length)
+        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, grow, 0)), F.pad(theirs.keys, (0, 0, pad, 0))])
+            mine.values = torch.cat(
+                [F.pad(mine.values, (0, 0, grow, 0)), F.pad(theirs.values, (0, 0, pad, 0))]
+            )
+        self._mask = torch.cat([F.pad(self._mask, (grow, 0)), F.pad(mask, (pad, 0))])
+        self._rows.append(request)
+
+    def _decode(self) -> None:
+        import torch
+
+        rows = self._rows
+        self.peak_batch = max(self.peak_batch, len(rows))
+        ids = torch.tensor([[r.generated[-1]] for r in rows], device=self._device)
+        positions = torch.tensor([[r.position] for r in rows], device=self._device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        self.bank.use([r.adapters for r in rows])
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self._mask,
+            position_ids=positions,
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        tokens = self._choose(out.logits[:, -1, :], rows)
+        done = []
+        for request, token in zip(rows, tokens, strict=True):
+            request.position += 1
+            if not self._accept(request, token):
+                done.append(request)
+        self._leave(done, finished=True)
+
+    def _choose(self, logits: Any, rows: Sequence[Request]) -> list[int]:
+        """The next token of each row: greedy, or sampled (top-p 0.95) when it has a temperature."""
+        import torch
+
+        logits = logits.float()
+        if self.repetition_penalty != 1.0:
+            for i, request in enumerate(rows):
+                if request.generated:
+                    logits[i] = penalise_repeats(logits[i], request.generated, self.repetition_penalty)
+        tokens = logits.argmax(dim=-1).tolist()
+        for i, request in enumerate(rows):
+            if request.temperature > 0:
+                probs = torch.softmax(logits[i] / request.temperature, dim=-1)
+                ordered, index = probs.sort(descending=True)
+                ordered[(ordered.cumsum(0) - ordered) > 0.95] = 0
+                tokens[i] = int(index[torch.multinomial(ordered / ordered.sum(), 1)])
+        return [int(t) for t in tokens]
+
+    def _accept(self, request: Request, token: int) -> bool:
+        """Record ``token`` for ``request``; False (and the request is answered) when it is done."""
+        streamer = request.streamer
+        assert streamer is not None
+        if token in self._eos:
+            self._complete(request)
+            return False
+        request.generated.append(token)
+        try:
+            streamer.put_ids([token])
+        except Exception as error:  # the caller's on_token failed: this request ends, the batch goes on
+            request.future.set_exception(error)
+            return False
+        if streamer.should_stop() or len(request.generated) >= request.max_new_tokens:
+            self._complete(request)
+            return False
+        return True
+
+    def _complete(self, request: Request) -> None:
+        if not request.future.done():
+            request.future.set_result(self._result(request))
+
+    def _result(self, request: Request) -> Generation:
+        streamer = request.streamer
+        assert streamer is not None
+        streamer.end()
+        return Generation(
+            text=streamer.final_text().strip(),
+            adapter="+".join(request.adapters) or None,
+            prompt_tokens=len(request.prompt_ids),
+            completion_tokens=len(request.generated),
+            seconds=time.perf_counter() - streamer.started,
+            first_token_seconds=streamer.first_token,
+        )
+
+    def _leave(self, leaving: list[Request], *, finished: bool = False) -> None:
+        """Drop ``leaving`` from the batch (answering cancelled ones with what they have so far)."""
+        if not leaving:
+            return
+        import torch
+
+        for request in leaving:
+            if not finished:
+                self._complete(request)
+        keep = [i for i, r in enumerate(self._rows) if r not in leaving]
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._cache, self._mask = None, None
+            return
+        index = torch.tensor(keep, device=self._device)
+        mask = self._mask.index_select(0, index)
+        start = int(mask.any(dim=0).int().argmax())  # columns before it are padding for every row
+        self._mask = mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]

@@ -1,0 +1,172 @@
+"""Continuous batching on the tiny real GPTQ model: rows with different adapters in one forward,
+requests joining and leaving a running batch, members before background work, a bounded queue."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from adapters.runtime import BACKGROUND, ModelRuntime, RuntimeBusy
+
+QUESTION = [{"role": "user", "content": "What does Mochi the cat do in the morning?"}]
+
+
+def ask(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Tell me fact number {i}."}]
+
+
+@pytest.fixture
+def small_runtime(tiny_gptq_dir: Path) -> Iterator[ModelRuntime]:
+    """One row at a time, one member's question allowed to wait: queueing is easy to observe."""
+    runtime = ModelRuntime.load(tiny_gptq_dir, device="cpu", max_new_tokens=8, max_batch=1, max_waiting=1)
+    yield runtime
+    runtime.close()
+
+
+class Hold:
+    """An ``on_token`` that holds the worker at a request's first piece until released, so that
+    what happens next is queued deterministically."""
+
+    def __init__(self) -> None:
+        self.started, self.released = threading.Event(), threading.Event()
+
+    def __call__(self, _piece: str) -> None:
+        if not self.started.is_set():
+            self.started.set()
+            assert self.released.wait(10)
+
+
+def finish_order(futures: dict[str, Future]) -> Callable[[], list[str]]:
+    order: list[str] = []
+    for name, future in futures.items():
+        future.add_done_callback(lambda _f, name=name: order.append(name))
+    return lambda: order
+
+
+def test_lora_bank_matches_peft_per_row(tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter) -> None:
+    """One forward over rows [adapter a, base, adapter b] equals peft applying each alone."""
+    import torch
+    from peft import PeftModel
+
+    from adapters._loading import check_adapter_dir, load_base_model, module_shapes
+    from adapters._lora import LoraBank, read_adapter
+
+    paths = {"a": make_lora_adapter(tiny_model_dir, seed=1), "b": make_lora_adapter(tiny_model_dir, seed=2)}
+    model, tokenizer = load_base_model(tiny_gptq_dir, device="cpu")
+    ids = tokenizer(["Mochi sneezes in the morning."] * 3, return_tensors="pt")["input_ids"]
+    shapes = module_shapes(model)
+    bank = LoraBank(model)
+    for name, path in paths.items():
+        bank.add(name, read_adapter(path, check_adapter_dir(path, shapes, str(tiny_gptq_dir))))
+    bank.use([("a",), (), ("b",)])
+    with torch.inference_mode():
+        ours = model(input_ids=ids).logits.float()
+        bank.remove("a")
+        bank.remove("b")
+        base = model(input_ids=ids[:1]).logits.float()
+        peft = PeftModel.from_pretrained(model, str(paths["a"]), adapter_name="a")
+        peft.load_adapter(str(paths["b"]), adapter_name="b")
+        expected = {}
+        for name in paths:
+            peft.set_adapter(name)
+            expected[name] = peft(input_ids=ids[:1]).logits.float()
+    assert not torch.allclose(expected["a"], base, atol=1e-2)  # the adapters do change the output
+    torch.testing.assert_close(ours[0:1], expected["a"], atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(ours[1:2], base, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(ours[2:3], expected["b"], atol=2e-2, rtol=2e-2)
+
+
+def test_rows_with_different_adapters_share_a_batch(
+    tiny_runtime: ModelRuntime, tiny_model_dir: Path, make_lora_adapter
+) -> None:
+    tiny_runtime.load_adapter("a", make_lora_adapter(tiny_model_dir, seed=1))
+    tiny_runtime.load_adapter("b", make_lora_adapter(tiny_model_dir, seed=2))
+    choices = ["a", None, "b", "a"]
+    alone = [tiny_runtime.generate(ask(i), adapter=name).text for i, name in enumerate(choices)]
+    hold = Hold()
+    first = tiny_runtime.submit(ask(0), adapter="a", on_token=hold)
+    assert hold.started.wait(10)
+    rest = [tiny_runtime.submit(ask(i), adapter=name) for i, name in enumerate(choices) if i]
+    hold.released.set()
+    together = [f.result() for f in [first, *rest]]
+    assert [g.text for g in together] == alone
+    assert [g.adapter for g in together] == choices
+    assert tiny_runtime.peak_batch == len(choices)
+
+
+def test_a_request_joins_the_running_batch_and_leaves_when_done(tiny_runtime: ModelRuntime) -> None:
+    long_alone = tiny_runtime.generate(ask(1), max_new_tokens=24)
+    short_alone = tiny_runtime.generate(ask(2), max_new_tokens=3)
+    assert long_alone.completion_tokens > short_alone.completion_tokens + 3
+    hold = Hold()
+    long = tiny_runtime.submit(ask(1), max_new_tokens=24, on_token=hold)
+    assert hold.started.wait(10)
+    short = tiny_runtime.submit(ask(2), max_new_tokens=3)  # arrives while the long one runs
+    order = finish_order({"long": long, "short": short})
+    hold.released.set()
+    assert long.result().text == long_alone.text
+    assert short.result().text == short_alone.text
+    assert order() == ["short", "long"]  # it did not wait for the long answer to finish
+
+
+def test_cancel_ends_one_row_and_the_others_go_on(tiny_runtime: ModelRuntime) -> None:
+    other_alone = tiny_runtime.generate(ask(3), max_new_tokens=12).text
+    cancel = threading.Event()
+    hold = Hold()
+    doomed = tiny_runtime.submit(ask(1), max_new_tokens=200, on_token=hold, cancel=cancel)
+    assert hold.started.wait(10)
+    other = tiny_runtime.submit(ask(3), max_new_tokens=12)
+    cancel.set()
+    hold.released.set()
+    assert doomed.result().completion_tokens < 5
+    assert other.result().text == other_alone
+
+
+def test_members_questions_go_before_background_work(small_runtime: ModelRuntime) -> None:
+    hold = Hold()
+    running = small_runtime.submit(ask(0), on_token=hold)
+    assert hold.started.wait(10)
+    background = {f"gate{i}": small_runtime.submit(ask(i), priority=BACKGROUND) for i in range(1, 4)}
+    member = small_runtime.submit(ask(9))
+    order = finish_order({"running": running, **background, "member": member})
+    hold.released.set()
+    for future in [member, *background.values()]:
+        future.result()
+    assert order() == ["running", "member", "gate1", "gate2", "gate3"]
+
+
+def test_a_full_queue_tells_the_member_where_they_stand(small_runtime: ModelRuntime) -> None:
+    hold = Hold()
+    running = small_runtime.submit(ask(0), on_token=hold)
+    assert hold.started.wait(10)
+    waiting = small_runtime.submit(ask(1))
+    with pytest.raises(RuntimeBusy, match=r"1 questions are waiting before yours.*Ask again"):
+        small_runtime.submit(ask(2))
+    assert small_runtime.queue_load() == {"running": 1, "waiting": 1, "background_waiting": 0}
+    evaluation = small_runtime.submit(ask(3), priority=BACKGROUND)  # background work is not refused
+    hold.released.set()
+    assert all(f.result().completion_tokens > 0 for f in (running, waiting, evaluation))
+    assert small_runtime.generate(ask(2)).completion_tokens > 0  # room again once the queue drained
+
+
+def test_unload_waits_for_the_requests_that_use_the_adapter(
+    tiny_runtime: ModelRuntime, tiny_model_dir: Path, make_lora_adapter
+) -> None:
+    tiny_runtime.load_adapter("a", make_lora_adapter(tiny_model_dir, seed=1))
+    expected = tiny_runtime.generate(QUESTION, adapter="a").text
+    hold = Hold()
+    using = tiny_runtime.submit(QUESTION, adapter="a", on_token=hold)
+    assert hold.started.wait(10)
+    unloading = threading.Thread(target=tiny_runtime.unload_adapter, args=("a",))
+    unloading.start()
+    unloading.join(0.3)
+    assert unloading.is_alive()  # still in use
+    assert "a" not in tiny_runtime.adapters  # but no new request can ask for it
+    hold.released.set()
+    unloading.join(10)
+    assert not unloading.is_alive()
+    assert using.result().text == expected
