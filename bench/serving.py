@@ -1,0 +1,283 @@
+"""Serving speed of the in-process runtime, side by side in one run (issue 13's figures).
+
+- Single stream, short question and a ~1,000-token RAG prompt: time to first token and decode tok/s
+  of the runtime (GPTQ 4-bit, continuous batching engine), of the previous path (transformers'
+  ``generate`` on the same GPTQ model, what the runtime ran before), of the plain fp32 model through
+  the runtime, and of llama.cpp on the wheel's own GGUF when ``llama_cpp`` is installed (optional:
+  it builds from source in ~12 min, so it is not a dependency).
+- Concurrency: 1, 2, 4, 8, 16 asks at once, aggregate tok/s and time to the last answer; 8 at once
+  split across two adapters and the base model; the asyncio event loop's longest stall with 8 at once.
+- Peak RSS of this process.
+
+Decoding is greedy and ignores the end-of-sequence token, as llama-bench does, so every run decodes
+the same number of tokens. Run: ``python bench/serving.py [--models DIR] [--new-tokens N]``;
+writes bench/results/serving.json. Take it on a quiet machine (the load average is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import machine, models_dir, rag_messages, write
+
+SHORT = [{"role": "user", "content": "Why is the sky blue? Explain in detail."}]
+QUESTIONS = [
+    "Why is the sky blue?",
+    "How do cats purr?",
+    "What is a good name for a parrot?",
+    "How do I water a cactus?",
+    "What is the capital of Japan?",
+    "Why do leaves change colour in autumn?",
+    "How long should I boil an egg?",
+    "What is a LoRA adapter?",
+]
+RUNS = 3
+
+
+def ignore_eos(runtime: Any) -> None:
+    """Decode to the token limit, as llama-bench does (the bench's only reach into the engine)."""
+    runtime._engine._eos = set()
+
+
+def single_stream(runtime: Any, prompts: dict[str, list[dict[str, str]]], new_tokens: int) -> dict[str, Any]:
+    out = {}
+    for name, messages in prompts.items():
+        runtime.generate(messages, max_new_tokens=4)  # warm-up
+        runs = [runtime.generate(messages, max_new_tokens=new_tokens) for _ in range(RUNS)]
+        out[name] = {
+            "prompt_tokens": runs[0].prompt_tokens,
+            "completion_tokens": runs[0].completion_tokens,
+            "ttft_s": round(statistics.median(r.first_token_seconds or 0.0 for r in runs), 3),
+            "decode_tok_s": round(statistics.median(r.tokens_per_second for r in runs), 1),
+        }
+        print(name, out[name], flush=True)
+    return out
+
+
+class FirstToken:
+    """A transformers streamer that only records when each put happened."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, _value: Any) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate(runtime: Any, prompts: dict[str, list[dict[str, str]]], new_tokens: int) -> dict[str, Any]:
+    """The previous path: ``model.generate`` for one request, first token timed by a streamer."""
+    import torch
+
+    model, tokenizer = runtime._base_model, runtime.tokenizer
+    out = {}
+    for name, messages in prompts.items():
+        ids = tokenizer(runtime.render_prompt(messages), return_tensors="pt", add_special_tokens=False)
+        runs = []
+        for i in range(RUNS + 1):
+            first = FirstToken()
+            started = time.perf_counter()
+            with torch.inference_mode():
+                model.generate(
+                    **ids,
+                    max_new_tokens=4 if i == 0 else new_tokens,
+                    min_new_tokens=4 if i == 0 else new_tokens,
+                    do_sample=False,
+                    streamer=first,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            ended = time.perf_counter()
+            if i:  # the streamer's first put is the prompt, the second the first new token
+                runs.append((first.times[1] - started, (new_tokens - 1) / (ended - first.times[1])))
+        out[name] = {
+            "prompt_tokens": int(ids["input_ids"].shape[1]),
+            "completion_tokens": new_tokens,
+            "ttft_s": round(statistics.median(r[0] for r in runs), 3),
+            "decode_tok_s": round(statistics.median(r[1] for r in runs), 1),
+        }
+        print("hf generate", name, out[name], flush=True)
+    return out
+
+
+def llama_cpp(prompts: dict[str, list[dict[str, str]]], new_tokens: int, render: Any) -> dict[str, Any]:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"skipped": "llama_cpp is not installed (pip install llama-cpp-python: builds ~12 min)"}
+    from adapters.default_model import gguf_path
+
+    llm = Llama(model_path=str(gguf_path()), n_threads=2, n_ctx=2048, verbose=False)
+    out = {}
+    for name, messages in prompts.items():
+        prompt = render(messages)
+        runs = []
+        for i in range(RUNS + 1):
+            started = time.perf_counter()
+            first = None
+            count = 0
+            for _ in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, stream=True):
+                first = first or time.perf_counter()
+                count += 1
+            ended = time.perf_counter()
+            if i and first is not None and count > 1:
+                runs.append((first - started, (count - 1) / (ended - first)))
+        out[name] = {
+            "ttft_s": round(statistics.median(r[0] for r in runs), 3),
+            "decode_tok_s": round(statistics.median(r[1] for r in runs), 1),
+            "note": "stops at end-of-sequence (llama-cpp-python has no ignore-eos in create_completion)",
+        }
+        print("llama.cpp", name, out[name], flush=True)
+    return out
+
+
+def concurrent(
+    runtime: Any, count: int, new_tokens: int, adapters: list[Any] | None = None
+) -> dict[str, Any]:
+    adapters = adapters or [None]
+    started = time.perf_counter()
+    futures = [
+        runtime.submit(
+            [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            max_new_tokens=new_tokens,
+            adapter=adapters[i % len(adapters)],
+        )
+        for i in range(count)
+    ]
+    results = [f.result() for f in futures]
+    wall = time.perf_counter() - started
+    tokens = sum(r.completion_tokens for r in results)
+    return {
+        "asks": count,
+        "tokens": tokens,
+        "aggregate_tok_s": round(tokens / wall, 1),
+        "last_answer_s": round(wall, 2),
+        "adapters": sorted({str(r.adapter) for r in results}),
+    }
+
+
+def loop_stall(runtime: Any, count: int, new_tokens: int) -> dict[str, Any]:
+    """The longest the event loop was late while ``count`` answers streamed into it."""
+
+    async def run() -> dict[str, Any]:
+        late: list[float] = []
+        done = asyncio.Event()
+        pieces = 0
+
+        def on_token(_piece: str) -> None:
+            nonlocal pieces
+            pieces += 1
+
+        async def ticker() -> None:
+            while not done.is_set():
+                before = time.perf_counter()
+                await asyncio.sleep(0.005)
+                late.append(time.perf_counter() - before - 0.005)
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.gather(
+            *[
+                runtime.agenerate(
+                    [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                    max_new_tokens=new_tokens,
+                    on_token=on_token,
+                )
+                for i in range(count)
+            ]
+        )
+        done.set()
+        await tick
+        return {"asks": count, "pieces_streamed": pieces, "stall_max_ms": round(max(late) * 1000, 1)}
+
+    return asyncio.run(run())
+
+
+def random_adapter(plain_dir: Path, dest: Path, seed: int) -> Path:
+    """A random (non-zero) LoRA adapter for the default model: serving cost does not depend on what
+    it learned, and training one takes minutes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapters._train_worker import TARGET_MODULES
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(plain_dir), dtype=torch.float32)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGET_MODULES, init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data.mul_(0.01)  # small, like a trained adapter's update
+    peft_model.save_pretrained(str(dest))
+    return dest
+
+
+def single_stream_adapter(runtime: Any, new_tokens: int) -> dict[str, Any]:
+    """Decode speed of one request with an adapter (the LoRA hooks' cost)."""
+    runtime.generate(SHORT, max_new_tokens=4, adapter="bench-1")
+    runs = [runtime.generate(SHORT, max_new_tokens=new_tokens, adapter="bench-1") for _ in range(RUNS)]
+    return {
+        "ttft_s": round(statistics.median(r.first_token_seconds or 0.0 for r in runs), 3),
+        "decode_tok_s": round(statistics.median(r.tokens_per_second for r in runs), 1),
+    }
+
+
+def main() -> None:
+    from adapters.default_model import default_model_dir, plain_model_dir
+    from adapters.runtime import ModelRuntime
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=None, help="models dir (default: settings)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=16)
+    args = parser.parse_args()
+    models = models_dir()
+    n = args.new_tokens
+    prompts = {"short_question": SHORT, "rag_1000_tokens": rag_messages(0, 5)}
+    result: dict[str, Any] = {"machine": machine(), "threads": 2, "new_tokens": n}
+    with ModelRuntime.load(
+        default_model_dir(models), device="cpu", threads=2, max_batch=args.max_batch
+    ) as rt:
+        ignore_eos(rt)
+        result["kernels"] = rt.info()["kernels"]
+        result["gptq_engine"] = single_stream(rt, prompts, n)
+        result["gptq_hf_generate"] = hf_generate(rt, prompts, n)
+        result["concurrency"] = []
+        for count in (1, 2, 4, 8, 16):
+            row = concurrent(rt, count, n)
+            result["concurrency"].append(row)
+            print(row, flush=True)
+        one = result["concurrency"][0]["aggregate_tok_s"]
+        for row in result["concurrency"]:
+            row["vs_one"] = round(row["aggregate_tok_s"] / one, 2)
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in (1, 2):
+                rt.load_adapter(f"bench-{i}", random_adapter(plain_model_dir(models), Path(tmp) / str(i), i))
+            row = concurrent(rt, 8, n, adapters=["bench-1", "bench-2", None])
+            row["vs_one"] = round(row["aggregate_tok_s"] / one, 2)
+            result["concurrency_two_adapters_and_base"] = row
+            print(row, flush=True)
+            result["adapter_single_stream"] = single_stream_adapter(rt, n)
+        result["event_loop"] = loop_stall(rt, 8, n)
+        print(result["event_loop"], flush=True)
+        render = rt.render_prompt
+    result["llama_cpp"] = llama_cpp(prompts, n, render)
+    with ModelRuntime.load(plain_model_dir(models), device="cpu", threads=2) as rt:
+        ignore_eos(rt)
+        result["fp32_engine"] = single_stream(rt, prompts, n)
+    result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
+    result["machine"]["load_average_after"] = os.getloadavg()
+    write("serving", result)
+
+
+if __name__ == "__main__":
+    main()
