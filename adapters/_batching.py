@@ -130,10 +130,11 @@ class BatchEngine:
                 raise AdapterError("The model runtime is closed: build a new one.")
             if request.priority == INTERACTIVE:
                 ahead = sum(1 for p, _, _ in self._waiting if p == INTERACTIVE)
-                if ahead >= self.max_waiting:
+                must_wait = self._running() + ahead >= self.max_batch
+                if must_wait and ahead >= self.max_waiting:
                     raise RuntimeBusy(
-                        f"I am busy: {self._running()} answers are being written and {ahead} questions are "
-                        "waiting before yours. Ask again in a minute."
+                        f"I am busy writing {self._running()} answer(s), with {ahead} question(s) waiting "
+                        "before yours. Ask again in a minute."
                     )
             heapq.heappush(self._waiting, (request.priority, next(self._order), request))
             self._wake.notify()

@@ -264,10 +264,22 @@ class ModelRuntime(_AdapterChoice):
     def repetition_penalty(self, value: float) -> None:
         self._engine.repetition_penalty = value
 
-    @property
-    def peak_batch(self) -> int:
-        """The most requests decoded together since the runtime started."""
-        return self._engine.peak_batch
+    def set_limits(self, *, max_batch: int | None = None, max_waiting: int | None = None) -> None:
+        """Change how many requests are decoded together and how many members' questions may wait
+        (applies from the next step; nothing in flight or queued is dropped)."""
+        if max_batch is not None:
+            if max_batch < 1:
+                raise AdapterError("max_batch must be at least 1.")
+            self._engine.max_batch = max_batch
+        if max_waiting is not None:
+            self._engine.max_waiting = max(0, max_waiting)
+
+    def peak_batch(self, *, reset: bool = False) -> int:
+        """The most requests decoded together since the runtime started (or the last reset)."""
+        peak = self._engine.peak_batch
+        if reset:
+            self._engine.peak_batch = 0
+        return peak
 
     def queue_load(self) -> dict[str, int]:
         """Requests being answered (``running``) and waiting (members' and background)."""

@@ -87,6 +87,7 @@ def test_rows_with_different_adapters_share_a_batch(
     tiny_runtime.load_adapter("b", make_lora_adapter(tiny_model_dir, seed=2))
     choices = ["a", None, "b", "a"]
     alone = [tiny_runtime.generate(ask(i), adapter=name).text for i, name in enumerate(choices)]
+    tiny_runtime.peak_batch(reset=True)
     hold = Hold()
     first = tiny_runtime.submit(ask(0), adapter="a", on_token=hold)
     assert hold.started.wait(10)
@@ -95,7 +96,7 @@ def test_rows_with_different_adapters_share_a_batch(
     together = [f.result() for f in [first, *rest]]
     assert [g.text for g in together] == alone
     assert [g.adapter for g in together] == choices
-    assert tiny_runtime.peak_batch == len(choices)
+    assert tiny_runtime.peak_batch() == len(choices)
 
 
 def test_a_request_joins_the_running_batch_and_leaves_when_done(tiny_runtime: ModelRuntime) -> None:
@@ -144,7 +145,9 @@ def test_a_full_queue_tells_the_member_where_they_stand(small_runtime: ModelRunt
     running = small_runtime.submit(ask(0), on_token=hold)
     assert hold.started.wait(10)
     waiting = small_runtime.submit(ask(1))
-    with pytest.raises(RuntimeBusy, match=r"1 questions are waiting before yours.*Ask again"):
+    with pytest.raises(
+        RuntimeBusy, match=r"writing 1 answer\(s\), with 1 question\(s\) waiting before yours\. Ask again"
+    ):
         small_runtime.submit(ask(2))
     assert small_runtime.queue_load() == {"running": 1, "waiting": 1, "background_waiting": 0}
     evaluation = small_runtime.submit(ask(3), priority=BACKGROUND)  # background work is not refused

@@ -91,10 +91,12 @@ def channel_refusal(channel: Any, allowed: Sequence[int]) -> str:
 
 
 class ChannelOrder:
-    """One FIFO lock per channel: questions in a channel are answered in the order they arrived.
+    """One FIFO lock per channel: answers in a channel start (post their first message) in the order
+    the questions arrived.
 
-    ``asyncio.Lock`` wakes waiters first-come first-served, so a lock per channel is a queue;
-    different channels proceed independently (the model runtime queues the actual generation).
+    ``asyncio.Lock`` wakes waiters first-come first-served, so a lock per channel is a queue; it is
+    held only while an answer's first message is posted, and the answers are then written together
+    (the model runtime batches them).
     """
 
     def __init__(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -57,6 +58,15 @@ PROBE_TIMEOUT = 2.0
 PRIVATE_NOTE = "Only you can see this answer: it uses your personal records."
 DM_NOTE = "This answer uses your personal records, so I sent it to you in a direct message."
 NO_DM_NOTE = "This answer uses your personal records and I could not DM you. Use `/ask` to get it privately."
+PLACEHOLDER = "…"  # the answer's first message, posted in arrival order; the answer streams into it
+
+
+@dataclass
+class _Opened:
+    """Where an answer is being delivered: its first message is out."""
+
+    delivery: Delivery
+    private: bool
 
 
 class AskCog(commands.Cog):
@@ -98,9 +108,12 @@ class AskCog(commands.Cog):
             return
         async with message.channel.typing():
             history = await self.history(message)
-            lock = self.order.lock(message.channel.id)
-            async with lock:
-                await self._answer_message(message, question, history)
+            # Only the first message of each answer goes out in arrival order; the answers themselves
+            # are written together (the runtime batches them) and stream into those messages.
+            async with self.order.lock(message.channel.id):
+                opened = await self._open_answer(message, question)
+            if opened is not None:
+                await self._answer_message(message, question, history, opened)
 
     @app_commands.command(name="ask", description="Ask loopbot a question about this community.")
     @app_commands.describe(question="Your question", private="Only you see the answer (default: no)")
@@ -129,26 +142,26 @@ class AskCog(commands.Cog):
             return [first, *await followups(interaction, pieces[1:], view, ephemeral=private)]
 
         delivery = Delivery(edit, post, private, self.services.pending_answers, buttons=private)
+        # The deferred response already holds the answer's place in the channel: no need to wait.
         channel_id = interaction.channel_id or 0
-        async with self.order.lock(channel_id):
-            answer = await self._generate(question, interaction.user, interaction.guild_id, (), delivery)
-            if answer is None:
-                delivery.release()
-                return
-            if uses_personal(answer.sources) and not private:
-                # The probe missed: never leave personal sources in public. Hide it, deliver privately.
-                await interaction.edit_original_response(
-                    content=DM_NOTE.replace("in a direct message", "privately")
-                )
-                delivery.release()
-                delivery = Delivery(
-                    edit,
-                    followup_poster(interaction),
-                    True,
-                    self.services.pending_answers,
-                    buttons=True,
-                )
-            await self._finish(answer, delivery, interaction.user, interaction.guild_id, channel_id)
+        answer = await self._generate(question, interaction.user, interaction.guild_id, (), delivery)
+        if answer is None:
+            delivery.release()
+            return
+        if uses_personal(answer.sources) and not private:
+            # The probe missed: never leave personal sources in public. Hide it, deliver privately.
+            await interaction.edit_original_response(
+                content=DM_NOTE.replace("in a direct message", "privately")
+            )
+            delivery.release()
+            delivery = Delivery(
+                edit,
+                followup_poster(interaction),
+                True,
+                self.services.pending_answers,
+                buttons=True,
+            )
+        await self._finish(answer, delivery, interaction.user, interaction.guild_id, channel_id)
 
     # ------------------------------------------------------------------ guards
 
@@ -230,9 +243,9 @@ class AskCog(commands.Cog):
 
     # ------------------------------------------------------------------ answering
 
-    async def _answer_message(
-        self, message: discord.Message, question: str, history: list[dict[str, str]]
-    ) -> None:
+    async def _open_answer(self, message: discord.Message, question: str) -> _Opened | None:
+        """Decide where the answer goes and post its first message (a placeholder the answer streams
+        into); None when it cannot be delivered (a DM the member does not accept, said in public)."""
         guild_id = message.guild.id if message.guild else None
         private = isinstance(message.channel, discord.DMChannel) or await self._retrieves_personal(
             question, message.author.id, guild_id
@@ -247,12 +260,20 @@ class AskCog(commands.Cog):
             target, message if target is message.channel else None, private, self.services.pending_answers
         )
         try:
-            answer = await self._generate(question, message.author, guild_id, history, delivery)
+            await delivery.edit(PLACEHOLDER)
         except discord.Forbidden:
             delivery.release()
             if public_note is not None:
                 await public_note.edit(content=NO_DM_NOTE)
-            return
+            return None
+        return _Opened(delivery, private)
+
+    async def _answer_message(
+        self, message: discord.Message, question: str, history: list[dict[str, str]], opened: _Opened
+    ) -> None:
+        guild_id = message.guild.id if message.guild else None
+        delivery, private = opened.delivery, opened.private
+        answer = await self._generate(question, message.author, guild_id, history, delivery)
         if answer is None:
             delivery.release()
             return

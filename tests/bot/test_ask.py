@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 CAT_POST = "Mochi the cat eats twice a day: a small breakfast at seven and dinner at six."
 
 
@@ -90,15 +92,18 @@ async def test_a_long_answer_is_split_and_every_part_is_logged(
     assert streamed
 
 
-async def test_members_asking_at_once_are_all_answered_in_order(world, bot_services) -> None:
+async def test_members_asking_at_once_are_answered_together_and_posted_in_order(world, bot_services) -> None:
     env, mention = world.env, world.bot.user.mention
     askers = [world.alice, world.bob, world.carol, world.dave]
     # Post all four questions before the bot handles any of them, then let it work.
+    bot_services["runtime"].peak_batch(reset=True)
     questions = [
         env.backend.create_message(world.channel.id, member.id, f"{mention} question number {n}")
         for n, member in enumerate(askers)
     ]
     await env.settle()
+    # The answers were written together (one batch), not one after the other.
+    assert bot_services["runtime"].peak_batch() > 1
 
     answers = world.bot_messages()
     assert len(answers) == len(questions)
@@ -178,3 +183,27 @@ async def test_a_direct_message_is_a_question_without_a_mention(world, bot_servi
     # A DM belongs to no server: no community posts and no personal records are searched.
     assert record.question == "how often should a kitten eat?" and record.context == ""
     assert "personal records" not in answers[0].content
+
+
+async def test_a_member_is_told_when_the_bot_is_too_busy_and_nothing_is_lost(world, bot_services) -> None:
+    runtime = bot_services["runtime"]
+    runtime.set_limits(max_batch=1, max_waiting=0)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_piece: str) -> None:  # another member's answer occupies the only row
+        started.set()
+        release.wait(30)
+
+    try:
+        occupying = runtime.submit([{"role": "user", "content": "a long answer"}], on_token=hold)
+        assert started.wait(30)
+        await world.alice.send(world.channel, f"{world.bot.user.mention} when does the club meet?")
+        reply = world.bot_messages()[-1]
+        assert "I am busy writing 1 answer(s), with 0 question(s) waiting before yours" in reply.content
+        assert "Ask again in a minute" in reply.content
+    finally:
+        release.set()
+        runtime.set_limits(max_batch=8, max_waiting=32)
+    assert occupying.result(timeout=30).completion_tokens > 0  # the running answer was not dropped
+    await world.alice.send(world.channel, f"{world.bot.user.mention} when does the club meet?")
+    assert "I am busy" not in world.bot_messages()[-1].content
