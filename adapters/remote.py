@@ -123,7 +123,10 @@ class RemoteRuntime(_AdapterChoice):
         """
         if not messages:
             raise AdapterError("Nothing to answer: the message list is empty.")
-        name = self._resolve_adapter(adapter)
+        names = self._resolve_adapters(adapter)
+        # vLLM applies one LoRA per request: of a stack (the guild's, then a member's), the last and
+        # most specific one answers.
+        name = names[-1] if names else None
         chat = with_system(messages, self.default_system_prompt if system_prompt is None else system_prompt)
         body = {
             "model": name or self._model,

@@ -105,13 +105,17 @@ class _AdapterChoice:
         with self._lock:
             self._active = name
 
-    def _resolve_adapter(self, adapter: Any) -> str | None:
-        name = self._active if adapter is ACTIVE else adapter
-        if name is not None and name not in self._adapters:
-            raise AdapterError(
-                f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
-            )
-        return name
+    def _resolve_adapters(self, adapter: Any) -> tuple[str, ...]:
+        """The adapters a request is answered with: ``ACTIVE`` (the active one now), None (the base
+        model), a name, or a tuple of names applied together (a member's adapter on the guild's)."""
+        chosen = self._active if adapter is ACTIVE else adapter
+        names = tuple(chosen) if isinstance(chosen, tuple | list) else (chosen,) if chosen is not None else ()
+        for name in names:
+            if name not in self._adapters:
+                raise AdapterError(
+                    f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
+                )
+        return names
 
     def generate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation:
         """Blocking :meth:`submit`; safe to call from many threads at once."""
@@ -378,14 +382,15 @@ class ModelRuntime(_AdapterChoice):
     ) -> concurrent.futures.Future[Generation]:
         """Queue a generation; the future resolves to a :class:`Generation`.
 
-        The adapter is fixed now (``ACTIVE`` = the active one at this moment). ``on_token`` is
+        The adapter is fixed now (``ACTIVE`` = the active one at this moment; a tuple of names stacks
+        them, their LoRA deltas added). ``on_token`` is
         called on the worker thread with each new piece of text. Setting ``cancel`` stops early
         (the answer so far is the result). ``priority=BACKGROUND`` for work no member waits on.
         RuntimeBusy when too many members' questions already wait.
         """
         if not messages:
             raise AdapterError("Nothing to answer: the message list is empty.")
-        name = self._resolve_adapter(adapter)
+        names = self._resolve_adapters(adapter)
         limit = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit < 1:
             raise AdapterError("max_new_tokens must be at least 1.")
@@ -394,7 +399,7 @@ class ModelRuntime(_AdapterChoice):
         ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = Request(
             prompt_ids=list(ids),
-            adapters=(name,) if name is not None else (),
+            adapters=names,
             max_new_tokens=limit,
             temperature=self.default_temperature if temperature is None else temperature,
             stop=tuple(stop),

@@ -173,3 +173,50 @@ def test_unload_waits_for_the_requests_that_use_the_adapter(
     unloading.join(10)
     assert not unloading.is_alive()
     assert using.result().text == expected
+
+
+def test_stacked_adapters_add_their_deltas(tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter) -> None:
+    """A row with (a, b) gets base + delta_a + delta_b on every layer both adapt (a member's
+    adapter stacked on the guild's)."""
+    import torch
+
+    from adapters._loading import check_adapter_dir, load_base_model, module_shapes
+    from adapters._lora import LoraBank, read_adapter
+
+    model, _ = load_base_model(tiny_gptq_dir, device="cpu")
+    shapes = module_shapes(model)
+    deltas = {
+        name: read_adapter(path, check_adapter_dir(path, shapes, str(tiny_gptq_dir)))
+        for name, path in (
+            ("a", make_lora_adapter(tiny_model_dir, seed=1)),
+            ("b", make_lora_adapter(tiny_model_dir, seed=3, r=8)),  # ranks differ: padded in the stack
+        )
+    }
+    bank = LoraBank(model)
+    for name, delta in deltas.items():
+        bank.add(name, delta)
+    module_name = "model.layers.0.self_attn.q_proj"
+    layer = dict(model.named_modules())[module_name]
+    x = torch.randn(2, 3, shapes[module_name][0]).to(next(model.parameters()).dtype)
+    with torch.inference_mode():
+        bank.use([(), ()])
+        base = layer(x).float()
+        bank.use([("a", "b"), ("b",)])
+        stacked = layer(x).float()
+    expected = base.clone()
+    for row, names in enumerate((("a", "b"), ("b",))):
+        for name in names:
+            d = deltas[name][module_name]
+            expected[row] += (x[row].float() @ d.a.float().T) @ d.b.float().T * d.scale
+    torch.testing.assert_close(stacked, expected, atol=3e-2, rtol=3e-2)
+    assert not torch.allclose(stacked[0], stacked[1], atol=1e-2)
+
+
+def test_a_stack_of_adapters_is_served_and_named(
+    tiny_runtime: ModelRuntime, tiny_model_dir: Path, make_lora_adapter
+) -> None:
+    tiny_runtime.load_adapter("guild", make_lora_adapter(tiny_model_dir, seed=1))
+    tiny_runtime.load_adapter("member", make_lora_adapter(tiny_model_dir, seed=2))
+    stacked = tiny_runtime.generate(QUESTION, adapter=("guild", "member"))
+    assert stacked.adapter == "guild+member"
+    assert stacked.text not in {tiny_runtime.generate(QUESTION, adapter=a).text for a in ("guild", "member")}
