@@ -29,6 +29,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,9 +224,30 @@ def run_gate(
     questions = list(regression) if regression is not None else load_regression_questions()
     rows: list[dict[str, Any]] = []
     sets: dict[str, SetScore] = {}
+    # Every answer is queued at once (each set and the regression run, for both adapters), so the
+    # runtime batches them all, as background work behind members' questions.
+    with ThreadPoolExecutor(max_workers=2 * (len(PAIR_SETS) + 1)) as pool:
+        pending = {
+            (name, a): pool.submit(_answer_all, runtime, list(pairs.get(name, ())), a, max_new_tokens)
+            for name in PAIR_SETS
+            for a in (active, candidate)
+        }
+        pending_regression = {
+            a: pool.submit(
+                run_regression,
+                runtime,
+                adapter=a,
+                questions=questions,
+                system_prompt=system_prompt,
+                max_new_tokens=max_new_tokens,
+            )
+            for a in (active, candidate)
+        }
+        answered = {key: future.result() for key, future in pending.items()}
+        reg = {a: future.result() for a, future in pending_regression.items()}
     for name in PAIR_SETS:
         items = list(pairs.get(name, ()))
-        answers = {a: _answer_all(runtime, items, a, max_new_tokens) for a in (active, candidate)}
+        answers = {a: answered[(name, a)] for a in (active, candidate)}
         scores: dict[str | None, list[float]] = {active: [], candidate: []}
         for index, item in enumerate(items):
             row: dict[str, Any] = {"set": name, "question": item.question, "expected": item.expected}
@@ -241,16 +263,6 @@ def run_gate(
             rows.append(row)
         mean = {a: (sum(v) / len(v) if v else 0.0) for a, v in scores.items()}
         sets[name] = SetScore(len(items), mean[active], mean[candidate])
-    reg = {
-        name: run_regression(
-            runtime,
-            adapter=name,
-            questions=questions,
-            system_prompt=system_prompt,
-            max_new_tokens=max_new_tokens,
-        )
-        for name in (active, candidate)
-    }
     for a, c in zip(reg[active], reg[candidate], strict=True):
         rows.append(
             {

@@ -134,11 +134,14 @@ class Stage:
 class AdapterRegistry:
     """Versioned adapters under ``root`` with an atomically replaced active pointer and history."""
 
-    def __init__(self, root: Path | str, guild_id: str | None = None) -> None:
+    def __init__(self, root: Path | str, guild_id: str | None = None, member_id: str | None = None) -> None:
         self.root = Path(root)
-        self.guild_id = guild_id  # the guild whose adapters these are (None: the registry of old)
+        self.guild_id = (
+            guild_id  # the guild whose adapters these are (None: a member's, or the registry of old)
+        )
+        self.member_id = member_id  # the member whose own adapters these are (their personal pairs)
         # Prefixes the served names of its versions, so several registries share one runtime.
-        self.scope = f"g{guild_id}" if guild_id else ""
+        self.scope = f"g{guild_id}" if guild_id else f"m{member_id}" if member_id else ""
 
     # ----- reading -------------------------------------------------------------------------------
     def read_cache(self, key: str) -> Any | None:
@@ -369,6 +372,7 @@ class AdapterRegistry:
 
 
 GUILDS_DIR = "guilds"
+MEMBERS_DIR = "members"
 
 
 def guild_registry(adapters_dir: Path | str, guild_id: str) -> AdapterRegistry:
@@ -377,6 +381,14 @@ def guild_registry(adapters_dir: Path | str, guild_id: str) -> AdapterRegistry:
     if not str(guild_id).isdigit():
         raise AdapterError(f"Invalid guild id {guild_id!r}: pass the Discord server id (digits).")
     return AdapterRegistry(Path(adapters_dir) / GUILDS_DIR / str(guild_id), guild_id=str(guild_id))
+
+
+def member_registry(adapters_dir: Path | str, member_id: str) -> AdapterRegistry:
+    """The registry of one member's own adapters, ``<adapters_dir>/members/<member_id>``, trained on
+    their personal pairs only and served only to them; its versions are served as ``m<id>-vNNNN``."""
+    if not str(member_id).isdigit():
+        raise AdapterError(f"Invalid member id {member_id!r}: pass the Discord user id (digits).")
+    return AdapterRegistry(Path(adapters_dir) / MEMBERS_DIR / str(member_id), member_id=str(member_id))
 
 
 def guild_ids(adapters_dir: Path | str) -> builtins.list[str]:

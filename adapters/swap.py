@@ -96,13 +96,24 @@ class AdapterRouter:
             self._current[scope] = name
             if name is not None:
                 self._served.add(name)
-            in_use = {n for n in (*self._current.values(), *self._previous.values()) if n}
-            in_use.add(self.runtime.active_adapter)
-            for loaded in self.runtime.adapters:
-                if loaded in self._served and loaded not in in_use:
-                    self.runtime.unload_adapter(loaded)
-                    self._served.discard(loaded)
+            self._unload_unused()
             return previous
+
+    def drop(self, scope: str) -> None:
+        """Stop routing ``scope`` and unload what only it used, its previous adapter included (a
+        forgotten member's own adapter leaves memory; the runtime lets requests using it finish)."""
+        with self._lock:
+            self._current.pop(scope, None)
+            self._previous.pop(scope, None)
+            self._unload_unused()
+
+    def _unload_unused(self) -> None:
+        in_use = {n for n in (*self._current.values(), *self._previous.values()) if n}
+        in_use.add(self.runtime.active_adapter)
+        for loaded in self.runtime.adapters:
+            if loaded in self._served and loaded not in in_use:
+                self.runtime.unload_adapter(loaded)
+                self._served.discard(loaded)
 
     def sync(self, scope: str, registry: AdapterRegistry) -> str | None:
         """Serve ``scope`` the registry's active version (a no-op when it already does)."""

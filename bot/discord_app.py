@@ -123,14 +123,25 @@ def _probe_for(answer_service: Any) -> PersonalProbe:
 
 
 def _trainer_for(services: Services) -> Trainer:
-    """One guild's training cycle on the bot's own parts, hot-swapping a promoted adapter into the
-    runtime for that guild only."""
+    """One guild's training cycle (or one member's own adapter's) on the bot's own parts,
+    hot-swapping a promoted adapter into the runtime for that guild (or that member) only."""
 
-    def trainer(progress: Callable[[Any], None], if_needed: bool, guild_id: str) -> Any:
+    def trainer(
+        progress: Callable[[Any], None], if_needed: bool, guild_id: str, member_id: str | None = None
+    ) -> Any:
         from bot.usecases.training import run_training_cycle
         from bot.wiring import build_training_parts
 
         adapters = services.adapters
+        if member_id is not None:
+            parts = build_training_parts(
+                services.settings,
+                services.feedback_log,
+                member_id=member_id,
+                runtime=services.runtime,
+                serve=(lambda v: adapters.swap_member(member_id, v)) if adapters is not None else None,
+            )
+            return run_training_cycle(services.settings, parts, progress=progress, if_needed=if_needed)
         parts = build_training_parts(
             services.settings,
             services.feedback_log,
@@ -181,8 +192,13 @@ def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
         personal_probe=get("personal_probe", lambda: _probe_for(answer_service)),
     )
     if services.runtime is not None and services.registry_for is not None:
+        from adapters.registry import member_registry
         from bot.usecases.serving import GuildAdapters
 
-        services.adapters = GuildAdapters(services.runtime, services.registry_for)
+        services.adapters = GuildAdapters(
+            services.runtime,
+            services.registry_for,
+            lambda member: member_registry(settings.adapters_dir, member),
+        )
     services.trainer = get("trainer", lambda: _trainer_for(services))
     return LoopBot(services)

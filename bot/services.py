@@ -25,13 +25,15 @@ __all__ = ["PersonalProbe", "Services", "Trainer"]
 
 
 class Trainer(Protocol):
-    """One guild's training cycle as the bot runs it, in a worker thread (the training itself is a
-    subprocess).
+    """One guild's training cycle (or, with ``member_id``, that member's own adapter's) as the bot
+    runs it, in a worker thread (the training itself is a subprocess).
 
     ``progress`` receives the cycle's events; ``if_needed`` (the schedule) trains only when enough
     new pairs exist. Returns something with a ``summary()`` (a ``CycleReport``) or a sentence."""
 
-    def __call__(self, progress: Callable[[Any], None], if_needed: bool, guild_id: str) -> Any: ...
+    def __call__(
+        self, progress: Callable[[Any], None], if_needed: bool, guild_id: str, member_id: str | None = None
+    ) -> Any: ...
 
 
 # (question, user_id, guild_id) -> whether retrieval returns the asker's personal records.

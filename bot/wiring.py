@@ -108,22 +108,32 @@ def build_training_parts(
     settings: Settings,
     feedback_log: FeedbackLog,
     *,
-    guild_id: str,
+    guild_id: str | None = None,
+    member_id: str | None = None,
     runtime: Runtime | None = None,
     serve: Callable[[AdapterVersion | None], Any] | None = None,
 ) -> TrainingParts:
-    """The parts of one guild's training cycle: the caller's log, the guild's registry, the base
-    model, and the serving ``runtime`` with its ``serve`` swap (None: a temporary runtime is loaded
-    for the gate, then closed)."""
+    """The parts of one guild's training cycle (or, with ``member_id``, of that member's own
+    adapter): the caller's log, the registry, the base model, and the serving ``runtime`` with its
+    ``serve`` swap (None: a temporary runtime is loaded for the gate, then closed)."""
+    from adapters.registry import member_registry
     from bot.usecases.training import TrainingParts
 
+    if (guild_id is None) == (member_id is None):
+        raise TypeError("build_training_parts needs exactly one of guild_id and member_id")
+    registry = (
+        member_registry(settings.adapters_dir, member_id)
+        if member_id is not None
+        else build_registry(settings, str(guild_id))
+    )
     return TrainingParts(
         feedback_log=feedback_log,
-        registry=build_registry(settings, guild_id),
+        registry=registry,
         base_model=lambda: resolve_model_base(settings),
         runtime=runtime,
         load_runtime=lambda: build_runtime(settings),
         guild_id=guild_id,
+        member_id=member_id,
         serve=serve,
     )
 

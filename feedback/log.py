@@ -373,6 +373,15 @@ class FeedbackLog:
             )
             return [str(row[0]) for row in rows]
 
+    def personal_pair_owners(self) -> list[str]:
+        """The members who have personal pairs (each may train an adapter of their own)."""
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT owner_id FROM pairs WHERE owner_id IS NOT NULL AND owner_id != '' "
+                "ORDER BY owner_id"
+            )
+            return [str(row[0]) for row in rows]
+
     def forgotten_pair_ids(self) -> set[int]:
         """Ids of every pair deleted by :meth:`forget_user`: an adapter trained on any is stale."""
         with self.db.reading() as conn:

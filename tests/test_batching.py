@@ -175,7 +175,9 @@ def test_unload_waits_for_the_requests_that_use_the_adapter(
     assert using.result().text == expected
 
 
-def test_stacked_adapters_add_their_deltas(tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter) -> None:
+def test_stacked_adapters_add_their_deltas(
+    tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter
+) -> None:
     """A row with (a, b) gets base + delta_a + delta_b on every layer both adapt (a member's
     adapter stacked on the guild's)."""
     import torch

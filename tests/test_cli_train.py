@@ -152,3 +152,55 @@ def test_demo_runs_the_whole_loop(data_dir: Path, capsys: pytest.CaptureFixture[
     log.close()
     assert stats.answers == 9 and stats.corrections == 5 and stats.upvotes == 4
     assert "4. retraining" in out and "5. answering again" in out
+
+
+@pytest.mark.slow
+def test_a_members_own_adapter_trains_on_their_personal_pairs_only(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = FeedbackLog(data_dir / "loopbot.db")
+    _seed(log)  # shared pairs of alice and bob in the guild
+    member = "4242"
+    for n, question in enumerate(
+        ["What is my cat's microchip?", "When is my vet visit?", "What does Luna eat?"]
+    ):
+        answer_id = log.record_answer(
+            guild_id="" if n else GUILD,  # a DM and a private answer in the guild: both hers alone
+            channel_id="dm",
+            user_id=member,
+            question=question,
+            context="",
+            chunk_ids=[],
+            prompt="",
+            prompt_version="t",
+            adapter=None,
+            answer=f"Private answer: {question}",
+            private=True,
+        )
+        log.set_vote(answer_id, member, 1, True)
+    personal = {str(p.id) for p in log.pairs(owner_id=member)}
+    shared = {str(p.id) for p in log.pairs()}
+    assert len(personal) == 3 and not personal & shared
+
+    code, out, err = _run(capsys, "train", "--member", member, "--json", "--no-progress", "--no-promote")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["trained"] and report["version"] == "v0001"
+    own = data_dir / "adapters" / "members" / member
+    meta = json.loads((own / "v0001" / "loopbot.json").read_text())
+    assert set(meta["pair_ids"]) <= personal and meta["pair_ids"]
+    # No shared registry saw her pairs, and the member registry holds no one else's.
+    for dataset in (data_dir / "adapters").rglob("dataset*.jsonl"):
+        text = dataset.read_text(encoding="utf-8")
+        assert ("Private answer" in text) == (own in dataset.parents)
+    rows = json.loads(_run(capsys, "adapters", "list", "--member", member, "--json")[1])
+    assert [r["version"] for r in rows] == ["v0001"]
+    assert _run(capsys, "adapters", "promote", "v0001", "--member", member)[0] == 0
+    assert json.loads(_run(capsys, "adapters", "list", "--member", member, "--json")[1])[0]["active"]
+    code, out, _ = _run(capsys, "adapters", "rollback", "--member", member)
+    assert code == 0 and "the bare base model is now active" in out
+    code, _, err = _run(capsys, "train", "--member", "alice")
+    assert code == 2 and "Discord user id (digits)" in err
+    code, _, err = _run(capsys, "train", "--member", member, "--guild", GUILD)
+    assert code == 2 and "not both" in err
+    log.close()

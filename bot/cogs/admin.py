@@ -222,20 +222,21 @@ class AdminCog(commands.Cog):
         await asyncio.gather(*edits, return_exceptions=True)  # no late progress over the outcome
         await interaction.edit_original_response(content=text[:2000])
 
-    async def run_training(self, guild_id: str, *, if_needed: bool) -> str:
-        """One server's training cycle off the event loop (it waits on the training subprocess); one
-        run at a time on the machine."""
+    async def run_training(self, guild_id: str, *, if_needed: bool, member_id: str | None = None) -> str:
+        """One server's training cycle (or one member's own adapter's) off the event loop (it waits
+        on the training subprocess); one run at a time on the machine."""
         trainer = self.services.trainer
         assert trainer is not None
         async with self.training:
             self.training_guild, self.last_progress = guild_id, "starting"
-            result = await asyncio.to_thread(trainer, self._progress, if_needed, guild_id)
+            own = {"member_id": member_id} if member_id is not None else {}
+            result = await asyncio.to_thread(trainer, self._progress, if_needed, guild_id, **own)
         return describe_result(result)
 
     def _training_note(self, guild_id: str) -> str:
         """What a member of ``guild_id`` may know about the run in progress (another server's: only that)."""
         if self.training_guild != guild_id:
-            return "Another server's training run is in progress; try again when it is done."
+            return "Another training run is in progress; try again when it is done."
         return f"A training run is already in progress: {self.last_progress or 'starting'}"
 
     def _progress(self, event: Any) -> None:
@@ -259,6 +260,15 @@ class AdminCog(commands.Cog):
                 )
             except user_errors() as error:
                 log.info("scheduled training skipped, guild %s: %s", guild.id, error)
+        # Then each member's own adapter, on their personal pairs (ids only in the log: no text).
+        for member in await asyncio.to_thread(self.services.feedback_log.personal_pair_owners):
+            if self.training.locked():
+                return
+            try:
+                outcome = await self.run_training("", if_needed=True, member_id=member)
+                log.info("scheduled training, member %s: %s", member, outcome)
+            except user_errors() as error:
+                log.info("scheduled training skipped, member %s: %s", member, error)
 
     @commands.Cog.listener()
     async def on_loopbot_retrain_needed(self, guild_id: str) -> None:

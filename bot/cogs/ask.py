@@ -321,8 +321,14 @@ class AskCog(commands.Cog):
         guild = str(guild_id) if guild_id is not None else None
         adapters = self.services.adapters
         try:
-            # Each server is answered with its own adapter (a DM has no server: the base model).
-            adapter = await asyncio.to_thread(adapters.adapter_for, guild) if adapters is not None else ACTIVE
+            # Each server is answered with its own adapter (a DM has no server: the base model); an
+            # answer only the asker sees also gets their own adapter, trained on their personal pairs.
+            member = str(user.id) if delivery.private else None
+            adapter = (
+                await asyncio.to_thread(adapters.adapter_for, guild, member)
+                if adapters is not None
+                else ACTIVE
+            )
             return await self.services.answer_service.aanswer(
                 question,
                 user_id=str(user.id),

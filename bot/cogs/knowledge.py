@@ -182,6 +182,7 @@ class KnowledgeCog(commands.Cog):
             user_id,
             adapters_dir=self.services.settings.adapters_dir,
             serve=serve,
+            drop_own_adapter=(lambda: adapters.drop_member(user_id)) if adapters is not None else None,
         )
         for guild in summary.replaced:
             if guild:

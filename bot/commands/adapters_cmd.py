@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from bot.settings import Settings
 
 if TYPE_CHECKING:
+    from adapters.registry import AdapterRegistry
     from feedback.log import FeedbackLog
 
 
@@ -34,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the cycle report as JSON")
     train.add_argument("--guild", help=GUILD_HELP)
+    train.add_argument("--member", help=MEMBER_HELP)
     train.set_defaults(handler=train_handler)
 
     adapters = subparsers.add_parser("adapters", help="list, promote or roll back adapter versions")
@@ -43,17 +45,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     listing.add_argument("--json", action="store_true", help="print the list as JSON")
     listing.add_argument("--guild", help=GUILD_HELP)
+    listing.add_argument("--member", help=MEMBER_HELP)
     listing.set_defaults(handler=list_handler)
     promote = actions.add_parser("promote", help="make a version the active adapter")
     promote.add_argument("version", help="e.g. v0003 or 3")
     promote.add_argument("--guild", help=GUILD_HELP)
+    promote.add_argument("--member", help=MEMBER_HELP)
     promote.set_defaults(handler=promote_handler)
     rollback = actions.add_parser("rollback", help="go back to the previously active adapter")
     rollback.add_argument("--guild", help=GUILD_HELP)
+    rollback.add_argument("--member", help=MEMBER_HELP)
     rollback.set_defaults(handler=rollback_handler)
 
 
 GUILD_HELP = "the Discord server whose adapters to act on (default: the only one there is)"
+MEMBER_HELP = "a member's own adapter (Discord user id), trained on their personal pairs only"
 
 
 @contextlib.contextmanager
@@ -70,6 +76,38 @@ def _guild_log(args: argparse.Namespace, settings: Settings) -> Iterator[tuple[s
         yield resolve_guild(settings.adapters_dir, log, args.guild), log
     finally:
         log.close()
+
+
+@contextlib.contextmanager
+def _scope(
+    args: argparse.Namespace, settings: Settings
+) -> Iterator[tuple[str | None, str | None, FeedbackLog]]:
+    """``(guild, member, log)``: the adapters a command acts on, a member's own (``--member``) or a
+    server's (``--guild``, or the only one)."""
+    from adapters.errors import AdapterError
+    from bot.wiring import build_feedback_log
+
+    member = getattr(args, "member", None)
+    if not member:
+        with _guild_log(args, settings) as (guild, log):
+            yield guild, None, log
+        return
+    if args.guild:
+        raise AdapterError(
+            "Pass --guild or --member, not both: a member's own adapter serves them everywhere."
+        )
+    log = build_feedback_log(settings)
+    try:
+        yield None, str(member), log
+    finally:
+        log.close()
+
+
+def _registry(settings: Settings, guild: str | None, member: str | None) -> AdapterRegistry:
+    from adapters.registry import member_registry
+    from bot.wiring import build_registry
+
+    return member_registry(settings.adapters_dir, member) if member else build_registry(settings, str(guild))
 
 
 @contextlib.contextmanager
@@ -95,10 +133,10 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
     from bot.usecases.training import run_training_cycle
     from bot.wiring import build_training_parts
 
-    with _guild_log(args, settings) as (guild, log), _stdout_to_stderr(args.json):
+    with _scope(args, settings) as (guild, member, log), _stdout_to_stderr(args.json):
         report = run_training_cycle(
             settings,
-            build_training_parts(settings, log, guild_id=guild),
+            build_training_parts(settings, log, guild_id=guild, member_id=member),
             if_needed=args.if_needed,
             from_active=args.from_active,
             show_progress=not args.no_progress,
@@ -132,17 +170,17 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
 
 def _rows(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
     from bot.usecases.serving import known_guilds
-    from bot.wiring import build_feedback_log, build_registry
+    from bot.wiring import build_feedback_log
 
-    if not args.guild:
+    if not args.guild and not args.member:
         log = build_feedback_log(settings)
         try:
             if not known_guilds(settings.adapters_dir, log):
                 return []  # no server has used the bot yet: nothing was trained anywhere
         finally:
             log.close()
-    with _guild_log(args, settings) as (guild, log):
-        registry = build_registry(settings, guild)
+    with _scope(args, settings) as (guild, member, log):
+        registry = _registry(settings, guild, member)
         forgotten = log.forgotten_pair_ids()
     active = registry.active()
     rows = []
@@ -193,11 +231,10 @@ def list_handler(args: argparse.Namespace, settings: Settings) -> int:
 def promote_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Make ``args.version`` active. A running bot picks it up at its next registry sync."""
     from bot.usecases.training import promote
-    from bot.wiring import build_registry
 
-    with _guild_log(args, settings) as (guild, log):
+    with _scope(args, settings) as (guild, member, log):
         version = promote(
-            build_registry(settings, guild), args.version, forgotten_pair_ids=log.forgotten_pair_ids()
+            _registry(settings, guild, member), args.version, forgotten_pair_ids=log.forgotten_pair_ids()
         )
     print(f"{version.version} is now the active adapter")
     return 0
@@ -206,9 +243,8 @@ def promote_handler(args: argparse.Namespace, settings: Settings) -> int:
 def rollback_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Re-activate the previously active version."""
     from bot.usecases.training import rollback
-    from bot.wiring import build_registry
 
-    with _guild_log(args, settings) as (guild, log):
-        version = rollback(build_registry(settings, guild), forgotten_pair_ids=log.forgotten_pair_ids())
+    with _scope(args, settings) as (guild, member, log):
+        version = rollback(_registry(settings, guild, member), forgotten_pair_ids=log.forgotten_pair_ids())
     print(f"rolled back: {version.version if version else 'the bare base model'} is now active")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,12 +73,18 @@ class ForgetSummary:
     pairs: int
     # guild id -> the version now served there (None: the base model), for adapters that held the pairs
     replaced: dict[str, str | None] = field(default_factory=dict)
+    own_adapter_versions: int = 0  # versions of the member's own adapter, deleted
 
     def sentence(self) -> str:
         """One line for the member or the operator."""
+        own = (
+            f", and the member's own adapter ({self.own_adapter_versions} version(s))"
+            if self.own_adapter_versions
+            else ""
+        )
         return (
             f"deleted {self.records} personal record(s), {self.answers} logged answer(s), "
-            f"{self.corrections} correction(s), {self.votes} vote(s) and {self.pairs} training pair(s)"
+            f"{self.corrections} correction(s), {self.votes} vote(s) and {self.pairs} training pair(s){own}"
         )
 
 
@@ -88,6 +95,7 @@ def forget_member(
     *,
     adapters_dir: Path | None = None,
     serve: Callable[[str, AdapterVersion | None], Any] | None = None,
+    drop_own_adapter: Callable[[], Any] | None = None,
 ) -> ForgetSummary:
     """Delete a member's personal records in every guild, then their answers, votes, corrections
     and training pairs, scrubbing every file that held them (the SQLite files, Chroma's segments, the
@@ -95,13 +103,23 @@ def forget_member(
 
     With ``adapters_dir``, a guild whose active adapter was trained on the member's pairs falls back
     at once to its newest version without them (or the base model); ``serve(guild, version)`` makes
-    the running bot answer with it. The next retrain leaves the pairs out."""
-    from adapters.registry import all_registries
+    the running bot answer with it. The next retrain leaves the pairs out. The member's own adapter
+    (every version, its datasets and reports) is deleted, after ``drop_own_adapter`` took it out of
+    the running bot."""
+    from adapters.registry import all_registries, member_registry
     from bot.usecases.training import retire_forgotten
 
     records = kb.forget_user(user_id)
     report = log.forget_user(user_id)
     replaced: dict[str, str | None] = {}
+    own_versions = 0
+    if adapters_dir is not None and str(user_id).isdigit():
+        own = member_registry(adapters_dir, user_id)
+        if own.root.exists():
+            own_versions = len(own.versions())
+            if drop_own_adapter is not None:
+                drop_own_adapter()
+            shutil.rmtree(own.root)
     if adapters_dir is not None:
         forgotten = log.forgotten_pair_ids()
         for registry in all_registries(adapters_dir):
@@ -111,4 +129,6 @@ def forget_member(
                 replaced[guild] = now.version if now is not None else None
                 if serve is not None and guild:
                     serve(guild, now)
-    return ForgetSummary(records, report.answers, report.corrections, report.votes, report.pairs, replaced)
+    return ForgetSummary(
+        records, report.answers, report.corrections, report.votes, report.pairs, replaced, own_versions
+    )

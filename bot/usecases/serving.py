@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from adapters.errors import AdapterError
@@ -25,45 +26,90 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class GuildAdapters:
-    """Which adapter answers each guild, on the bot's runtime, from each guild's registry."""
+MEMBER_SCOPE = "member:"  # router scopes of members' own adapters (guild scopes are bare ids)
 
-    def __init__(self, runtime: Runtime, registry_for: Callable[[str], AdapterRegistry]) -> None:
+
+class GuildAdapters:
+    """Which adapters answer each guild, and each member privately, on the bot's runtime.
+
+    A guild's questions get its active adapter. A member's own adapter (trained on their personal
+    pairs, :func:`adapters.registry.member_registry`) is stacked on it, but only for answers that
+    member alone sees (a DM or a private answer): what it learned from their personal records never
+    reaches anyone else."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        registry_for: Callable[[str], AdapterRegistry],
+        member_registry_for: Callable[[str], AdapterRegistry] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.registry_for = registry_for
+        self.member_registry_for = member_registry_for
         self.router = AdapterRouter(runtime)
-        self._broken: dict[str, str] = {}  # guild -> why its active adapter cannot be served (warned once)
+        self._broken: dict[str, str] = {}  # scope -> why its active adapter cannot be served (warned once)
 
-    def adapter_for(self, guild_id: str | None) -> str | None:
-        """The adapter answering ``guild_id`` (None: the base model; a DM has no guild)."""
-        if guild_id is None:
-            return None
-        if guild_id not in self.router.scopes():
-            self.sync(guild_id)  # first question from this guild since start: read its registry
-        return self.router.adapter_for(guild_id)
+    def adapter_for(self, guild_id: str | None, member_id: str | None = None) -> str | tuple[str, ...] | None:
+        """What answers a question in ``guild_id`` (None: a DM, the base model) from ``member_id``
+        when the answer is theirs alone (pass None for a public answer): the guild's adapter, with
+        the member's own stacked on it when they have one."""
+        names = []
+        if guild_id is not None:
+            if guild_id not in self.router.scopes():
+                self.sync(guild_id)  # first question from this guild since start: read its registry
+            names.append(self.router.adapter_for(guild_id))
+        member_registry_for = self.member_registry_for
+        if member_id is not None and member_registry_for is not None:
+            scope = MEMBER_SCOPE + member_id
+            if scope not in self.router.scopes():
+                self._sync(scope, lambda: member_registry_for(member_id))
+            names.append(self.router.adapter_for(scope))
+        served = tuple(name for name in names if name is not None)
+        return served[0] if len(served) == 1 else served or None
 
     def sync(self, guild_id: str) -> str | None:
         """Serve the guild's active version. One that cannot be served (missing, corrupt, trained for
         another base) never stops the bot: the guild gets the base model and a warning says why."""
+        return self._sync(guild_id, lambda: self.registry_for(guild_id))
+
+    def _sync(self, scope: str, registry: Callable[[], AdapterRegistry]) -> str | None:
         try:
-            served = self.router.sync(guild_id, self.registry_for(guild_id))
+            served = self.router.sync(scope, registry())
         except AdapterError as error:
             # The registry watch retries every few seconds: say it once, not at every look.
-            report = log.warning if self._broken.get(guild_id) != str(error) else log.debug
-            report("guild %s: serving the bare base model: %s", guild_id, error)
-            self._broken[guild_id] = str(error)
-            self.router.swap(guild_id, None)
+            report = log.warning if self._broken.get(scope) != str(error) else log.debug
+            who = (
+                f"member {scope[len(MEMBER_SCOPE) :]}" if scope.startswith(MEMBER_SCOPE) else f"guild {scope}"
+            )
+            report("%s: serving the bare base model: %s", who, error)
+            self._broken[scope] = str(error)
+            self.router.swap(scope, None)
             return None
-        self._broken.pop(guild_id, None)
+        self._broken.pop(scope, None)
         return served
 
     def refresh(self, guild_ids: Iterable[str]) -> dict[str, str | None]:
-        """Sync every given guild (and every guild served so far); what each serves now."""
-        return {guild: self.sync(guild) for guild in {*guild_ids, *self.router.scopes()}}
+        """Sync every given guild and every guild and member served so far; what each serves now."""
+        member_registry_for = self.member_registry_for
+        served = {}
+        for scope in {*guild_ids, *self.router.scopes()}:
+            if not scope.startswith(MEMBER_SCOPE):
+                served[scope] = self.sync(scope)
+            elif member_registry_for is not None:
+                served[scope] = self._sync(scope, partial(member_registry_for, scope[len(MEMBER_SCOPE) :]))
+        return served
 
     def swap(self, guild_id: str, version: AdapterVersion | None) -> None:
         """Answer ``guild_id`` with ``version`` (None: the base model) from now on."""
         self.router.swap(guild_id, version)
+
+    def swap_member(self, member_id: str, version: AdapterVersion | None) -> None:
+        """Answer ``member_id``'s private questions with ``version`` stacked (None: none of their own)."""
+        self.router.swap(MEMBER_SCOPE + member_id, version)
+
+    def drop_member(self, member_id: str) -> None:
+        """A forgotten member: their own adapter is no longer served and leaves the runtime."""
+        self.router.drop(MEMBER_SCOPE + member_id)
 
 
 def known_guilds(adapters_dir: Path, feedback_log: FeedbackLog) -> list[str]:

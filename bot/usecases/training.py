@@ -41,6 +41,7 @@ class CycleReport:
     gate: GateResult | None = None
     train_metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    gate_seconds: float = 0.0  # the gate's own share of ``seconds`` (both adapters' answers, scoring)
 
     def summary(self) -> str:
         """One human line for the CLI and the bot."""
@@ -67,6 +68,9 @@ class TrainingParts:
     load_runtime: Callable[[], Runtime] | None = None
     # The guild whose shared pairs train this registry (None: every guild's, a one-guild setup).
     guild_id: str | None = None
+    # A member's own adapter instead: trained on that member's personal pairs only (every guild's and
+    # their DMs'), and served only to them.
+    member_id: str | None = None
     # How the serving runtime starts answering with a promoted version (the bot: for this guild
     # only). None with a runtime: it becomes the runtime's default adapter.
     serve: Callable[[AdapterVersion | None], Any] | None = None
@@ -211,8 +215,9 @@ def run_training_cycle(
     show_progress: bool = False,
     promote: bool = True,
 ) -> CycleReport:
-    """Train a candidate on the guild's shared pairs, gate it against the active adapter, promote it
-    if it passes and, when ``parts.runtime`` is given (the running bot's), hot-swap it in.
+    """Train a candidate on the guild's shared pairs (or, with ``parts.member_id``, on that member's
+    personal pairs), gate it against the active adapter, promote it if it passes and, when
+    ``parts.runtime`` is given (the running bot's), hot-swap it in.
 
     Without it a temporary runtime is loaded with ``parts.load_runtime`` for the gate and closed
     afterwards. Personal pairs never train a shared adapter and forgotten members' pairs are never
@@ -226,7 +231,10 @@ def run_training_cycle(
 
     started = time.perf_counter()
     registry = parts.registry
-    pairs = parts.feedback_log.pairs(guild_id=parts.guild_id)
+    if parts.member_id is not None:
+        pairs = parts.feedback_log.pairs(owner_id=parts.member_id)
+    else:
+        pairs = parts.feedback_log.pairs(guild_id=parts.guild_id)
     forgotten = parts.feedback_log.forgotten_pair_ids()
     if if_needed:
         needed, why = needs_training(settings, pairs, registry)
@@ -281,6 +289,7 @@ def run_training_cycle(
             ensure_loaded(gate_runtime, active)
         if progress is not None:
             progress({"event": "gate", "pairs": sum(len(chosen) for chosen in gate_sets.values())})
+        gate_started = time.perf_counter()
         result = run_gate(
             gate_runtime,
             candidate=served_name(version),
@@ -297,6 +306,7 @@ def run_training_cycle(
             max_new_tokens=min(48, settings.model.max_new_tokens),
         )
         report.gate = result
+        report.gate_seconds = time.perf_counter() - gate_started
         registry.update_metadata(
             version.version,
             metrics={**version.metrics, "gate": result.metrics()},

@@ -171,3 +171,40 @@ async def test_answers_never_ping_anyone(world, mention) -> None:
 
     message = world.bot_messages()[-1]
     assert not message.mention_everyone and message.role_mentions == [] and message.mentions == []
+
+
+async def test_a_members_own_adapter_serves_only_their_private_answers_and_forget_removes_it(
+    world, bot_services, make_lora_adapter, tiny_model_dir
+) -> None:
+    from adapters.registry import member_registry
+
+    log, settings, runtime = (
+        bot_services["feedback_log"],
+        world.bot.services.settings,
+        bot_services["runtime"],
+    )
+    guild, alice = str(world.guild.id), str(world.alice.id)
+    shared = guild_registry(settings.adapters_dir, guild)
+    shared.promote(publish(shared, make_lora_adapter(tiny_model_dir, seed=7)).version)
+    own = member_registry(settings.adapters_dir, alice)
+    own.promote(publish(own, make_lora_adapter(tiny_model_dir, seed=8)).version)
+    guild_name, own_name = f"g{guild}-v0001", f"m{alice}-v0001"
+
+    async def adapter_of(member: Any, private: bool) -> str | None:
+        result = await member.slash(world.channel, "ask", question="what does Mochi eat?", private=private)
+        record = log.answer_for_message(str(result.response.id))
+        return record.adapter
+
+    assert await adapter_of(world.alice, private=True) == f"{guild_name}+{own_name}"  # stacked, hers alone
+    assert await adapter_of(world.alice, private=False) == guild_name  # public: never her own adapter
+    assert await adapter_of(world.bob, private=True) == guild_name  # another member: never hers
+    await world.alice.user.send_dm("what does Mochi eat?")
+    dm_answer = [m for m in world.alice.user.dm_channel.history() if m.author.id == world.bot.user.id][-1]
+    assert log.answer_for_message(str(dm_answer.id)).adapter == own_name  # a DM has no server adapter
+
+    prompt = await world.alice.slash(world.channel, "forget")
+    done = await world.alice.click(prompt.response.message, label="Forget everything")
+    assert "the member's own adapter (1 version(s))" in done.response.content
+    assert not own.root.exists() and own_name not in runtime.adapters
+    await world.env.advance_time(61)  # past the 3-questions-a-minute limit of these tests
+    assert await adapter_of(world.alice, private=True) == guild_name
