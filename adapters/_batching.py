@@ -164,8 +164,8 @@ class BatchEngine:
             waiting = [r for _, _, r in self._waiting]
         return any(adapter in r.adapters for r in [*waiting, *self._rows, *self._starting])
 
-    def load(self) -> dict[str, int]:
-        """How many requests run and wait, by kind (for ``info`` and the busy message)."""
+    def counts(self) -> dict[str, int]:
+        """How many requests run and wait, by kind."""
         with self._lock:
             waiting = [p for p, _, _ in self._waiting]
         return {

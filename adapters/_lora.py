@@ -3,8 +3,8 @@
 peft applies the active adapter to the whole batch, and its per-row ``adapter_names`` does not
 reach GPTQ layers (docs/PLATFORM_NOTES.md, "Batching with several adapters"). This bank holds every
 loaded adapter's matrices and adds each row's LoRA delta itself, through forward hooks on the base
-model's linear modules: ``y = base(x)`` once for the batch, then ``y[rows] += B(A(x[rows])) * scale``
-for each adapter's rows, in the adapter's dtype as peft does (tested against peft's output).
+model's linear modules: ``y = base(x)`` once for the batch, then ``y[i] += scale * B_i(A_i(x[i]))``
+with each row's own adapter, computed in fp32 as peft does (tested against peft's output per row).
 A row may carry several adapters (their deltas add up: a member's adapter stacked on the guild's).
 """
 
@@ -29,7 +29,8 @@ class _Delta:
     scale: float
 
 
-def _scale(config: dict[str, Any], module: str) -> tuple[int, float]:
+def _scale(config: dict[str, Any], module: str) -> float:
+    """peft's scaling of ``module``: alpha / r (alpha / sqrt(r) with rsLoRA), per-module patterns applied."""
     rank = int(config.get("r", 8))
     alpha = float(config.get("lora_alpha", rank))
     for pattern, value in (config.get("rank_pattern") or {}).items():
@@ -38,7 +39,7 @@ def _scale(config: dict[str, Any], module: str) -> tuple[int, float]:
     for pattern, value in (config.get("alpha_pattern") or {}).items():
         if re.search(rf"(^|\.){pattern}$", module):
             alpha = float(value)
-    return rank, alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
 def read_adapter(path: Path, config: dict[str, Any]) -> dict[str, _Delta]:
@@ -74,8 +75,9 @@ def read_adapter(path: Path, config: dict[str, Any]) -> dict[str, _Delta]:
             raise AdapterError(
                 f"Adapter {path} is corrupt: {module} lacks one of its two matrices. Retrain it."
             )
-        _, scale = _scale(config, module)
-        deltas[module] = _Delta(pair["lora_A"].contiguous(), pair["lora_B"].contiguous(), scale)
+        deltas[module] = _Delta(
+            pair["lora_A"].contiguous(), pair["lora_B"].contiguous(), _scale(config, module)
+        )
     if not deltas:
         raise AdapterError(f"Adapter {path} holds no LoRA matrices: retrain or restore it.")
     return deltas
@@ -92,16 +94,12 @@ class LoraBank:
 
     def __init__(self, model: Any):
         self._modules = dict(model.named_modules())
+        self._device = next(model.parameters()).device
         self._adapters: dict[str, dict[str, _Delta]] = {}
         self._hooks: dict[str, Any] = {}
-        self._stacks: dict[
-            str, tuple[Any, Any]
-        ] = {}  # module -> (A^T [slots, in, r], (sB)^T [slots, r, out])
+        # module -> (A^T [slots, in, r], (scale * B)^T [slots, r, out]); slot 0 is the base (zeros)
+        self._stacks: dict[str, tuple[Any, Any]] = {}
         self._plan: list[Any] = []  # per stacked adapter: one slot (every row alike) or a slot per row
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._adapters)
 
     def add(self, name: str, deltas: dict[str, _Delta]) -> None:
         missing = [m for m in deltas if m not in self._modules]
@@ -126,8 +124,8 @@ class LoraBank:
             present = [self._adapters[n].get(module) for n in names]
             first = next(d for d in present if d is not None)
             rank = max(d.a.shape[0] for d in present if d is not None)
-            a_t = torch.zeros(len(names) + 1, first.a.shape[1], rank)
-            b_t = torch.zeros(len(names) + 1, rank, first.b.shape[0])
+            a_t = torch.zeros(len(names) + 1, first.a.shape[1], rank, device=self._device)
+            b_t = torch.zeros(len(names) + 1, rank, first.b.shape[0], device=self._device)
             for slot, delta in enumerate(present, start=1):
                 if delta is not None:
                     r = delta.a.shape[0]
@@ -145,7 +143,11 @@ class LoraBank:
         plan: list[Any] = []
         for depth in range(max((len(row) for row in rows), default=0)):
             slots = [slot_of[row[depth]] if depth < len(row) else 0 for row in rows]
-            plan.append(slots[0] if len(set(slots)) == 1 else torch.tensor(slots, dtype=torch.long))
+            plan.append(
+                slots[0]
+                if len(set(slots)) == 1
+                else torch.tensor(slots, dtype=torch.long, device=self._device)
+            )
         self._plan = plan
 
     def _hook(self, module: str) -> Any:

@@ -287,7 +287,7 @@ class ModelRuntime(_AdapterChoice):
 
     def queue_load(self) -> dict[str, int]:
         """Requests being answered (``running``) and waiting (members' and background)."""
-        return self._engine.load()
+        return self._engine.counts()
 
     def info(self) -> dict[str, Any]:
         """What is loaded: base, quantization, bits, group size, device, backend, adapters, active."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -20,6 +21,9 @@ from bot.cogs._common import channel_refusal
 from bot.services import PersonalProbe, Services, Trainer
 from bot.settings import Settings, load_settings
 from bot.usecases.errors import user_errors
+
+if TYPE_CHECKING:
+    from adapters.registry import AdapterVersion
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +137,18 @@ def _trainer_for(services: Services) -> Trainer:
         from bot.wiring import build_training_parts
 
         adapters = services.adapters
-        if member_id is not None:
-            parts = build_training_parts(
-                services.settings,
-                services.feedback_log,
-                member_id=member_id,
-                runtime=services.runtime,
-                serve=(lambda v: adapters.swap_member(member_id, v)) if adapters is not None else None,
+        serve: Callable[[AdapterVersion | None], Any] | None = None
+        if adapters is not None:
+            serve = (
+                partial(adapters.swap_member, member_id) if member_id else partial(adapters.swap, guild_id)
             )
-            return run_training_cycle(services.settings, parts, progress=progress, if_needed=if_needed)
         parts = build_training_parts(
             services.settings,
             services.feedback_log,
-            guild_id=guild_id,
+            guild_id=None if member_id else guild_id,
+            member_id=member_id,
             runtime=services.runtime,
-            serve=(lambda version: adapters.swap(guild_id, version)) if adapters is not None else None,
+            serve=serve,
         )
         return run_training_cycle(services.settings, parts, progress=progress, if_needed=if_needed)
 

@@ -42,23 +42,31 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_gptq_dir: Pat
 GUILD = "1001"
 
 
+def _upvoted(
+    log: FeedbackLog, user: str, question: str, answer: str, guild: str = GUILD, private: bool = False
+) -> None:
+    """An answer to ``question`` with one 👍 (from its asker when private): one accepted pair."""
+    answer_id = log.record_answer(
+        guild_id=guild,
+        channel_id="c",
+        user_id=user,
+        question=question,
+        context="",
+        chunk_ids=[],
+        prompt="",
+        prompt_version="t",
+        adapter=None,
+        answer=answer,
+        private=private,
+    )
+    log.set_vote(answer_id, user if private else "voter", 1, True)
+
+
 def _seed(log: FeedbackLog) -> dict[str, list[str]]:
     """One upvoted answer per question; returns each member's pair ids."""
     for user, questions in QUESTIONS.items():
         for question in questions:
-            answer_id = log.record_answer(
-                guild_id=GUILD,
-                channel_id="c",
-                user_id=user,
-                question=question,
-                context="",
-                chunk_ids=[],
-                prompt="",
-                prompt_version="t",
-                adapter=None,
-                answer=f"An answer about: {question}",
-            )
-            log.set_vote(answer_id, "voter", 1, True)
+            _upvoted(log, user, question, f"An answer about: {question}")
     return {user: [str(p.id) for p in log.pairs() if p.user_id == user] for user in QUESTIONS}
 
 
@@ -161,23 +169,10 @@ def test_a_members_own_adapter_trains_on_their_personal_pairs_only(
     log = FeedbackLog(data_dir / "loopbot.db")
     _seed(log)  # shared pairs of alice and bob in the guild
     member = "4242"
-    for n, question in enumerate(
-        ["What is my cat's microchip?", "When is my vet visit?", "What does Luna eat?"]
-    ):
-        answer_id = log.record_answer(
-            guild_id="" if n else GUILD,  # a DM and a private answer in the guild: both hers alone
-            channel_id="dm",
-            user_id=member,
-            question=question,
-            context="",
-            chunk_ids=[],
-            prompt="",
-            prompt_version="t",
-            adapter=None,
-            answer=f"Private answer: {question}",
-            private=True,
-        )
-        log.set_vote(answer_id, member, 1, True)
+    questions = ["What is my cat's microchip?", "When is my vet visit?", "What does Luna eat?"]
+    for n, question in enumerate(questions):
+        # a private answer in the guild, then DMs (no guild): all hers alone
+        _upvoted(log, member, question, f"Private answer: {question}", guild="" if n else GUILD, private=True)
     personal = {str(p.id) for p in log.pairs(owner_id=member)}
     shared = {str(p.id) for p in log.pairs()}
     assert len(personal) == 3 and not personal & shared
