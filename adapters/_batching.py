@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import heapq
+import inspect
 import itertools
 import logging
 import threading
@@ -111,6 +112,10 @@ class BatchEngine:
             eos_ids.add(tokenizer.eos_token_id)
         self._eos = eos_ids
         self._device = next(model.parameters()).device
+        # transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns
+        # until 5.40): pass whichever this version takes.
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
         self._lock = threading.RLock()  # job readiness checks re-enter it
         self._wake = threading.Condition(self._lock)
         self._waiting: list[tuple[int, int, Request]] = []
@@ -254,7 +259,7 @@ class BatchEngine:
             ids = torch.tensor([request.prompt_ids], device=self._device)
             cache = DynamicCache(config=self.model.config)
             self.bank.use([request.adapters])
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
             token = self._choose(out.logits[:, -1, :], [request])[0]
         except Exception as error:
             log.exception("prefill failed")
@@ -262,7 +267,7 @@ class BatchEngine:
             return
         request.position = len(request.prompt_ids)
         if self._accept(request, token):
-            self._join(request, out.past_key_values)
+            self._join(request, cache)
 
     def _join(self, request: Request, cache: Any) -> None:
         import torch
@@ -296,8 +301,8 @@ class BatchEngine:
             input_ids=ids,
             attention_mask=self._mask,
             position_ids=positions,
-            past_key_values=self._cache,
             use_cache=True,
+            **{self._cache_arg: self._cache},
         )
         tokens = self._choose(out.logits[:, -1, :], rows)
         done = []

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -59,14 +58,6 @@ PRIVATE_NOTE = "Only you can see this answer: it uses your personal records."
 DM_NOTE = "This answer uses your personal records, so I sent it to you in a direct message."
 NO_DM_NOTE = "This answer uses your personal records and I could not DM you. Use `/ask` to get it privately."
 PLACEHOLDER = "…"  # the answer's first message, posted in arrival order; the answer streams into it
-
-
-@dataclass
-class _Opened:
-    """Where an answer is being delivered: its first message is out."""
-
-    delivery: Delivery
-    private: bool
 
 
 class AskCog(commands.Cog):
@@ -111,9 +102,9 @@ class AskCog(commands.Cog):
             # Only the first message of each answer goes out in arrival order; the answers themselves
             # are written together (the runtime batches them) and stream into those messages.
             async with self.order.lock(message.channel.id):
-                opened = await self._open_answer(message, question)
-            if opened is not None:
-                await self._answer_message(message, question, history, opened)
+                delivery = await self._open_answer(message, question)
+            if delivery is not None:
+                await self._answer_message(message, question, history, delivery)
 
     @app_commands.command(name="ask", description="Ask loopbot a question about this community.")
     @app_commands.describe(question="Your question", private="Only you see the answer (default: no)")
@@ -243,7 +234,7 @@ class AskCog(commands.Cog):
 
     # ------------------------------------------------------------------ answering
 
-    async def _open_answer(self, message: discord.Message, question: str) -> _Opened | None:
+    async def _open_answer(self, message: discord.Message, question: str) -> Delivery | None:
         """Decide where the answer goes and post its first message (a placeholder the answer streams
         into); None when it cannot be delivered (a DM the member does not accept, said in public)."""
         guild_id = message.guild.id if message.guild else None
@@ -266,13 +257,13 @@ class AskCog(commands.Cog):
             if public_note is not None:
                 await public_note.edit(content=NO_DM_NOTE)
             return None
-        return _Opened(delivery, private)
+        return delivery
 
     async def _answer_message(
-        self, message: discord.Message, question: str, history: list[dict[str, str]], opened: _Opened
+        self, message: discord.Message, question: str, history: list[dict[str, str]], delivery: Delivery
     ) -> None:
         guild_id = message.guild.id if message.guild else None
-        delivery, private = opened.delivery, opened.private
+        private = delivery.private
         answer = await self._generate(question, message.author, guild_id, history, delivery)
         if answer is None:
             delivery.release()

@@ -62,7 +62,7 @@ class GuildAdapters:
         if member_id is not None and member_registry_for is not None:
             scope = MEMBER_SCOPE + member_id
             if scope not in self.router.scopes():
-                self._sync(scope, lambda: member_registry_for(member_id))
+                self._sync(scope, partial(member_registry_for, member_id))
             names.append(self.router.adapter_for(scope))
         served = tuple(name for name in names if name is not None)
         return served[0] if len(served) == 1 else served or None
