@@ -131,8 +131,7 @@ class BatchEngine:
     def offer(self, request: Request) -> concurrent.futures.Future[Generation]:
         """Queue ``request``; RuntimeBusy when ``max_waiting`` members' questions already wait."""
         with self._wake:
-            if self._closing:
-                raise AdapterError("The model runtime is closed: build a new one.")
+            self._refuse_if_closing()
             if request.priority == INTERACTIVE:
                 ahead = sum(1 for p, _, _ in self._waiting if p == INTERACTIVE)
                 must_wait = self._running() + ahead >= self.max_batch
@@ -151,11 +150,14 @@ class BatchEngine:
         """Run ``run`` on the worker thread between two steps, once ``ready()`` holds."""
         job = _Job(run, ready)
         with self._wake:
-            if self._closing:
-                raise AdapterError("The model runtime is closed: build a new one.")
+            self._refuse_if_closing()
             self._jobs.append(job)
             self._wake.notify()
         return job.future
+
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            raise AdapterError("The model runtime is closed: build a new one.")
 
     def close(self) -> None:
         """Finish what is queued and in flight, then let :meth:`run` return."""
@@ -310,7 +312,7 @@ class BatchEngine:
             request.position += 1
             if not self._accept(request, token):
                 done.append(request)
-        self._leave(done, finished=True)
+        self._leave(done)
 
     def _choose(self, logits: Any, rows: Sequence[Request]) -> list[int]:
         """The next token of each row: greedy, or sampled (top-p 0.95) when it has a temperature."""
@@ -365,15 +367,14 @@ class BatchEngine:
             first_token_seconds=streamer.first_token,
         )
 
-    def _leave(self, leaving: list[Request], *, finished: bool = False) -> None:
+    def _leave(self, leaving: list[Request]) -> None:
         """Drop ``leaving`` from the batch (answering cancelled ones with what they have so far)."""
         if not leaving:
             return
         import torch
 
         for request in leaving:
-            if not finished:
-                self._complete(request)
+            self._complete(request)  # a no-op for those already answered
         keep = [i for i, r in enumerate(self._rows) if r not in leaving]
         self._rows = [self._rows[i] for i in keep]
         if not self._rows:

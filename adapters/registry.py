@@ -136,9 +136,8 @@ class AdapterRegistry:
 
     def __init__(self, root: Path | str, guild_id: str | None = None, member_id: str | None = None) -> None:
         self.root = Path(root)
-        self.guild_id = (
-            guild_id  # the guild whose adapters these are (None: a member's, or the registry of old)
-        )
+        # The guild whose adapters these are (None: a member's, or the registry of old).
+        self.guild_id = guild_id
         self.member_id = member_id  # the member whose own adapters these are (their personal pairs)
         # Prefixes the served names of its versions, so several registries share one runtime.
         self.scope = f"g{guild_id}" if guild_id else f"m{member_id}" if member_id else ""

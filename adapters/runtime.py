@@ -175,7 +175,6 @@ class ModelRuntime(_AdapterChoice):
         self._adapters: dict[str, Path] = {}
         self._active: str | None = None
         self._lock = threading.Lock()
-        self._closed = False
         # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
         self._engine = BatchEngine(
             model,
@@ -233,11 +232,8 @@ class ModelRuntime(_AdapterChoice):
         )
 
     def close(self) -> None:
-        """Finish queued and running requests, stop the worker thread. Later calls raise AdapterError."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        """Finish queued and running requests, stop the worker thread (again: a no-op). Later calls
+        raise AdapterError."""
         self._engine.close()
         if threading.current_thread() is not self._worker:
             self._worker.join()
@@ -325,7 +321,6 @@ class ModelRuntime(_AdapterChoice):
         corrupt, already loaded, or trained for another base. Requests in flight are not disturbed."""
         if not name or name in self._adapters:
             raise AdapterError(f"An adapter named {name!r} is already loaded: use a new (versioned) name.")
-        self._check_open()
         config = check_adapter_dir(Path(path), self._shapes, self._base)
         try:
             deltas = read_adapter(Path(path), config)
@@ -394,7 +389,6 @@ class ModelRuntime(_AdapterChoice):
         limit = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit < 1:
             raise AdapterError("max_new_tokens must be at least 1.")
-        self._check_open()
         prompt = self.render_prompt(messages, system_prompt)
         ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = Request(
@@ -408,7 +402,3 @@ class ModelRuntime(_AdapterChoice):
             priority=priority,
         )
         return self._engine.offer(request)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise AdapterError("The model runtime is closed: build a new one.")
