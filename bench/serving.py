@@ -47,11 +47,14 @@ def ignore_eos(runtime: Any) -> None:
     runtime._engine._eos = set()
 
 
-def single_stream(runtime: Any, prompts: dict[str, list[dict[str, str]]], new_tokens: int) -> dict[str, Any]:
+def single_stream(
+    runtime: Any, prompts: dict[str, list[dict[str, str]]], new_tokens: int, adapter: str | None = None
+) -> dict[str, Any]:
+    """First token and decode speed of one request at a time (median of RUNS after a warm-up)."""
     out = {}
     for name, messages in prompts.items():
-        runtime.generate(messages, max_new_tokens=4)  # warm-up
-        runs = [runtime.generate(messages, max_new_tokens=new_tokens) for _ in range(RUNS)]
+        runtime.generate(messages, max_new_tokens=4, adapter=adapter)  # warm-up
+        runs = [runtime.generate(messages, max_new_tokens=new_tokens, adapter=adapter) for _ in range(RUNS)]
         out[name] = {
             "prompt_tokens": runs[0].prompt_tokens,
             "completion_tokens": runs[0].completion_tokens,
@@ -221,16 +224,6 @@ def random_adapter(plain_dir: Path, dest: Path, seed: int) -> Path:
     return dest
 
 
-def single_stream_adapter(runtime: Any, new_tokens: int) -> dict[str, Any]:
-    """Decode speed of one request with an adapter (the LoRA hooks' cost)."""
-    runtime.generate(SHORT, max_new_tokens=4, adapter="bench-1")
-    runs = [runtime.generate(SHORT, max_new_tokens=new_tokens, adapter="bench-1") for _ in range(RUNS)]
-    return {
-        "ttft_s": round(statistics.median(r.first_token_seconds or 0.0 for r in runs), 3),
-        "decode_tok_s": round(statistics.median(r.tokens_per_second for r in runs), 1),
-    }
-
-
 def main() -> None:
     from adapters.default_model import default_model_dir, plain_model_dir
     from adapters.runtime import ModelRuntime
@@ -266,7 +259,10 @@ def main() -> None:
             row["vs_one"] = round(row["aggregate_tok_s"] / one, 2)
             result["concurrency_two_adapters_and_base"] = row
             print(row, flush=True)
-            result["adapter_single_stream"] = single_stream_adapter(rt, n)
+            # one request with an adapter: what the LoRA hooks cost
+            result["adapter_single_stream"] = single_stream(rt, {"short_question": SHORT}, n, "bench-1")[
+                "short_question"
+            ]
         result["event_loop"] = loop_stall(rt, 8, n)
         print(result["event_loop"], flush=True)
         render = rt.render_prompt
