@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters._lora import LoraBank
+from adapters._memory import release_free_memory
 from adapters._streaming import _Streamer, penalise_repeats
 from adapters.errors import AdapterError
 
@@ -379,6 +380,8 @@ class BatchEngine:
         self._rows = [self._rows[i] for i in keep]
         if not self._rows:
             self._cache, self._mask = None, None
+            if not self._waiting:  # idle: the batch's KV cache and activations go back to the OS
+                release_free_memory()
             return
         index = torch.tensor(keep, device=self._device)
         mask = self._mask.index_select(0, index)

@@ -1,4 +1,5 @@
-"""Streaming for the runtime: incremental decoding, stop strings held back, early stop."""
+"""Streaming for the runtime: incremental decoding, stop strings held back, early stop (a stop string,
+or the answer looping)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from adapters.prompt import loop_start
 
 
 class _Streamer:
@@ -41,10 +44,11 @@ class _Streamer:
             self.first_token = time.perf_counter() - self.started
         self.ids.extend(ids)
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        for s in self.stop:
-            index = self.text.find(s)
-            if index != -1 and (self.stopped_at is None or index < self.stopped_at):
-                self.stopped_at = index
+        ends = [index for index in (self.text.find(s) for s in self.stop) if index != -1]
+        loop = loop_start(self.text, tail_only=True)  # a looping answer stops after its first repeat
+        ends += [loop] if loop is not None else []
+        if ends and (self.stopped_at is None or min(ends) < self.stopped_at):
+            self.stopped_at = min(ends)
         self._emit(final=False)
 
     def end(self) -> None:

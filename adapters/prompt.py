@@ -109,6 +109,29 @@ GENERAL_KNOWLEDGE = "From general knowledge:"
 CLOSEST_NOTE = "The notes don't say that exactly; the closest one says:"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+# A phrase said three times in a row, whatever stands between ("10 days - 10 days - 10 days",
+# "The Purrsuit  The Purrsuit …", "トラブルやトラブルやトラブルや"): the small model's loop.
+_LOOP = re.compile(r"(\S.{2,79}?)(?:[\W_]*?\1){2,}", re.DOTALL)
+_LOOP_WINDOW = 320  # characters searched at the end of a growing text (a phrase is at most 80)
+
+
+def loop_start(text: str, *, tail_only: bool = False) -> int | None:
+    """Where ``text`` starts looping: the end of the first of three repeats of a phrase with at least
+    three letters (so "1000" or "..." never count). None when it does not loop. ``tail_only``: only a
+    loop that reaches the end of ``text`` (cheap enough to call after every generated token)."""
+    offset = max(0, len(text) - _LOOP_WINDOW) if tail_only else 0
+    for match in _LOOP.finditer(text, offset):
+        if tail_only and not _reaches_end(text, match):
+            continue
+        if sum(ch.isalpha() for ch in match.group(1)) >= 3:
+            return match.start() + len(match.group(1))
+    return None
+
+
+def _reaches_end(text: str, match: re.Match[str]) -> bool:
+    """What follows the repeats, if anything, is the start of one more (the loop is still going)."""
+    rest = text[match.end() :]
+    return any(match.group(1).startswith(rest.lstrip(chars)) for chars in (" \t\n", " \t\n-–—*,;:."))
 
 
 def finish_answer(
@@ -121,11 +144,14 @@ def finish_answer(
 ) -> str:
     """The answer as members read it.
 
-    The model's text is cut to ``max_sentences`` sentences (0: all). When no passage was good enough
+    The model's text is cut where it starts looping, then to ``max_sentences`` sentences (0: all). When no passage was good enough
     (``nothing_found``), the note that the knowledge base has nothing comes before the model's guess,
     marked as general knowledge. Otherwise ``evidence`` (the passage sentence that best answers) is
     quoted under a ``grounded`` answer, or replaces one that stated what the passages do not say."""
     text = text.strip()
+    loop = loop_start(text)
+    if loop is not None:
+        text = text[:loop].rstrip(" -–—*,;:")
     if max_sentences > 0:
         text = " ".join(_SENTENCE_END.split(text)[:max_sentences]).strip()
     if nothing_found:

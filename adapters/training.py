@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters._memory import release_free_memory
 from adapters.errors import AdapterError
 from adapters.prompt import question_messages, training_messages
 from adapters.registry import DATASET_FILE, AdapterRegistry, AdapterVersion
@@ -57,6 +58,9 @@ class TrainingOptions:
     gradient_checkpointing: bool = True
     # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
     backend: str = "torch"
+    # Score only the answer's positions through the LM head (see _train_worker.score_completions_only);
+    # False is for benchmarks measuring what that saves.
+    score_completions_only: bool = True
 
     def __post_init__(self) -> None:
         for name in ("rank", "alpha", "batch_size", "max_length"):
@@ -170,6 +174,9 @@ def _run_child(
     from tqdm import tqdm
 
     done: dict[str, Any] | None = None
+    # The training process will sit beside this one: give back what this process freed first (the
+    # anchors' and earlier answers' activations), so the machine's peak is the two live sets.
+    release_free_memory()
     with (
         open(log_path, "ab") as log,
         tqdm(total=total, desc="training", unit="step", disable=not show_progress, file=sys.stderr) as bar,

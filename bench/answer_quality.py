@@ -18,6 +18,7 @@ import json
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -112,6 +113,53 @@ def run(model: str, questions: list[dict], kb, settings) -> dict:  # type: ignor
     return {"scores": score(rows), "seconds": round(seconds, 1), "rows": rows}
 
 
+def evidence_only(questions: list[dict], kb, settings) -> dict:  # type: ignore[no-untyped-def]
+    """No model: for each answerable question, whether the passages the chain would use include the
+    expected document, and whether the quoted sentences (what a member reads under or instead of the
+    model's sentence) hold the key. Seconds per run, so the retrieval and quoting can be tuned fast."""
+    from transformers import AutoTokenizer
+
+    from adapters.default_model import default_model_dir
+    from bot.wiring import build_answer_service
+    from knowledge.evidence import best_sentences
+    from knowledge.quality import has_key
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir(settings.models_dir))
+    # No model, but the model's token counts: the context fits the same passages as when answering.
+    counter = types.SimpleNamespace(count_tokens=lambda text: len(tokenizer(text).input_ids))
+    service = build_answer_service(settings, kb=kb, runtime=counter)
+    rows = []
+    for q in questions:
+        if not q["answerable"]:
+            continue
+        used = service.fit_context(
+            service.select(service.retrieve(q["question"], user_id=None, guild_id=GUILD))
+        )
+        quote = best_sentences(q["question"], [h.chunk.text for h in used], kb.similarities) or ""
+        rows.append(
+            {
+                "id": q["id"],
+                "lang": q["lang"],
+                "question": q["question"],
+                "source_used": any(q["source"] in h.chunk.source for h in used),
+                "key_in_passages": any(has_key(h.chunk.text, q["keys"]) for h in used),
+                "key_in_quote": has_key(quote, q["keys"]),
+                "quote": quote,
+            }
+        )
+    shares = {
+        lang: {
+            key: round(sum(r[key] for r in subset) / max(1, len(subset)), 3)
+            for key in ("source_used", "key_in_passages", "key_in_quote")
+        }
+        for lang, subset in (
+            ("all", rows),
+            *((lg, [r for r in rows if r["lang"] == lg]) for lg in ("en", "ja")),
+        )
+    }
+    return {"scores": shares, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["gptq", "fp32", "both"], default="both")
@@ -119,6 +167,9 @@ def main() -> None:
         "--limit", type=int, default=None, help="at most N answerable questions (and N/3 others)"
     )
     parser.add_argument("--name", default="answer_quality")
+    parser.add_argument(
+        "--evidence-only", action="store_true", help="no model: the passages used and the quoted sentences"
+    )
     args = parser.parse_args()
 
     from bot.settings import load_settings
@@ -132,6 +183,15 @@ def main() -> None:
     load = machine()["load_average"]
     try:
         report = ingest_paths(kb, [DATA / "kb"], scope="community", guild_id=GUILD)
+        if args.evidence_only:
+            found = evidence_only(questions, kb, settings)
+            for row in found["rows"]:
+                if not row["key_in_quote"]:
+                    print(f"{row['id']} source {'ok' if row['source_used'] else '--'} | {row['question']}")
+                    print(f"      quote: {row['quote'][:160]!r}")
+            print(json.dumps(found["scores"], indent=1))
+            write(args.name, {"questions": len(questions), "load_average_before": load, **found})
+            return
         results = {
             m: run(m, questions, kb, settings)
             for m in (["gptq", "fp32"] if args.model == "both" else [args.model])

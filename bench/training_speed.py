@@ -6,6 +6,9 @@ answer) for a few steps, then loads the adapter into a serving ``ModelRuntime`` 
 
     python bench/training_speed.py [--steps 6] [--batch-size 8]
 
+``--passages 12`` makes ~900-token prompts (a long RAG answer); ``--score-all-positions`` measures
+TRL's CPU default of running the LM head over the prompt's positions too.
+
 Figures: seconds per optimizer step, seconds per 100 training pairs (pair-passes), the training
 process's start-up (import + model load) time, its peak RSS, the time to load an adapter into the
 running runtime and the time to switch the active adapter. Writes bench/results/training_speed.json.
@@ -39,6 +42,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=24)
     parser.add_argument("--no-checkpointing", action="store_true", help="keep activations (more memory)")
+    parser.add_argument("--passages", type=int, default=3, help="context passages per pair (prompt length)")
+    parser.add_argument(
+        "--score-all-positions", action="store_true", help="LM head over the prompt too (TRL's CPU default)"
+    )
     parser.add_argument("--name", default="training_speed", help="results file name (no extension)")
     args = parser.parse_args()
 
@@ -55,7 +62,7 @@ def main() -> int:
     system_prompt = settings.model.system_prompt
     examples = []
     for i in range(args.pairs):
-        context = "\n\n".join(f"[{n}] (post-{i}-{n}.md) {PASSAGE}" for n in range(1, 4))
+        context = "\n\n".join(f"[{n}] (post-{i}-{n}.md) {PASSAGE}" for n in range(1, args.passages + 1))
         examples.append(
             TrainingExample(
                 str(i),
@@ -73,6 +80,7 @@ def main() -> int:
         max_length=1024,
         threads=2,
         gradient_checkpointing=not args.no_checkpointing,
+        score_completions_only=not args.score_all_positions,
     )
     steps: list[dict] = []
     version = train_adapter(
@@ -109,6 +117,7 @@ def main() -> int:
         "batch_size": options.batch_size,
         "steps": options.steps,
         "gradient_checkpointing": options.gradient_checkpointing,
+        "score_completions_only": options.score_completions_only,
         "load_average_before": load,
         "prompt_tokens_per_pair": tokens,
         "process_seconds": train["train_seconds"],

@@ -63,3 +63,25 @@ def test_the_answer_wording_and_the_judge_agree() -> None:
     assert not says_nothing_found("The meetup is on Saturday.")
     assert echoes_markup("1. [1] (kb/meetings.md) # Whisker Club meetings") and echoes_markup("Context: ...")
     assert not echoes_markup("The meetup is on the second Saturday [1].")
+
+
+def test_the_quoted_sentence_is_the_kind_the_question_asks_for() -> None:
+    clinic = (
+        "Hollybank is a general practice at 42 Station Road, Brambleford. It opened its cat ward in 2023. "
+        "You can phone Hollybank on 555-0142 from 8 am. Two of its vets know the club well: Dr. Raj Menon "
+        "runs the Ask a Vet sessions."
+    )
+    assert "555-0142" in (best_sentences("what's hollybank's phone number?", [clinic], count=1) or "")
+    # "Dr." does not end a sentence: the name stays with it.
+    assert best_sentences("Who does the Ask a Vet sessions?", [clinic], count=1) == (
+        "Two of its vets know the club well: Dr. Raj Menon runs the Ask a Vet sessions."
+    )
+
+
+def test_a_looping_answer_is_cut_after_its_first_round() -> None:
+    assert finish_answer("BORROWING RULES - 10 days - 10 days - 10 days - 10") == "BORROWING RULES - 10 days"
+    assert finish_answer("The Purrsuit  The Purrsuit  The Purrsuit  The Pu") == "The Purrsuit"
+    assert finish_answer("トラブルやトラブルやトラブルやトラブ") == "トラブルや"
+    # Repeated digits and ordinary sentences are not loops.
+    for text in ("The fund holds 1000000 dollars...", "Entry is free. Entry is free for patrons, too."):
+        assert finish_answer(text) == text

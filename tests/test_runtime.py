@@ -216,3 +216,29 @@ def test_closed_runtime_refuses_work(tiny_gptq_dir: Path) -> None:
     runtime.close()
     with pytest.raises(AdapterError, match="closed"):
         runtime.generate(QUESTION)
+
+
+def test_a_looping_answer_stops_generating(tiny_tokenizer_dir: Path) -> None:
+    """The streamer stops a row once its text loops (no 96 tokens of "The Purrsuit The Purrsuit …"),
+    and keeps the first round only; digits repeated are not a loop."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    from adapters._streaming import _Streamer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    streamer = _Streamer(tokenizer, (), None, threading.Event())
+    ids = tokenizer("Prizes: The Purrsuit  The Purrsuit  The Purrsuit  The Purrsuit  The Purrsuit").input_ids
+    fed = 0
+    while not streamer.should_stop() and fed < len(ids):
+        streamer.put_ids([ids[fed]])
+        fed += 1
+    streamer.end()
+    assert streamer.should_stop() and fed < len(ids)
+    assert streamer.final_text() == "Prizes: The Purrsuit"
+
+    plain = _Streamer(tokenizer, (), None, threading.Event())
+    for token in tokenizer("The fund holds 1000000 dollars, 100 100 100.").input_ids:
+        plain.put_ids([token])
+    assert not plain.should_stop()

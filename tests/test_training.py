@@ -212,3 +212,35 @@ def test_steps_follow_the_epochs_unless_set() -> None:
     assert TrainingOptions(epochs=0.1, steps=0, batch_size=4).steps_for(3) == 1
     with pytest.raises(AdapterError, match="epochs > 0"):
         TrainingOptions(epochs=0, steps=0)
+
+
+def test_only_the_answer_is_scored_and_the_loss_is_unchanged(tiny_model_dir: Path) -> None:
+    """The training process scores only the completion's positions through the LM head on the CPU
+    (TRL scores every position there, at a large memory cost): same loss, same gradients."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from adapters._train_worker import score_completions_only
+
+    def loss_and_grad() -> tuple[float, torch.Tensor]:
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+        trl_utils.add_fused_lm_head(model)
+        ids = torch.randint(5, 200, (2, 40), generator=torch.Generator().manual_seed(0))
+        labels = ids.clone()
+        labels[:, :32] = -100  # a long prompt, a short answer
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return float(out.loss.detach()), model.get_output_embeddings().weight.grad.clone()
+
+    original = trl_utils._use_triton
+    try:
+        everywhere = loss_and_grad()
+        assert score_completions_only(), (
+            "this TRL decides the LM head's scoring differently: see the docstring"
+        )
+        compact = loss_and_grad()
+    finally:
+        trl_utils._use_triton = original
+    assert abs(everywhere[0] - compact[0]) < 1e-5
+    assert torch.allclose(everywhere[1], compact[1], atol=1e-6)
