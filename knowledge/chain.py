@@ -26,7 +26,7 @@ from adapters.prompt import (
 )
 from adapters.runtime import ACTIVE
 from knowledge.errors import KnowledgeError
-from knowledge.evidence import best_sentences, is_grounded
+from knowledge.evidence import best_sentences, is_grounded, repeats_question
 from knowledge.types import Hit
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,10 @@ class AnswerService:
             evidence = best_sentences(question, [h.chunk.text for h in used], similarity)
         text = finish_answer(text, max_sentences=self.max_sentences)  # the budget first: judged as shown
         text = finish_answer(
-            text, nothing_found=searched and not used, evidence=evidence, grounded=is_grounded(text, context)
+            text,
+            nothing_found=searched and not used,
+            evidence=evidence,
+            grounded=is_grounded(text, context) and not repeats_question(text, question),
         )
         return Answer(
             answer=text,

@@ -187,6 +187,25 @@ def is_grounded(answer: str, context: str, min_support: float = 0.7) -> bool:
     )
 
 
+def repeats_question(answer: str, question: str, threshold: float = 0.75) -> bool:
+    """The answer mostly restates the question ("The answer is: "When can I pick it up?"",
+    "これは、東京だと、どこで？"): the share of its character n-grams found in the question."""
+    japanese = bool(_CJK.search(answer))
+
+    def bare(text: str) -> str:  # punctuation out; for Japanese, which has no spaces, spaces too
+        text = re.sub(r"[^\w\s]", "", text)
+        return re.sub(r"\s+", "", text) if japanese else text
+
+    stripped = bare(_PREAMBLE.sub("", answer)).strip()
+    size = 2 if japanese else 3
+    grams = _grams(stripped, size)
+    return bool(grams) and len(grams & _grams(bare(question), size)) / len(grams) >= threshold
+
+
+# "The answer is:", "The answer to this question is" before what the model means to say.
+_PREAMBLE = re.compile(r"the answer( to (this|the|your) question)? is\s*:?|これは、?", re.IGNORECASE)
+
+
 def is_non_answer(answer: str) -> bool:
     """The model apologised, described itself or announced an answer it never gave."""
     return not answer.strip() or bool(_NON_ANSWER.search(answer.strip()))

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from adapters.prompt import CLOSEST_NOTE, NOTHING_FOUND, finish_answer
-from knowledge.evidence import best_sentences, is_grounded, is_non_answer, sentences, ungrounded
+from knowledge.evidence import (
+    best_sentences,
+    is_grounded,
+    is_non_answer,
+    repeats_question,
+    sentences,
+    ungrounded,
+)
 from knowledge.quality import echoes_markup, has_key, own_words, says_nothing_found
 
 PASSAGE = (
@@ -85,3 +92,13 @@ def test_a_looping_answer_is_cut_after_its_first_round() -> None:
     # Repeated digits and ordinary sentences are not loops.
     for text in ("The fund holds 1000000 dollars...", "Entry is free. Entry is free for patrons, too."):
         assert finish_answer(text) == text
+
+
+def test_an_answer_that_restates_the_question_is_no_answer() -> None:
+    question = "When can I pick something up from the lending library?"
+    assert repeats_question(f'The answer is: "{question}"', question)
+    assert repeats_question(
+        "これは、東京だと、どこで？ The answer is", "夜中に猫の具合が悪くなったら、東京だとどこに行けばいい？"
+    )
+    assert not repeats_question("The lending library is open on Tuesdays and Saturdays.", question)
+    assert not repeats_question("東京支部の年会費は3,000円です。", "東京支部の年会費はいくら？")

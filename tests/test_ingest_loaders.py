@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ingest import IngestLimits, load_bytes, load_files
-from ingest.chunking import chunk_id
+from ingest.chunking import CJK_CHAR_COST, chunk_id, text_length
 from ingest.errors import IngestError
 
 
@@ -157,6 +157,18 @@ def test_japanese_text_is_split_at_sentence_marks(tmp_path: Path) -> None:
         limits=IngestLimits(chunk_size=100, chunk_overlap=0),
     )
     assert len(report.chunks) > 3 and all(c.text.endswith("。") for c in report.chunks)
+
+
+def test_japanese_chunks_cost_the_prompt_what_english_ones_do(tmp_path: Path) -> None:
+    """A Japanese character costs the tokenizer several Latin ones: chunks are measured so, and a FAQ of
+    ~200-character sections is split per section, not three sections to a chunk."""
+    assert text_length("猫 cat") == 5 + CJK_CHAR_COST - 1
+    section = "お茶会は毎月第3日曜日に開いています。" * 10  # 190 characters, ~300 tokens
+    faq = "\n\n".join(f"## 質問{i}\n\n{section}" for i in range(4))
+    (tmp_path / "faq.md").write_text(faq, encoding="utf-8")
+    report = load_files([tmp_path / "faq.md"], scope="community", guild_id="1")  # default limits
+    assert [c.text[:6] for c in report.chunks] == [f"## 質問{i}" for i in range(4)]
+    assert all(text_length(c.text) <= 800 for c in report.chunks)
 
 
 def test_bad_files_are_reported_and_skipped(tmp_path: Path) -> None:
