@@ -7,7 +7,8 @@ Measures, for questions asked by mention:
 - the bot's own overhead: total time to the final answer minus the answer service's time
   (retrieval + generation), p50;
 - 8 members asking at once in one channel: all answered?, total time, and the longest event-loop
-  stall seen by a loop-lag monitor task (goal < 100 ms).
+  stall seen by a loop-lag monitor task (goal < 100 ms);
+- the process's peak resident memory.
 
 Run: ``python bench/bot_latency.py [--model PATH] [--questions 8] [--max-new-tokens 48]``. Writes
 ``bench/results/bot_latency.json``. Without ``--model`` it uses the prepared default model
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -241,6 +243,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
     result = asyncio.run(run(args))
+    # The bot's whole process (model, embedder, Chroma, simcord) at its largest; ru_maxrss is in KiB.
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
