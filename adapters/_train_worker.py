@@ -84,9 +84,9 @@ def score_completions_only() -> bool:
     TRL projects hidden states through the 49k-token LM head in tiles and keeps only positions with a
     label; on CUDA/XPU it first drops the prompt's positions (``compact``), elsewhere it scores every
     position and masks the prompt's out afterwards. Our rows are a long RAG prompt and a short answer,
-    so on the CPU that was most of the step's memory and a third of its time (bench/training_memory.py:
-    peak 3.4 → 1.5 GB, loop 95 → 67 s on 900-token rows, identical losses). Returns False, changing
-    nothing, if this TRL no longer decides it that way (the test suite checks it does).
+    so on the CPU that cost a quarter of the memory and of the time (bench/training_speed.py, 649-token
+    prompts: peak 3.9 → 3.0 GB, 70 → 52 s for 6 steps; same loss). Returns False, changing nothing, if
+    this TRL no longer decides it that way (the test suite checks it does).
     """
     import inspect
 

@@ -144,10 +144,11 @@ def finish_answer(
 ) -> str:
     """The answer as members read it.
 
-    The model's text is cut where it starts looping, then to ``max_sentences`` sentences (0: all). When no passage was good enough
-    (``nothing_found``), the note that the knowledge base has nothing comes before the model's guess,
-    marked as general knowledge. Otherwise ``evidence`` (the passage sentence that best answers) is
-    quoted under a ``grounded`` answer, or replaces one that stated what the passages do not say."""
+    The model's text is cut where it starts looping, then to ``max_sentences`` sentences (0: all).
+    When no passage was good enough (``nothing_found``), the note that the knowledge base has nothing
+    comes before the model's guess, marked as general knowledge. Otherwise ``evidence`` (the passage
+    sentences that best answer) is quoted under a ``grounded`` answer, or replaces one that stated
+    what the passages do not say."""
     text = text.strip()
     loop = loop_start(text)
     if loop is not None:

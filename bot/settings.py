@@ -89,7 +89,7 @@ class KnowledgeSettings(BaseSettings):
         True,
         description="Quote the passage sentence that best answers under each answer (or instead of it).",
     )
-    chunk_size: int = Field(800, ge=100)
+    chunk_size: int = Field(800, ge=100, description="Characters per chunk (a CJK character counts 3).")
     chunk_overlap: int = Field(100, ge=0)
     max_file_mb: float = Field(10.0, gt=0)
     max_files: int = Field(100, ge=1)

@@ -79,6 +79,14 @@ def test_the_quoted_sentence_is_the_kind_the_question_asks_for() -> None:
         "runs the Ask a Vet sessions."
     )
     assert "555-0142" in (best_sentences("what's hollybank's phone number?", [clinic], count=1) or "")
+    # The words match the address; the question asks for a number.
+    room = "The meetup room is upstairs at the Copper Kettle café. Up to 44 can come."
+    assert (
+        best_sentences("How many fit in the meetup room upstairs?", [room], count=1) == "Up to 44 can come."
+    )
+    assert best_sentences(
+        "誰がチェックしましたか？", ["このガイドは毎月チェックしています。高橋先生が確認しました。"], count=1
+    ) == ("高橋先生が確認しました。")
     # "Dr." does not end a sentence: the name stays with it.
     assert best_sentences("Who does the Ask a Vet sessions?", [clinic], count=1) == (
         "Two of its vets know the club well: Dr. Raj Menon runs the Ask a Vet sessions."
