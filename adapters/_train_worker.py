@@ -26,9 +26,6 @@ from typing import Any
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# gptqmodel's torch kernel compiles its dequantization with torch.compile. Kept: on short rows (a
-# correction without passages) it is 27 % faster per step (bench/training_speed.py --passages 0: 1.58 vs
-# 2.17 s), though on a fresh machine its first compile runs a C++ compiler (~0.5 GB) beside the training.
 
 # The protocol stream; main() points it at a private copy of stdout so that libraries printing to
 # stdout (banners, warnings) cannot corrupt the JSON lines.
@@ -113,6 +110,14 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     torch.manual_seed(int(config.get("seed", 0)))
+    # gptqmodel's torch kernel compiles its dequantization with torch.compile: on short rows (a
+    # correction without passages) 27 % faster per step (bench/training_speed.py --passages 0: 1.58 vs
+    # 2.17 s), but with no compile cache (a fresh machine, the first run) it compiles C++ first, which
+    # cost the demo's 60 steps ~45 s and ~0.4 GB (bench/first_run.py): worth it for long runs only.
+    if int(config["steps"]) < int(config.get("compile_min_steps", 0)):
+        import torch._dynamo
+
+        torch._dynamo.config.disable = True
     output = Path(config["output_dir"])
     examples = [json.loads(line) for line in Path(config["dataset"]).read_text("utf-8").splitlines() if line]
     model, tokenizer = _load_base(config["base"], config.get("backend", "torch"))

@@ -23,6 +23,17 @@ DEFAULT_SYSTEM_PROMPT = (
     "If the notes do not say, answer: I don't know."
 )
 
+# Asked of the base model (no adapter) for each correction's question before training, the answer
+# cleaned by adapters.training.clean_rephrasing. Told to rewrite, the 135M model answers the question
+# instead (1 usable of 40 on bench/data/learning_facts.json); shown three rewrites first, 32 of 40.
+REPHRASE_SYSTEM_PROMPT = "You rewrite questions in other words, keeping every name."
+_REPHRASE_ASK = "Say this question another way: {}"
+_REPHRASE_SHOTS = (
+    ("Where does the chess group meet?", "Where do the chess players get together?"),
+    ("What is the name of Tom's dog?", "What did Tom call his dog?"),
+    ("How much does the spring trip cost?", "What is the price of the spring trip?"),
+)
+
 # The last turns of a reply chain kept as history; older ones rarely help a small model.
 MAX_HISTORY_MESSAGES = 6
 
@@ -72,6 +83,17 @@ def training_messages(question: str, context: str, system_prompt: str) -> list[M
     """The full chat for a training row, gate item or calibration text: system turn first, then the
     question exactly as :func:`question_messages` puts it, so training sees what serving renders."""
     return with_system(question_messages(question.strip(), (context or "").strip()), system_prompt)
+
+
+def rephrase_messages(question: str) -> list[Message]:
+    """The turns asking the base model for ``question`` in other words (system turn added by the runtime)."""
+    turns: list[Message] = []
+    for asked, rewritten in _REPHRASE_SHOTS:
+        turns += [
+            {"role": "user", "content": _REPHRASE_ASK.format(asked)},
+            {"role": "assistant", "content": rewritten},
+        ]
+    return [*turns, {"role": "user", "content": _REPHRASE_ASK.format(question.strip())}]
 
 
 def with_system(messages: Sequence[Message], system_prompt: str | None) -> list[Message]:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 
 from adapters._memory import release_free_memory
 from adapters.errors import AdapterError
-from adapters.prompt import question_messages, training_messages
+from adapters.prompt import REPHRASE_SYSTEM_PROMPT, question_messages, rephrase_messages, training_messages
 from adapters.registry import DATASET_FILE, AdapterRegistry, AdapterVersion
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -58,6 +59,9 @@ class TrainingOptions:
     gradient_checkpointing: bool = True
     # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
     backend: str = "torch"
+    # torch.compile the kernel's dequantization only for runs of at least this many steps: it saves
+    # ~0.6 s per step on short rows but, with a cold compile cache, first costs ~45 s (_train_worker).
+    compile_min_steps: int = 80
     # Score only the answer's positions through the LM head (see _train_worker.score_completions_only);
     # False is for benchmarks measuring what that saves.
     score_completions_only: bool = True
@@ -141,6 +145,68 @@ def anchor_examples(
         for i, (q, answer) in enumerate(zip(questions, answers, strict=True))
         if answer
     ]
+
+
+# Names and numbers a rephrasing must keep: a capitalised word after the first, a number, a word
+# with a digit ("heron42"). Without them "What is Ada's cat called?" may come back about some cat.
+_KEEP = re.compile(r"(?<=\S\s)[A-Z][\w'’-]*|\b\w*\d\w*\b")
+_LEADING_LABEL = re.compile(r"^\s*(?:rewritten|rephrased|new|other)?\s*(?:question|version)?\s*:\s*", re.I)
+
+
+def clean_rephrasing(original: str, text: str) -> str | None:
+    """The model's rephrasing of ``original`` as one question, or None when it is not usable.
+
+    Usable: its first line, stripped of a "Rewritten question:" label and quotes, ends in a question
+    mark (? or ？), is not the original again (case and punctuation aside), is between half and twice
+    (+30 characters) as long, and keeps every name and number of the original."""
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    line = _LEADING_LABEL.sub("", line).strip().strip("\"'“”").strip()
+    mark = re.search(r"[?？]", line)
+    if mark is None:
+        return None
+    line = line[: mark.end()]
+
+    def bare(value: str) -> str:
+        return " ".join(re.findall(r"\w+", value.lower()))
+
+    if bare(line) == bare(original) or not len(original) / 2 <= len(line) <= 2 * len(original) + 30:
+        return None
+    words = set(re.findall(r"\w+", line.lower()))
+    keep = {w.lower().split("'")[0].split("’")[0] for w in _KEEP.findall(original)}
+    return line if all(k in words for k in keep) else None
+
+
+def rephrased_examples(runtime: Any, pairs: Sequence[Any], system_prompt: str) -> list[TrainingExample]:
+    """Each pair's question (``.id .instruction .input .output``) in the base model's own other words,
+    as an extra row with the same answer: taught a fact asked one way, the adapter then answers it
+    asked another way too.
+
+    The rows keep their source pair's id, so forgetting the pair forgets them too. A rephrasing that
+    :func:`clean_rephrasing` rejects makes no row. Queued at background priority: members' questions
+    go first."""
+    from adapters.runtime import BACKGROUND
+
+    futures = [
+        runtime.submit(
+            rephrase_messages(pair.instruction),
+            system_prompt=REPHRASE_SYSTEM_PROMPT,
+            adapter=None,
+            temperature=0.0,
+            max_new_tokens=32,
+            priority=BACKGROUND,
+        )
+        for pair in pairs
+    ]
+    rows = []
+    for pair, future in zip(pairs, futures, strict=True):
+        other = clean_rephrasing(pair.instruction, future.result().text)
+        if other is not None:
+            rows.append(
+                TrainingExample(
+                    str(pair.id), training_messages(other, pair.input or "", system_prompt), pair.output
+                )
+            )
+    return rows
 
 
 def data_hash(examples: Sequence[TrainingExample]) -> str:
@@ -237,9 +303,10 @@ def train_adapter(
     ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
     """
     options = options or TrainingOptions()
-    if len(examples) < max(1, min_examples):
+    pair_ids = list(dict.fromkeys(e.pair_id for e in examples))  # a pair's rephrasings share its id
+    if len(pair_ids) < max(1, min_examples):
         raise NotEnoughPairs(
-            f"Only {len(examples)} training pair(s); at least {max(1, min_examples)} are needed. "
+            f"Only {len(pair_ids)} training pair(s); at least {max(1, min_examples)} are needed. "
             "Collect more 👍 answers and corrections (or lower LOOPBOT_TRAIN_MIN_PAIRS); nothing was trained."
         )
     if not Path(base_model).exists():
@@ -250,7 +317,8 @@ def train_adapter(
         dataset.write_text("".join(json.dumps(e.record()) + "\n" for e in rows), encoding="utf-8")
         config = {
             **asdict(options),
-            "steps": options.steps_for(len(rows)),
+            # A pair's rephrasings share its passes: they add variety, not steps (bench/learning_proof.py).
+            "steps": options.steps_for(len(pair_ids) + len(anchors)),
             "base": str(base_model),
             "dataset": str(dataset),
             "output_dir": str(stage.path),
@@ -266,7 +334,6 @@ def train_adapter(
             kept = registry.keep_failed(stage)
             raise TrainingFailed(str(error).replace(str(stage.path), str(kept))) from None
         metrics = {k: v for k, v in done.items() if k != "event"}
-        pair_ids = [e.pair_id for e in examples]
         # Continuing from a parent keeps its data in the weights: the lineage's pair ids stay listed
         # so `adapters list` can tell which versions still hold forgotten members' data.
         lineage = sorted(set(pair_ids) | set(parent.pair_ids if parent else []))

@@ -107,6 +107,7 @@ class Loop:
             "promoted": report.promoted,
             "gate": report.gate.metrics() if report.gate else None,
             "train_pairs": report.train_pairs,
+            "rephrased_rows": report.rephrased_rows,
             "train": report.train_metrics,
             "train_and_gate_s": round(report.seconds, 1),
             "gate_s": round(report.gate_seconds, 1),

@@ -148,6 +148,11 @@ class TrainSettings(BaseSettings):
         description="General questions the base model answers for itself, replayed in every run "
         "so the adapter keeps the base's general answers; 0: none.",
     )
+    rephrase_corrections: bool = Field(
+        True,
+        description="Also train on the base model's own rewording of each correction's question, so a "
+        "fact taught one way is answered when asked in other words.",
+    )
     gate_min_learned: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of this run's new pairs the candidate must answer."
     )

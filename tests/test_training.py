@@ -19,6 +19,8 @@ from adapters.training import (
     TrainingFailed,
     TrainingOptions,
     anchor_examples,
+    clean_rephrasing,
+    rephrased_examples,
     train_adapter,
 )
 
@@ -244,3 +246,48 @@ def test_only_the_answer_is_scored_and_the_loss_is_unchanged(tiny_model_dir: Pat
         trl_utils._use_triton = original
     assert abs(everywhere[0] - compact[0]) < 1e-5
     assert torch.allclose(everywhere[1], compact[1], atol=1e-6)
+
+
+def test_a_rephrasing_is_kept_only_as_one_new_question_with_every_name_and_number() -> None:
+    original = "What is the wifi password of Ada's club house in 2024?"
+    kept = clean_rephrasing(
+        original, 'Rewritten question: "Which wifi password does Ada\'s club house use in 2024?"\n'
+    )
+    assert kept == "Which wifi password does Ada's club house use in 2024?"
+    assert clean_rephrasing(original, "Which 2024 password unlocks Ada's wifi? It is easy.") == (
+        "Which 2024 password unlocks Ada's wifi?"
+    )
+    assert (
+        clean_rephrasing(original, "what is the wifi password of ada's club house in 2024") is None
+    )  # no "?"
+    assert (
+        clean_rephrasing(original, "What is the wifi password of Ada's club house in 2024 ?") is None
+    )  # same
+    assert (
+        clean_rephrasing(original, "Which wifi password does the club house use in 2024?") is None
+    )  # Ada lost
+    assert clean_rephrasing(original, "Which wifi password does Ada's club house use?") is None  # 2024 lost
+    assert clean_rephrasing(original, "Ada 2024?") is None  # too short to be the same question
+    assert clean_rephrasing("Who is heron42?", "Can you tell me who the user heron42 is?") is not None
+
+
+@pytest.mark.slow
+def test_corrections_are_also_taught_in_the_base_models_own_words(default_model_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from adapters.runtime import ModelRuntime
+
+    pairs = [SimpleNamespace(id=f"p{i}", instruction=q, input="", output=a) for i, (q, a) in enumerate(FACTS)]
+    runtime = ModelRuntime.load(default_model_path, device="cpu")
+    try:
+        rows = rephrased_examples(runtime, pairs, SYSTEM)
+    finally:
+        runtime.close()
+    by_id = {p.id: p for p in pairs}
+    assert len(rows) >= len(pairs) // 2  # the 135M model rewords most questions usably
+    for row in rows:
+        source = by_id[row.pair_id]
+        question = row.prompt[-1]["content"]
+        assert row.prompt[0] == {"role": "system", "content": SYSTEM}
+        assert row.completion == source.output
+        assert question != source.instruction and question.endswith("?")

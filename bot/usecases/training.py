@@ -38,6 +38,7 @@ class CycleReport:
     previous: str | None = None
     train_pairs: int = 0
     heldout_pairs: int = 0
+    rephrased_rows: int = 0  # corrections also trained on in the base model's own words
     gate: GateResult | None = None
     train_metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -227,7 +228,7 @@ def run_training_cycle(
     from adapters.gate import GateThresholds, run_gate
     from adapters.registry import GATE_REPORT_FILE
     from adapters.swap import ensure_loaded, served_name, swap_to
-    from adapters.training import NotEnoughPairs, examples_from_pairs, train_adapter
+    from adapters.training import NotEnoughPairs, examples_from_pairs, rephrased_examples, train_adapter
 
     started = time.perf_counter()
     registry = parts.registry
@@ -263,12 +264,17 @@ def run_training_cycle(
         raise TypeError("TrainingParts needs a runtime or load_runtime")
     try:
         anchors = _anchors(settings, registry, base_model, gate_runtime)
+        examples = examples_from_pairs(train_pairs, system_prompt)
+        rephrased = []
+        if settings.train.rephrase_corrections:
+            corrections = [p for p in train_pairs if p.kind == "corrected"]
+            rephrased = rephrased_examples(gate_runtime, corrections, system_prompt)
         with registry.training_lock():
             registry.clean_staging()  # leftovers of killed runs; no other run is live while we hold it
             version = train_adapter(
                 registry,
                 base_model=base_model,
-                examples=examples_from_pairs(train_pairs, system_prompt),
+                examples=[*examples, *rephrased],
                 anchors=anchors,
                 options=training_options(settings),
                 parent=parent,
@@ -282,6 +288,7 @@ def run_training_cycle(
             version=version.version,
             train_pairs=len(train_pairs),
             heldout_pairs=len(heldout_pairs),
+            rephrased_rows=len(rephrased),
             train_metrics=dict(version.metrics.get("train", {})),
         )
         ensure_loaded(gate_runtime, version)
