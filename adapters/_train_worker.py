@@ -112,8 +112,9 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(int(config.get("seed", 0)))
     # gptqmodel's torch kernel compiles its dequantization with torch.compile: on short rows (a
     # correction without passages) 27 % faster per step (bench/training_speed.py --passages 0: 1.58 vs
-    # 2.17 s), but with no compile cache (a fresh machine, the first run) it compiles C++ first, which
-    # cost the demo's 60 steps ~45 s and ~0.4 GB (bench/first_run.py): worth it for long runs only.
+    # 2.17 s). With no compile cache (a fresh machine) it first runs a C++ compiler (0.5 GB) beside the
+    # training and holds 0.2-0.3 GB more here; the demo's 60 mixed steps gained nothing from it
+    # (bench/first_run.py: retrain 313/321 s with it, 305/313 s without). So: long runs only.
     if int(config["steps"]) < int(config.get("compile_min_steps", 0)):
         import torch._dynamo
 

@@ -60,7 +60,7 @@ class TrainingOptions:
     # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
     backend: str = "torch"
     # torch.compile the kernel's dequantization only for runs of at least this many steps: it saves
-    # ~0.6 s per step on short rows but, with a cold compile cache, first costs ~45 s (_train_worker).
+    # ~0.6 s per step on short rows, but a first compile costs memory and a C++ compiler (_train_worker).
     compile_min_steps: int = 80
     # Score only the answer's positions through the LM head (see _train_worker.score_completions_only);
     # False is for benchmarks measuring what that saves.
@@ -297,7 +297,8 @@ def train_adapter(
     """Train a LoRA on ``examples`` in a child process and publish it as a new (inactive) version.
 
     ``anchors`` (see :func:`anchor_examples`) are trained on too but are not feedback pairs: they
-    count neither towards ``min_examples`` nor in the version's pair ids.
+    count neither towards ``min_examples`` nor in the version's pair ids. Examples sharing a pair id (a
+    pair and its rephrasings, :func:`rephrased_examples`) count as one pair and share its passes.
     ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``on_event`` receives
     the child's events (``start`` carries its ``pid``). Raises :class:`NotEnoughPairs` below
     ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
