@@ -2,7 +2,8 @@
 
 Times each phase (install, prepare, first answer, retrain, total) and samples the resident memory of
 the whole process tree (the CLI and its training child) every 0.2 s, so a peak is the sum of every
-process alive at that moment: summed RSS, and summed PSS (shared pages counted once; see ``pss_mb``). The first answer is the first ``A:`` line the demo prints.
+process alive at that moment: summed RSS, and summed PSS (shared pages counted once; see ``pss_mb``).
+The first answer is the first ``A:`` line the demo prints.
 
 Run: ``python bench/first_run.py [--runs N] [--no-clone]``. With ``--no-clone`` the current checkout's
 venv is used and install is not timed. Each run uses fresh data and model directories.
@@ -31,8 +32,8 @@ def pss_mb(pid: int) -> float:
     """Proportional set size: a page shared by n processes counts 1/n in each (Linux smaps_rollup).
 
     Summed over a process tree it is the memory the tree needs; summed RSS counts twice the library
-    and model-file pages that the CLI and its training process share (~0.3-0.45 GB here: libtorch,
-    the CUDA libraries torch's wheel maps, triton, the mapped safetensors).
+    and model-file pages that the CLI and its training process share (libtorch, the CUDA libraries
+    torch's wheel maps, triton, the mapped safetensors): 0.9-1.0 GB more at the demo's peak here.
     """
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():

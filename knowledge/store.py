@@ -99,7 +99,7 @@ class KnowledgeBase:
     For a query mostly in another script the dense ranking counts ``non_latin_dense_weight`` (0.25):
     MiniLM reads Japanese poorly, and at equal weight its guesses outvoted the trigrams' (labelled set:
     Japanese recall@1 0.80 at 1.0, 0.85 at 0.25; bench/answer_quality.py --evidence-only, Japanese
-    answer key in the passages 0.75 → 0.85, 0.5 gave 0.80, 0 0.85 but fewer keys in the quote).
+    answer key in the passages 0.75 → 0.85; weight 0.5: 0.80, weight 0: 0.85 but fewer keys quoted).
     Dense hits below ``min_similarity`` cosine are dropped. ``persist_dir`` (the embedded store's
     directory) lets :meth:`forget_user` compact Chroma's files so deleted text leaves the disk.
     """

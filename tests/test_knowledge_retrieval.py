@@ -30,17 +30,20 @@ def recall_at(kb: KnowledgeBase, vectors: dict[str, list[float]], lang: str, k: 
     return found / len(questions)
 
 
-@pytest.fixture(scope="module")
-def kbs(tmp_path_factory: pytest.TempPathFactory, packaged_embeddings: object):
-    """The labelled corpus in one Chroma store, searched hybrid and dense-only; questions embedded once."""
-    chunks = [
+def corpus_chunks() -> list[Chunk]:
+    return [
         Chunk(id=c["id"], text=c["text"], source="corpus.jsonl", scope="community", guild_id="1")
         for c in CORPUS
     ]
+
+
+@pytest.fixture(scope="module")
+def kbs(tmp_path_factory: pytest.TempPathFactory, packaged_embeddings: object):
+    """The labelled corpus in one Chroma store, searched hybrid and dense-only; questions embedded once."""
     root = tmp_path_factory.mktemp("recall")
     client = chromadb.PersistentClient(str(root / "chroma"))
     hybrid = KnowledgeBase(client, packaged_embeddings, lexical_path=root / "lex.db")
-    hybrid.add(chunks)
+    hybrid.add(corpus_chunks())
     dense = KnowledgeBase(client, packaged_embeddings)  # same collection, no lexical index
     vectors = dict(
         zip(
@@ -121,12 +124,7 @@ def test_japanese_questions_lean_on_the_trigrams(kbs, tmp_path: Path, packaged_e
         client, packaged_embeddings, lexical_path=tmp_path / "lex.db", non_latin_dense_weight=1.0
     )
     try:
-        equal.add(
-            [
-                Chunk(id=c["id"], text=c["text"], source="corpus.jsonl", scope="community", guild_id="1")
-                for c in CORPUS
-            ]
-        )
+        equal.add(corpus_chunks())
         assert recall_at(hybrid, vectors, "ja", k=1) > recall_at(equal, vectors, "ja", k=1)
         assert recall_at(hybrid, vectors, "en", k=1) == recall_at(equal, vectors, "en", k=1)
     finally:
