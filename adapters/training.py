@@ -121,6 +121,29 @@ def anchor_questions(count: int) -> list[str]:
     return list(INSTRUCTIONS[:count])
 
 
+def _base_model_texts(
+    runtime: Any,
+    conversations: Sequence[list[dict[str, str]]],
+    system_prompt: str,
+    max_new_tokens: int,
+    **options: Any,
+) -> list[str]:
+    """The base model's greedy replies (no adapter) to every conversation (no system turn: the runtime
+    puts ``system_prompt`` first itself), queued at once; ``options`` go to ``runtime.submit``."""
+    futures = [
+        runtime.submit(
+            turns,
+            system_prompt=system_prompt,
+            adapter=None,
+            temperature=0.0,
+            max_new_tokens=max_new_tokens,
+            **options,
+        )
+        for turns in conversations
+    ]
+    return [future.result().text.strip() for future in futures]
+
+
 def anchor_examples(
     runtime: Any, questions: Sequence[str], system_prompt: str, *, max_new_tokens: int = 48
 ) -> list[TrainingExample]:
@@ -129,17 +152,9 @@ def anchor_examples(
     Mixed into a run (replay), they hold the adapter to the base model's behaviour on everything the
     feedback pairs do not cover, so teaching community facts does not erode general answers.
     """
-    futures = [
-        runtime.submit(
-            question_messages(q, ""),  # the runtime puts the system prompt first itself
-            system_prompt=system_prompt,
-            adapter=None,
-            temperature=0.0,
-            max_new_tokens=max_new_tokens,
-        )
-        for q in questions
-    ]
-    answers = [future.result().text.strip() for future in futures]
+    answers = _base_model_texts(
+        runtime, [question_messages(q, "") for q in questions], system_prompt, max_new_tokens
+    )
     return [
         TrainingExample(f"anchor-{i}", training_messages(q, "", system_prompt), answer)
         for i, (q, answer) in enumerate(zip(questions, answers, strict=True))
@@ -186,20 +201,16 @@ def rephrased_examples(runtime: Any, pairs: Sequence[Any], system_prompt: str) -
     go first."""
     from adapters.runtime import BACKGROUND
 
-    futures = [
-        runtime.submit(
-            rephrase_messages(pair.instruction),
-            system_prompt=REPHRASE_SYSTEM_PROMPT,
-            adapter=None,
-            temperature=0.0,
-            max_new_tokens=32,
-            priority=BACKGROUND,
-        )
-        for pair in pairs
-    ]
+    texts = _base_model_texts(
+        runtime,
+        [rephrase_messages(p.instruction) for p in pairs],
+        REPHRASE_SYSTEM_PROMPT,
+        32,
+        priority=BACKGROUND,
+    )
     rows = []
-    for pair, future in zip(pairs, futures, strict=True):
-        other = clean_rephrasing(pair.instruction, future.result().text)
+    for pair, text in zip(pairs, texts, strict=True):
+        other = clean_rephrasing(pair.instruction, text)
         if other is not None:
             rows.append(
                 TrainingExample(
