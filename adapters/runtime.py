@@ -21,7 +21,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from adapters._batching import BACKGROUND, INTERACTIVE, BatchEngine, Generation, Request, RuntimeBusy
+from adapters import _fastpath
+from adapters._batching import (
+    BACKGROUND,
+    INTERACTIVE,
+    ONE_THREAD_DECODE_WORK,
+    BatchEngine,
+    Generation,
+    Request,
+    RuntimeBusy,
+)
 from adapters._loading import check_adapter_dir, gptq_settings, load_base_model, module_shapes
 from adapters._lora import read_adapter
 from adapters.errors import AdapterError
@@ -162,6 +171,7 @@ class ModelRuntime(_AdapterChoice):
         repetition_penalty: float = 1.0,
         max_batch: int = 8,
         max_waiting: int = 32,
+        fast_paths: bool = True,
     ):
         self._base_model = model
         self._tokenizer = tokenizer
@@ -175,6 +185,9 @@ class ModelRuntime(_AdapterChoice):
         self._adapters: dict[str, Path] = {}
         self._active: str | None = None
         self._lock = threading.Lock()
+        # before the engine attaches any adapter hook (the dense weights are read from the layers)
+        cpu_fast = fast_paths and device == "cpu"
+        self._fast_paths = _fastpath.install(model) if cpu_fast else {}
         # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
         self._engine = BatchEngine(
             model,
@@ -182,6 +195,7 @@ class ModelRuntime(_AdapterChoice):
             max_batch=max_batch,
             max_waiting=max_waiting,
             repetition_penalty=repetition_penalty,
+            one_thread_decode_work=ONE_THREAD_DECODE_WORK if cpu_fast else 0,
         )
         self._worker = threading.Thread(target=self._engine.run, name="loopbot-model", daemon=True)
         self._worker.start()
@@ -202,12 +216,14 @@ class ModelRuntime(_AdapterChoice):
         repetition_penalty: float = 1.0,
         max_batch: int = 8,
         max_waiting: int = 32,
+        fast_paths: bool = True,
     ) -> ModelRuntime:
         """Load a GPTQ or plain checkpoint (local path or hub id) and start the worker thread.
 
         ``dtype``: see :func:`load_base_model` (``auto``: bf16 for GPTQ on CPU, the fast path).
         ``threads`` > 0 sets torch's CPU threads (process-wide). The keyword defaults apply to
-        :meth:`generate` calls that do not pass their own.
+        :meth:`generate` calls that do not pass their own. ``fast_paths=False`` serves without
+        :mod:`adapters._fastpath` and decodes every step on all threads (benchmarks compare the two).
         """
         import torch
 
@@ -229,6 +245,7 @@ class ModelRuntime(_AdapterChoice):
             repetition_penalty=repetition_penalty,
             max_batch=max_batch,
             max_waiting=max_waiting,
+            fast_paths=fast_paths,
         )
 
     def close(self) -> None:
@@ -306,6 +323,7 @@ class ModelRuntime(_AdapterChoice):
             "device": self._device,
             "backend": self._backend,
             "kernels": kernels,
+            "fast_paths": self._fast_paths,
             "max_batch": self._engine.max_batch,
             "adapters": self.adapters,
             "active": self._active,

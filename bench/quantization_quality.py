@@ -49,6 +49,7 @@ def evaluate(path, label: str) -> dict:
 
 
 def divergence(models) -> dict:
+    from adapters._fastpath import install
     from adapters._loading import load_base_model
     from adapters.default_model import default_model_dir, plain_model_dir
     from adapters.evaluation import divergence_from_reference, regression_conversations
@@ -57,12 +58,15 @@ def divergence(models) -> dict:
     conversations = regression_conversations(DEFAULT_SYSTEM_PROMPT)
     reference, tokenizer = load_base_model(plain_model_dir(models), device="cpu", dtype="float32")
     out = {}
-    for label, path, dtype in (
-        ("plain_bf16", plain_model_dir(models), "bfloat16"),
-        ("gptq_4bit_bf16 (served)", default_model_dir(models), "auto"),
-        ("gptq_4bit_fp32", default_model_dir(models), "float32"),
+    for label, path, dtype, fast in (
+        ("plain_bf16", plain_model_dir(models), "bfloat16", False),
+        ("gptq_4bit_bf16 (served)", default_model_dir(models), "auto", True),
+        ("gptq_4bit_bf16 int4 kernel only", default_model_dir(models), "auto", False),
+        ("gptq_4bit_fp32", default_model_dir(models), "float32", False),
     ):
         model, _ = load_base_model(path, device="cpu", dtype=dtype)
+        if fast:  # as the runtime serves it (adapters/_fastpath.py)
+            install(model)
         d = divergence_from_reference(model, reference, tokenizer, conversations)
         out[label] = {"agreement": round(d.agreement, 4), "kl": round(d.kl, 4), "tokens": d.tokens}
         del model

@@ -1,13 +1,15 @@
 """Serving speed of the in-process runtime, side by side in one run (issue 13's figures).
 
 - Single stream, short question and a ~1,000-token RAG prompt: time to first token and decode tok/s
-  of the runtime (GPTQ 4-bit, continuous batching engine), of the previous path (transformers'
-  ``generate`` on the same GPTQ model, what the runtime ran before), of the plain fp32 model through
-  the runtime, and of llama.cpp on the wheel's own GGUF when ``llama_cpp`` is installed (optional:
-  it builds from source in ~12 min, so it is not a dependency).
-- Concurrency: 1, 2, 4, 8, 16 asks at once, aggregate tok/s and time to the last answer; 8 at once
-  split across two adapters and the base model; the asyncio event loop's longest stall with 8 at once.
-- Peak RSS of this process.
+  of the runtime (GPTQ 4-bit, continuous batching engine, CPU fast paths), of the same runtime
+  without the fast paths (``fast_paths=False``: the int4 kernel for every matmul, torch's flash
+  attention for decode steps, every step on all threads: what it ran before), of the plain fp32 model
+  through the runtime, and of llama.cpp on the wheel's own GGUF when ``llama_cpp`` is installed
+  (optional: it builds from source in ~12 min, so it is not a dependency).
+- Concurrency: 1, 2, 4, 8, 16 asks at once (short questions, then ~1,000-token RAG prompts),
+  aggregate tok/s and time to the last answer, with and without the fast paths; 8 at once split across
+  two adapters and the base model; the asyncio event loop's longest stall with 8 at once.
+- Peak RSS of this process after the fast runtime (two adapters loaded), and at the end.
 
 Decoding is greedy and ignores the end-of-sequence token, as llama-bench does, so every run decodes
 the same number of tokens. Run: ``python bench/serving.py [--models DIR] [--new-tokens N]``;
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine, models_dir, rag_messages, write
+from _common import RAG_CASES, machine, models_dir, rag_messages, write
 
 SHORT = [{"role": "user", "content": "Why is the sky blue? Explain in detail."}]
 QUESTIONS = [
@@ -43,8 +45,12 @@ RUNS = 3
 
 
 def ignore_eos(runtime: Any) -> None:
-    """Decode to the token limit, as llama-bench does (the bench's only reach into the engine)."""
+    """Decode to the token limit, as llama-bench does: no end-of-sequence, no loop stop (the bench's
+    only reach into the engine), so every run of a prompt decodes the same number of tokens."""
+    import adapters._streaming
+
     runtime._engine._eos = set()
+    adapters._streaming.loop_start = lambda text, tail_only=False: None
 
 
 def single_stream(
@@ -62,53 +68,6 @@ def single_stream(
             "decode_tok_s": round(statistics.median(r.tokens_per_second for r in runs), 1),
         }
         print(name, out[name], flush=True)
-    return out
-
-
-class FirstToken:
-    """A transformers streamer that only records when each put happened."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def put(self, _value: Any) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
-def hf_generate(runtime: Any, prompts: dict[str, list[dict[str, str]]], new_tokens: int) -> dict[str, Any]:
-    """The previous path: ``model.generate`` for one request, first token timed by a streamer."""
-    import torch
-
-    model, tokenizer = runtime._base_model, runtime.tokenizer
-    out = {}
-    for name, messages in prompts.items():
-        ids = tokenizer(runtime.render_prompt(messages), return_tensors="pt", add_special_tokens=False)
-        runs = []
-        for i in range(RUNS + 1):
-            first = FirstToken()
-            started = time.perf_counter()
-            with torch.inference_mode():
-                model.generate(
-                    **ids,
-                    max_new_tokens=4 if i == 0 else new_tokens,
-                    min_new_tokens=4 if i == 0 else new_tokens,
-                    do_sample=False,
-                    streamer=first,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            ended = time.perf_counter()
-            if i:  # the streamer's first put is the prompt, the second the first new token
-                runs.append((first.times[1] - started, (new_tokens - 1) / (ended - first.times[1])))
-        out[name] = {
-            "prompt_tokens": int(ids["input_ids"].shape[1]),
-            "completion_tokens": new_tokens,
-            "ttft_s": round(statistics.median(r[0] for r in runs), 3),
-            "decode_tok_s": round(statistics.median(r[1] for r in runs), 1),
-        }
-        print("hf generate", name, out[name], flush=True)
     return out
 
 
@@ -143,17 +102,21 @@ def llama_cpp(prompts: dict[str, list[dict[str, str]]], new_tokens: int, render:
     return out
 
 
+def short_ask(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+
+
+def rag_ask(i: int) -> list[dict[str, str]]:
+    return rag_messages(i % len(RAG_CASES), 5)  # ~1,000 tokens, as single_stream's RAG prompt
+
+
 def concurrent(
-    runtime: Any, count: int, new_tokens: int, adapters: list[Any] | None = None
+    runtime: Any, count: int, new_tokens: int, adapters: list[Any] | None = None, ask: Any = short_ask
 ) -> dict[str, Any]:
     adapters = adapters or [None]
     started = time.perf_counter()
     futures = [
-        runtime.submit(
-            [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-            max_new_tokens=new_tokens,
-            adapter=adapters[i % len(adapters)],
-        )
+        runtime.submit(ask(i), max_new_tokens=new_tokens, adapter=adapters[i % len(adapters)])
         for i in range(count)
     ]
     results = [f.result() for f in futures]
@@ -166,6 +129,17 @@ def concurrent(
         "last_answer_s": round(wall, 2),
         "adapters": sorted({str(r.adapter) for r in results}),
     }
+
+
+def concurrency(runtime: Any, new_tokens: int, ask: Any) -> list[dict[str, Any]]:
+    """1, 2, 4, 8, 16 asks at once; each row's aggregate also as a multiple of one ask's."""
+    rows = []
+    for count in (1, 2, 4, 8, 16):
+        rows.append(concurrent(runtime, count, new_tokens, ask=ask))
+        print(ask.__name__, rows[-1], flush=True)
+    for row in rows:
+        row["vs_one"] = round(row["aggregate_tok_s"] / rows[0]["aggregate_tok_s"], 2)
+    return rows
 
 
 def loop_stall(runtime: Any, count: int, new_tokens: int) -> dict[str, Any]:
@@ -242,16 +216,11 @@ def main() -> None:
     ) as rt:
         ignore_eos(rt)
         result["kernels"] = rt.info()["kernels"]
+        result["fast_paths"] = rt.info()["fast_paths"]
         result["gptq_engine"] = single_stream(rt, prompts, n)
-        result["gptq_hf_generate"] = hf_generate(rt, prompts, n)
-        result["concurrency"] = []
-        for count in (1, 2, 4, 8, 16):
-            row = concurrent(rt, count, n)
-            result["concurrency"].append(row)
-            print(row, flush=True)
+        result["concurrency"] = concurrency(rt, n, short_ask)
+        result["concurrency_rag"] = concurrency(rt, n, rag_ask)
         one = result["concurrency"][0]["aggregate_tok_s"]
-        for row in result["concurrency"]:
-            row["vs_one"] = round(row["aggregate_tok_s"] / one, 2)
         with tempfile.TemporaryDirectory() as tmp:
             for i in (1, 2):
                 rt.load_adapter(f"bench-{i}", random_adapter(plain_model_dir(models), Path(tmp) / str(i), i))
@@ -266,6 +235,16 @@ def main() -> None:
         result["event_loop"] = loop_stall(rt, 8, n)
         print(result["event_loop"], flush=True)
         render = rt.render_prompt
+    del rt
+    # the fast runtime, two adapters loaded (what a serving bot holds, its embedder aside)
+    result["peak_rss_gb_runtime"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
+    with ModelRuntime.load(
+        default_model_dir(models), device="cpu", threads=2, max_batch=args.max_batch, fast_paths=False
+    ) as rt:
+        ignore_eos(rt)
+        result["gptq_engine_without_fast_paths"] = single_stream(rt, prompts, n)
+        result["concurrency_without_fast_paths"] = concurrency(rt, n, short_ask)
+        result["concurrency_rag_without_fast_paths"] = concurrency(rt, n, rag_ask)
     result["llama_cpp"] = llama_cpp(prompts, n, render)
     with ModelRuntime.load(plain_model_dir(models), device="cpu", threads=2) as rt:
         ignore_eos(rt)

@@ -213,10 +213,12 @@ def test_default_model_answers_and_streams(default_runtime) -> None:
 
 @pytest.mark.slow
 def test_default_model_stays_close_to_the_unquantized_model(default_model_path: Path) -> None:
+    from adapters._fastpath import install
     from adapters._loading import load_base_model
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     quantized, tokenizer = load_base_model(default_model_path, device="cpu")  # served dtype (bf16)
+    install(quantized)  # as served: prompts through dense bf16 weights, decode attention by matmuls
     plain, _ = load_base_model(default_model.plain_model_dir(default_model_path.parent), device="cpu")
     conversations = regression_conversations(DEFAULT_SYSTEM_PROMPT)
     divergence = divergence_from_reference(quantized, plain, tokenizer, conversations)
