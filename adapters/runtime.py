@@ -185,7 +185,7 @@ class ModelRuntime(_AdapterChoice):
         self._adapters: dict[str, Path] = {}
         self._active: str | None = None
         self._lock = threading.Lock()
-        # before the engine attaches any adapter hook (the dense weights are read from the layers)
+        # before the model's first forward: gptqmodel repacks each layer's weights for its kernel then
         cpu_fast = fast_paths and device == "cpu"
         self._fast_paths = _fastpath.install(model) if cpu_fast else {}
         # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
