@@ -74,6 +74,20 @@ def _peft_model(model: Any, config: dict[str, Any]) -> Any:
     return get_peft_model(model, lora)
 
 
+def _add_frozen_adapter(model: Any, path: str | None) -> None:
+    """Train over another adapter, frozen (a member's over the guild's): its LoRA delta is added to the
+    base layers' outputs by forward hooks, the runtime's own :class:`adapters._lora.LoraBank`, so the
+    LoRA peft trains on top sees exactly the stack it will be served in. None: nothing to add."""
+    if not path:
+        return
+    from adapters._lora import LoraBank, read_adapter
+
+    config = json.loads(Path(path, "adapter_config.json").read_text("utf-8"))
+    bank = LoraBank(model)
+    bank.add("beneath", read_adapter(Path(path), config))
+    bank.use([("beneath",)])  # one row's plan applies to every row of every batch
+
+
 def score_completions_only() -> bool:
     """Make TRL's fused LM head score only the completion's positions on the CPU too.
 
@@ -122,6 +136,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     output = Path(config["output_dir"])
     examples = [json.loads(line) for line in Path(config["dataset"]).read_text("utf-8").splitlines() if line]
     model, tokenizer = _load_base(config["base"], config.get("backend", "torch"))
+    _add_frozen_adapter(model, config.get("beneath_adapter"))  # before peft wraps the layers
     model = _peft_model(model, config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

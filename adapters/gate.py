@@ -39,6 +39,8 @@ from adapters.evaluation import RegressionQuestion, accuracy, load_regression_qu
 from adapters.prompt import split_system
 from adapters.runtime import BACKGROUND
 
+# What answers: an adapter's served name, or several stacked (a member's over the guild's).
+Served = str | tuple[str, ...]
 CORRECT_F1 = 0.5  # an answer at or above this token F1 counts as answering the pair
 _EPSILON = 1e-9  # float noise must not flip a tie
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -115,8 +117,8 @@ class GateResult:
 
     promote: bool
     reason: str
-    candidate: str
-    active: str | None
+    candidate: Served
+    active: Served | None
     sets: dict[str, SetScore]
     report_path: Path | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -138,7 +140,7 @@ class GateResult:
 
 
 def _answer_all(
-    runtime: Any, items: Sequence[GateItem], adapter: str | None, max_new_tokens: int
+    runtime: Any, items: Sequence[GateItem], adapter: Served | None, max_new_tokens: int
 ) -> list[str]:
     """Queue every prompt at once (one adapter per job, so a concurrent swap cannot mix)."""
     futures = []
@@ -201,8 +203,8 @@ def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bo
 def run_gate(
     runtime: Any,
     *,
-    candidate: str,
-    active: str | None,
+    candidate: Served,
+    active: Served | None,
     pairs: Mapping[str, Sequence[GateItem]],
     thresholds: GateThresholds | None = None,
     regression: Sequence[RegressionQuestion] | None = None,
@@ -212,12 +214,14 @@ def run_gate(
 ) -> GateResult:
     """Answer each pair set (keys of :data:`PAIR_SETS`) and the regression set with ``candidate`` and
     ``active`` (None: the bare base), decide, and write the CSV report (every set) to ``report_path``.
+    Either may be a tuple of names, stacked as served (a member's adapter over the guild's).
 
-    Both adapters must already be loaded on ``runtime`` under those names.
+    Every adapter named must already be loaded on ``runtime``.
     """
     thresholds = thresholds or GateThresholds()
-    if candidate not in runtime.adapters:
-        raise AdapterError(f"Candidate adapter {candidate!r} is not loaded on the runtime: load it first.")
+    for name in (candidate,) if isinstance(candidate, str) else candidate:
+        if name not in runtime.adapters:
+            raise AdapterError(f"Candidate adapter {name!r} is not loaded on the runtime: load it first.")
     unknown = set(pairs) - set(PAIR_SETS)
     if unknown:
         raise ValueError(f"unknown gate set(s) {sorted(unknown)}; expected {PAIR_SETS}")
@@ -248,7 +252,7 @@ def run_gate(
     for name in PAIR_SETS:
         items = list(pairs.get(name, ()))
         answers = {a: answered[(name, a)] for a in (active, candidate)}
-        scores: dict[str | None, list[float]] = {active: [], candidate: []}
+        scores: dict[Served | None, list[float]] = {active: [], candidate: []}
         for index, item in enumerate(items):
             row: dict[str, Any] = {"set": name, "question": item.question, "expected": item.expected}
             for role, adapter in (("active", active), ("candidate", candidate)):

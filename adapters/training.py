@@ -300,6 +300,7 @@ def train_adapter(
     anchors: Sequence[TrainingExample] = (),
     options: TrainingOptions | None = None,
     parent: AdapterVersion | None = None,
+    beneath: AdapterVersion | None = None,
     min_examples: int = 1,
     on_event: ProgressCallback | None = None,
     show_progress: bool = True,
@@ -310,7 +311,9 @@ def train_adapter(
     ``anchors`` (see :func:`anchor_examples`) are trained on too but are not feedback pairs: they
     count neither towards ``min_examples`` nor in the version's pair ids. Examples sharing a pair id (a
     pair and its rephrasings, :func:`rephrased_examples`) count as one pair and share its passes.
-    ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``on_event`` receives
+    ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``beneath``: train over
+    that adapter, frozen (a member's over the guild's: served stacked, so trained stacked); only the
+    new LoRA is saved, its ``train_config`` names the other. ``on_event`` receives
     the child's events (``start`` carries its ``pid``). Raises :class:`NotEnoughPairs` below
     ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
     """
@@ -335,6 +338,7 @@ def train_adapter(
             "dataset": str(dataset),
             "output_dir": str(stage.path),
             "parent_adapter": str(parent.path) if parent else None,
+            "beneath_adapter": str(beneath.path) if beneath else None,
         }
         config_path = stage.path / "train_config.json"
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")

@@ -3,8 +3,10 @@
 The guild's adapter is trained on shared corrections (facts everyone may know); a member has private
 corrections of their own. Two ways to serve that member's private answers:
 
-* **stacked** (what loopbot does): a member adapter trained on the member's pairs alone, its LoRA delta
-  added to the guild adapter's at serving time;
+* **stacked**: a member adapter trained on the member's pairs alone, on the bare base, its LoRA delta
+  added to the guild adapter's at serving time (what loopbot did until Nov 25);
+* **stacked, trained over the guild's** (what loopbot does): the same, but trained with the guild's
+  adapter applied and frozen (``train_adapter(beneath=...)``), so it learns in the stack it is served in;
 * **beside**: one adapter per member trained on the guild's pairs *and* the member's, served instead of
   the guild's.
 
@@ -85,29 +87,38 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="member-adapter-") as scratch:
         anchors = anchor_examples(runtime, anchor_questions(settings.train.anchors), system_prompt)
 
-        def train(name: str, pairs: list[Any]) -> tuple[str, float]:
+        versions: dict[str, Any] = {}
+
+        def train(name: str, pairs: list[Any], beneath: str | None = None) -> tuple[str, float]:
             examples = examples_from_pairs(pairs, system_prompt)
             examples += rephrased_examples(runtime, pairs, system_prompt)
             started = time.perf_counter()
-            version = train_adapter(
+            versions[name] = train_adapter(
                 AdapterRegistry(Path(scratch) / name),
                 base_model=base,
                 examples=examples,
                 anchors=anchors,
                 options=options,
+                beneath=versions[beneath] if beneath else None,
                 show_progress=True,
             )
             seconds = time.perf_counter() - started
-            runtime.load_adapter(name, version.path)
+            runtime.load_adapter(name, versions[name].path)
             return name, round(seconds, 1)
 
         guild_pairs, member_pairs = _pairs(GUILD_FACTS, "g"), _pairs(MEMBER_FACTS, "m")
         guild, guild_s = train("guild", guild_pairs)
         member, member_s = train("member", member_pairs)
+        over, over_s = train("over", member_pairs, beneath="guild")
         beside, beside_s = train("beside", guild_pairs + member_pairs)
         result["guild_training_s"] = guild_s
-        served = {"guild alone": guild, "stacked": (guild, member), "beside": beside}
-        costs = {"guild alone": 0.0, "stacked": member_s, "beside": beside_s}
+        served = {
+            "guild alone": guild,
+            "stacked": (guild, member),
+            "stacked, trained over the guild's": (guild, over),
+            "beside": beside,
+        }
+        costs = dict(zip(served, (0.0, member_s, over_s, beside_s), strict=True))
         for label, adapter in served.items():
             row = {
                 "member_training_s": costs[label],

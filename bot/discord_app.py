@@ -145,7 +145,7 @@ def _trainer_for(services: Services) -> Trainer:
         parts = build_training_parts(
             services.settings,
             services.feedback_log,
-            guild_id=None if member_id else guild_id,
+            guild_id=guild_id or None,  # a member's adapter is trained over this guild's (if any)
             member_id=member_id,
             runtime=services.runtime,
             serve=serve,

@@ -114,26 +114,31 @@ def build_training_parts(
     serve: Callable[[AdapterVersion | None], Any] | None = None,
 ) -> TrainingParts:
     """The parts of one guild's training cycle (or, with ``member_id``, of that member's own
-    adapter): the caller's log, the registry, the base model, and the serving ``runtime`` with its
-    ``serve`` swap (None: a temporary runtime is loaded for the gate, then closed)."""
+    adapter, trained over ``guild_id``'s active adapter when one is given): the caller's log, the
+    registry, the base model, and the serving ``runtime`` with its ``serve`` swap (None: a temporary
+    runtime is loaded for the gate, then closed)."""
     from adapters.registry import member_registry
     from bot.usecases.training import TrainingParts
 
-    if (guild_id is None) == (member_id is None):
-        raise TypeError("build_training_parts needs exactly one of guild_id and member_id")
-    registry = (
-        member_registry(settings.adapters_dir, member_id)
-        if member_id is not None
-        else build_registry(settings, str(guild_id))
-    )
+    if guild_id is None and member_id is None:
+        raise TypeError("build_training_parts needs a guild_id, a member_id or both")
+    beneath = None
+    if member_id is not None:
+        registry = member_registry(settings.adapters_dir, member_id)
+        if guild_id is not None:
+            guild_registry = build_registry(settings, str(guild_id))
+            beneath = guild_registry.active
+    else:
+        registry = build_registry(settings, str(guild_id))
     return TrainingParts(
         feedback_log=feedback_log,
         registry=registry,
         base_model=lambda: resolve_model_base(settings),
         runtime=runtime,
         load_runtime=lambda: build_runtime(settings),
-        guild_id=guild_id,
+        guild_id=None if member_id is not None else guild_id,
         member_id=member_id,
+        beneath=beneath,
         serve=serve,
     )
 

@@ -196,6 +196,25 @@ def test_a_members_own_adapter_trains_on_their_personal_pairs_only(
     assert code == 0 and "the bare base model is now active" in out
     code, _, err = _run(capsys, "train", "--member", "alice")
     assert code == 2 and "Discord user id (digits)" in err
-    code, _, err = _run(capsys, "train", "--member", member, "--guild", GUILD)
-    assert code == 2 and "not both" in err
+    # Trained over the guild's active adapter (served stacked on it there): the gate compares stacks.
+    code, _, err = _run(capsys, "train", "--guild", GUILD, "--json", "--no-progress", "--no-promote")
+    assert code == 0, err
+    assert _run(capsys, "adapters", "promote", "v0001", "--guild", GUILD)[0] == 0
+    code, out, err = _run(
+        capsys, "train", "--member", member, "--guild", GUILD, "--json", "--no-progress", "--no-promote"
+    )
+    assert code == 0, err
+    assert json.loads(out)["version"] == "v0002"
+    meta = json.loads((own / "v0002" / "loopbot.json").read_text())
+    guild_version = data_dir / "adapters" / "guilds" / GUILD / "v0001"
+    assert meta["train_config"]["beneath_adapter"] == str(guild_version)
+    with (own / "v0002" / "gate_report.csv").open(encoding="utf-8") as report:
+        assert sum(1 for _ in report) > 1
+    from safetensors import safe_open
+
+    def keys(path: Path) -> set[str]:
+        with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as handle:
+            return set(handle.keys())
+
+    assert keys(own / "v0002") == keys(own / "v0001")  # only the member's own LoRA is saved
     log.close()

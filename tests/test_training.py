@@ -291,3 +291,37 @@ def test_corrections_are_also_taught_in_the_base_models_own_words(default_model_
         assert row.prompt[0] == {"role": "system", "content": SYSTEM}
         assert row.completion == source.output
         assert question != source.instruction and question.endswith("?")
+
+
+def test_an_adapter_trains_over_a_frozen_one_as_it_will_be_served(
+    tiny_model_dir: Path, make_lora_adapter
+) -> None:
+    """The worker adds the frozen adapter's delta under peft's LoRA: the model it trains computes what
+    peft computes with both adapters active, and only the new LoRA has gradients."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adapters._train_worker import _add_frozen_adapter, _peft_model
+
+    guild = make_lora_adapter(tiny_model_dir, seed=3)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        bare = plain(ids).logits
+    reference = PeftModel.from_pretrained(plain, str(guild)).eval()
+    with torch.no_grad():
+        expected = reference(ids).logits
+    assert not torch.allclose(expected, bare, atol=1e-4)  # the guild adapter changes the answer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    _add_frozen_adapter(model, str(guild))
+    member = _peft_model(model, {"rank": 4, "alpha": 8})  # a fresh LoRA: B = 0, no change yet
+    with torch.no_grad():
+        got = member(ids).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+    trainable = {n for n, p in member.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    member(ids).logits.sum().backward()  # gradients reach the new LoRA through the frozen delta
+    grads = [p.grad for n, p in member.named_parameters() if n in trainable and "lora_B" in n]
+    assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)

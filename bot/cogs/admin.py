@@ -223,12 +223,15 @@ class AdminCog(commands.Cog):
         await interaction.edit_original_response(content=text[:2000])
 
     async def run_training(self, guild_id: str, *, if_needed: bool, member_id: str | None = None) -> str:
-        """One server's training cycle (or one member's own adapter's) off the event loop (it waits
-        on the training subprocess); one run at a time on the machine."""
+        """One server's training cycle (or one member's own adapter's, trained over ``guild_id``'s
+        adapter if given) off the event loop (it waits on the training subprocess); one run at a time
+        on the machine."""
         trainer = self.services.trainer
         assert trainer is not None
         async with self.training:
-            self.training_guild, self.last_progress = guild_id, "starting"
+            # a member's own run is nobody else's business: no server's members see its progress
+            self.training_guild = guild_id if member_id is None else ""
+            self.last_progress = "starting"
             own = {"member_id": member_id} if member_id is not None else {}
             result = await asyncio.to_thread(trainer, self._progress, if_needed, guild_id, **own)
         return describe_result(result)
@@ -260,12 +263,14 @@ class AdminCog(commands.Cog):
                 )
             except user_errors() as error:
                 log.info("scheduled training skipped, guild %s: %s", guild.id, error)
-        # Then each member's own adapter, on their personal pairs (ids only in the log: no text).
+        # Then each member's own adapter, on their personal pairs (ids only in the log: no text),
+        # trained over the server's adapter when the bot serves one server (with several, over none).
+        over = str(self.bot.guilds[0].id) if len(self.bot.guilds) == 1 else ""
         for member in await asyncio.to_thread(self.services.feedback_log.personal_pair_owners):
             if self.training.locked():
                 return
             try:
-                outcome = await self.run_training("", if_needed=True, member_id=member)
+                outcome = await self.run_training(over, if_needed=True, member_id=member)
                 log.info("scheduled training, member %s: %s", member, outcome)
             except user_errors() as error:
                 log.info("scheduled training skipped, member %s: %s", member, error)

@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the cycle report as JSON")
     train.add_argument("--guild", help=GUILD_HELP)
-    train.add_argument("--member", help=MEMBER_HELP)
+    train.add_argument(
+        "--member", help=MEMBER_HELP + "; with --guild, trained over that server's active adapter"
+    )
     train.set_defaults(handler=train_handler)
 
     adapters = subparsers.add_parser("adapters", help="list, promote or roll back adapter versions")
@@ -83,8 +85,8 @@ def _scope(
     args: argparse.Namespace, settings: Settings
 ) -> Iterator[tuple[str | None, str | None, FeedbackLog]]:
     """``(guild, member, log)``: the adapters a command acts on, a member's own (``--member``) or a
-    server's (``--guild``, or the only one)."""
-    from adapters.errors import AdapterError
+    server's (``--guild``, or the only one). With both, the member's own, trained over that server's
+    active adapter (they are served stacked on it there)."""
     from bot.wiring import build_feedback_log
 
     member = getattr(args, "member", None)
@@ -92,13 +94,9 @@ def _scope(
         with _guild_log(args, settings) as (guild, log):
             yield guild, None, log
         return
-    if args.guild:
-        raise AdapterError(
-            "Pass --guild or --member, not both: a member's own adapter serves them everywhere."
-        )
     log = build_feedback_log(settings)
     try:
-        yield None, str(member), log
+        yield args.guild or None, str(member), log
     finally:
         log.close()
 

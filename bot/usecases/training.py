@@ -72,6 +72,10 @@ class TrainingParts:
     # A member's own adapter instead: trained on that member's personal pairs only (every guild's and
     # their DMs'), and served only to them.
     member_id: str | None = None
+    # For a member's adapter: the adapter it is served stacked over (the guild's active version, None
+    # if the guild has none), looked up when the cycle starts; it is trained over it, frozen, and the
+    # gate compares the stacks (bench/member_adapter.py).
+    beneath: Callable[[], AdapterVersion | None] | None = None
     # How the serving runtime starts answering with a promoted version (the bot: for this guild
     # only). None with a runtime: it becomes the runtime's default adapter.
     serve: Callable[[AdapterVersion | None], Any] | None = None
@@ -225,7 +229,7 @@ def run_training_cycle(
     used (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs
     is not continued from. ``progress`` receives the training process's events.
     """
-    from adapters.gate import GateThresholds, run_gate
+    from adapters.gate import GateThresholds, Served, run_gate
     from adapters.registry import GATE_REPORT_FILE
     from adapters.swap import ensure_loaded, served_name, swap_to
     from adapters.training import NotEnoughPairs, examples_from_pairs, rephrased_examples, train_adapter
@@ -255,6 +259,7 @@ def run_training_cycle(
     parent = None
     if from_active and active is not None and not active.forgotten_pairs(forgotten):
         parent = active
+    beneath = parts.beneath() if parts.member_id is not None and parts.beneath is not None else None
     own_runtime = parts.runtime is None
     if parts.runtime is not None:
         gate_runtime = parts.runtime
@@ -278,6 +283,7 @@ def run_training_cycle(
                 anchors=anchors,
                 options=training_options(settings),
                 parent=parent,
+                beneath=beneath,
                 min_examples=settings.train.min_pairs,
                 on_event=progress,
                 show_progress=show_progress,
@@ -294,13 +300,19 @@ def run_training_cycle(
         ensure_loaded(gate_runtime, version)
         if active is not None:
             ensure_loaded(gate_runtime, active)
+        candidate_served: Served = served_name(version)
+        active_served: Served | None = served_name(active) if active else None
+        if beneath is not None:  # compared as served: each stacked over the guild's adapter
+            ensure_loaded(gate_runtime, beneath)
+            candidate_served = (served_name(beneath), served_name(version))
+            active_served = (served_name(beneath), *((served_name(active),) if active else ()))
         if progress is not None:
             progress({"event": "gate", "pairs": sum(len(chosen) for chosen in gate_sets.values())})
         gate_started = time.perf_counter()
         result = run_gate(
             gate_runtime,
-            candidate=served_name(version),
-            active=served_name(active) if active else None,
+            candidate=candidate_served,
+            active=active_served,
             pairs={name: _gate_items(chosen, system_prompt) for name, chosen in gate_sets.items()},
             thresholds=GateThresholds(
                 min_learned=settings.train.gate_min_learned,

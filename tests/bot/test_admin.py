@@ -130,9 +130,20 @@ async def test_the_training_schedule_runs_the_cycle_in_the_background(bot_settin
 
     bot_settings.discord.train_schedule_minutes = 30
     calls: list[bool] = []
+    members: list[tuple[str, str]] = []
+    # A member with a private 👍 answer (a personal pair): the schedule trains their own adapter too.
+    log = bot_services["feedback_log"]
+    answer = log.record_answer(
+        guild_id="", channel_id="dm", user_id="4242", question="When is my vet visit?", context="",
+        chunk_ids=[], prompt="", prompt_version="t", adapter=None, answer="On Friday.", private=True,
+    )  # fmt: skip
+    log.set_vote(answer, "4242", 1, True)
 
-    def trainer(progress: Any, if_needed: bool, guild_id: str) -> str:
+    def trainer(progress: Any, if_needed: bool, guild_id: str, member_id: str | None = None) -> str:
         # Stands in for the training subprocess only; the schedule and the bot around it are real.
+        if member_id is not None:
+            members.append((member_id, guild_id))
+            return "nothing trained: 1 new pair(s)"
         assert guild_id.isdigit()
         calls.append(if_needed)
         progress({"event": "step", "step": 1})
@@ -141,10 +152,13 @@ async def test_the_training_schedule_runs_the_cycle_in_the_background(bot_settin
     env = Env(create_bot(bot_settings, trainer=trainer, **bot_services), settle_timeout=60)
     await env.start()
     try:
-        env.create_guild(name="cats")  # each server the bot is in gets its own scheduled cycle
+        guild = env.create_guild(name="cats")  # each server the bot is in gets its own scheduled cycle
         await env.settle()
         first = len(calls)  # discord.ext.tasks runs the first iteration right after ready
         await env.advance_time(30 * 60)
         assert len(calls) == first + 1 and all(calls)  # every scheduled run is "if needed"
+        # The member's own adapter is trained over the one server's adapter (served stacked on it);
+        # the first iteration may run before the bot joined the server (then over none).
+        assert members and members[-1] == ("4242", str(guild.id))
     finally:
         await env.shutdown()
