@@ -396,11 +396,19 @@ def guild_ids(adapters_dir: Path | str) -> builtins.list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
 
 
+def member_ids(adapters_dir: Path | str) -> builtins.list[str]:
+    """The members who have an adapter registry of their own under ``adapters_dir``."""
+    root = Path(adapters_dir) / MEMBERS_DIR
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+
+
 def all_registries(adapters_dir: Path | str) -> builtins.list[AdapterRegistry]:
-    """Every registry under ``adapters_dir``: each guild's, and the one from before per-guild adapters."""
+    """Every registry under ``adapters_dir``: each guild's, the one from before per-guild adapters, and
+    each member's own (trained on shared pairs too, beside theirs: a forget must reach them)."""
     return [
         AdapterRegistry(adapters_dir),
         *(guild_registry(adapters_dir, g) for g in guild_ids(adapters_dir)),
+        *(member_registry(adapters_dir, m) for m in member_ids(adapters_dir)),
     ]
 
 

@@ -5,8 +5,10 @@ corrections of their own. Two ways to serve that member's private answers:
 
 * **stacked**: a member adapter trained on the member's pairs alone, on the bare base, its LoRA delta
   added to the guild adapter's at serving time (what loopbot did until Nov 25);
-* **stacked, trained over the guild's** (what loopbot does): the same, but trained with the guild's
-  adapter applied and frozen (``train_adapter(beneath=...)``), so it learns in the stack it is served in;
+* **stacked, trained over the guild's**: the same, but trained with the guild's adapter applied and
+  frozen (``train_adapter(beneath=...)``), so it learns in the stack it is served in;
+* **... keeping its pairs** (what loopbot does): and with the guild's pairs beside the member's
+  (``kept_guild_pairs``: at most two per member pair), so the member's LoRA is told to keep them;
 * **beside**: one adapter per member trained on the guild's pairs *and* the member's, served instead of
   the guild's.
 
@@ -74,7 +76,7 @@ def main() -> int:
         train_adapter,
     )
     from bot.settings import load_settings
-    from bot.usecases.training import training_options
+    from bot.usecases.training import kept_guild_pairs, training_options
     from bot.wiring import resolve_model_base
 
     settings = load_settings()
@@ -89,8 +91,11 @@ def main() -> int:
 
         versions: dict[str, Any] = {}
 
-        def train(name: str, pairs: list[Any], beneath: str | None = None) -> tuple[str, float]:
-            examples = examples_from_pairs(pairs, system_prompt)
+        def train(
+            name: str, pairs: list[Any], beneath: str | None = None, kept: list[Any] | None = None
+        ) -> tuple[str, float]:
+            # as the product trains: ``kept`` (the guild's pairs beside a member's) are not rephrased
+            examples = examples_from_pairs([*pairs, *(kept or [])], system_prompt)
             examples += rephrased_examples(runtime, pairs, system_prompt)
             started = time.perf_counter()
             versions[name] = train_adapter(
@@ -110,15 +115,18 @@ def main() -> int:
         guild, guild_s = train("guild", guild_pairs)
         member, member_s = train("member", member_pairs)
         over, over_s = train("over", member_pairs, beneath="guild")
+        kept = kept_guild_pairs(guild_pairs, versions["guild"], len(member_pairs))
+        keeping, keeping_s = train("keeping", member_pairs, beneath="guild", kept=kept)
         beside, beside_s = train("beside", guild_pairs + member_pairs)
         result["guild_training_s"] = guild_s
         served = {
             "guild alone": guild,
             "stacked": (guild, member),
             "stacked, trained over the guild's": (guild, over),
+            "stacked, trained over the guild's, keeping its pairs": (guild, keeping),
             "beside": beside,
         }
-        costs = dict(zip(served, (0.0, member_s, over_s, beside_s), strict=True))
+        costs = dict(zip(served, (0.0, member_s, over_s, keeping_s, beside_s), strict=True))
         for label, adapter in served.items():
             row = {
                 "member_training_s": costs[label],

@@ -208,6 +208,13 @@ def test_a_members_own_adapter_trains_on_their_personal_pairs_only(
     meta = json.loads((own / "v0002" / "loopbot.json").read_text())
     guild_version = data_dir / "adapters" / "guilds" / GUILD / "v0001"
     assert meta["train_config"]["beneath_adapter"] == str(guild_version)
+    # ... with the guild's pairs beside hers (so it keeps them), listed so that forgetting their
+    # authors retires this version too; her private pairs still reach no shared adapter.
+    guild_pairs = json.loads((guild_version / "loopbot.json").read_text())["pair_ids"]
+    kept = set(guild_pairs) & set(meta["pair_ids"])
+    own_pairs = set(meta["pair_ids"]) - set(guild_pairs)
+    assert max(guild_pairs, key=int) in kept and len(kept) <= 2 * len(own_pairs)  # newest, capped
+    assert "Private answer" not in (guild_version / "dataset.jsonl").read_text(encoding="utf-8")
     with (own / "v0002" / "gate_report.csv").open(encoding="utf-8") as report:
         assert sum(1 for _ in report) > 1
     from safetensors import safe_open
@@ -217,4 +224,16 @@ def test_a_members_own_adapter_trains_on_their_personal_pairs_only(
             return set(handle.keys())
 
     assert keys(own / "v0002") == keys(own / "v0001")  # only the member's own LoRA is saved
+    # Forgetting an author of the guild's pairs (alice asked about Mochi) retires this adapter too and
+    # scrubs her pairs from its stored dataset.
+    dataset = own / "v0002" / "dataset.jsonl"
+    assert "Mochi" in dataset.read_text(encoding="utf-8")
+    assert _run(capsys, "adapters", "promote", "v0002", "--member", member)[0] == 0
+    code, _, err = _run(capsys, "forget", "--user", "alice")
+    assert code == 0, err
+    listed = json.loads(_run(capsys, "adapters", "list", "--member", member, "--json")[1])
+    assert [r["version"] for r in listed if r["active"]] == ["v0001"]  # the newest without her pairs
+    assert not dataset.exists() or "Mochi" not in dataset.read_text(encoding="utf-8")
+    files = [f for f in own.rglob("*") if f.is_file()]  # datasets, gate reports, logs, weights
+    assert files and not any("Mochi" in f.read_text(encoding="utf-8", errors="ignore") for f in files)
     log.close()

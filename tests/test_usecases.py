@@ -196,6 +196,23 @@ def test_the_gate_sets_train_every_correction_and_rotate_the_held_out_answers(lo
     assert {p.id for p in sets2["retained"]} == {p.id for p in train} - {p.id for p in sets2["heldout"]}
 
 
+def test_a_members_adapter_keeps_the_guild_pairs_its_stack_was_trained_on() -> None:
+    from datetime import UTC, datetime
+
+    from adapters.registry import AdapterVersion
+    from bot.usecases.training import kept_guild_pairs
+    from feedback.records import Pair
+
+    shared = [
+        Pair(i, "corrected", f"q{i}?", "", f"a{i}", ASKER, None, datetime.now(UTC))  # type: ignore[arg-type]
+        for i in range(1, 9)
+    ]
+    guild = AdapterVersion("v0003", Path("."), pair_ids=["2", "3", "5", "6", "7"])  # 8: newer, untrained
+    assert kept_guild_pairs(shared, None, 3) == []  # no guild adapter beneath: nothing to keep
+    assert [p.id for p in kept_guild_pairs(shared, guild, 3)] == [7, 6, 5, 3, 2]
+    assert [p.id for p in kept_guild_pairs(shared, guild, 1)] == [7, 6]  # two per member pair, newest
+
+
 def test_progress_events_read_as_members_would_see_them() -> None:
     from bot.usecases.training import describe_progress
 

@@ -183,6 +183,7 @@ class KnowledgeCog(commands.Cog):
             adapters_dir=self.services.settings.adapters_dir,
             serve=serve,
             drop_own_adapter=(lambda: adapters.drop_member(user_id)) if adapters is not None else None,
+            serve_member=adapters.swap_member if adapters is not None else None,
         )
         for guild in summary.replaced:
             if guild:

@@ -96,6 +96,7 @@ def forget_member(
     adapters_dir: Path | None = None,
     serve: Callable[[str, AdapterVersion | None], Any] | None = None,
     drop_own_adapter: Callable[[], Any] | None = None,
+    serve_member: Callable[[str, AdapterVersion | None], Any] | None = None,
 ) -> ForgetSummary:
     """Delete a member's personal records in every guild, then their answers, votes, corrections
     and training pairs, scrubbing every file that held them (the SQLite files, Chroma's segments, the
@@ -105,7 +106,8 @@ def forget_member(
     at once to its newest version without them (or the base model); ``serve(guild, version)`` makes
     the running bot answer with it. The next retrain leaves the pairs out. The member's own adapter
     (every version, its datasets and reports) is deleted, after ``drop_own_adapter`` took it out of
-    the running bot."""
+    the running bot. Another member's own adapter trained on the member's shared pairs (kept beside
+    theirs) falls back the same way; ``serve_member(member, version)`` serves it."""
     from adapters.registry import all_registries, member_registry
     from bot.usecases.training import retire_forgotten
 
@@ -124,7 +126,10 @@ def forget_member(
         forgotten = log.forgotten_pair_ids()
         for registry in all_registries(adapters_dir):
             changed, now = retire_forgotten(registry, forgotten)
-            if changed:
+            if changed and registry.member_id is not None:
+                if serve_member is not None:
+                    serve_member(registry.member_id, now)
+            elif changed:
                 guild = registry.guild_id or ""
                 replaced[guild] = now.version if now is not None else None
                 if serve is not None and guild:

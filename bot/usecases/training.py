@@ -39,6 +39,7 @@ class CycleReport:
     train_pairs: int = 0
     heldout_pairs: int = 0
     rephrased_rows: int = 0  # corrections also trained on in the base model's own words
+    guild_rows: int = 0  # a member's cycle: the guild's pairs trained beside theirs (kept_guild_pairs)
     gate: GateResult | None = None
     train_metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -79,6 +80,22 @@ class TrainingParts:
     # How the serving runtime starts answering with a promoted version (the bot: for this guild
     # only). None with a runtime: it becomes the runtime's default adapter.
     serve: Callable[[AdapterVersion | None], Any] | None = None
+
+
+def kept_guild_pairs(
+    shared: Sequence[Pair], beneath: AdapterVersion | None, member_pairs: int, per_member_pair: int = 2
+) -> list[Pair]:
+    """For a member's adapter trained over ``beneath`` (the guild's): the shared pairs ``beneath`` was
+    trained on and still in force, newest first, at most ``per_member_pair`` for each of the member's
+    pairs. Trained beside the member's, they tell the member's LoRA to keep the guild's answers
+    (bench/member_adapter.py); a shared pair may train a private adapter, never the other way round.
+    Their ids join the version's pair ids, so forgetting their authors retires it."""
+    if beneath is None:
+        return []
+    wanted = set(beneath.pair_ids)
+    chosen = [p for p in shared if str(p.id) in wanted]
+    chosen.sort(key=lambda p: p.id, reverse=True)
+    return chosen[: per_member_pair * member_pairs]
 
 
 def _duration(seconds: float) -> str:
@@ -269,7 +286,8 @@ def run_training_cycle(
         raise TypeError("TrainingParts needs a runtime or load_runtime")
     try:
         anchors = _anchors(settings, registry, base_model, gate_runtime)
-        examples = examples_from_pairs(train_pairs, system_prompt)
+        kept = kept_guild_pairs(parts.feedback_log.pairs(), beneath, len(train_pairs)) if beneath else []
+        examples = examples_from_pairs([*train_pairs, *kept], system_prompt)
         rephrased = []
         if settings.train.rephrase_corrections:
             corrections = [p for p in train_pairs if p.kind == "corrected"]
@@ -295,6 +313,7 @@ def run_training_cycle(
             train_pairs=len(train_pairs),
             heldout_pairs=len(heldout_pairs),
             rephrased_rows=len(rephrased),
+            guild_rows=len(kept),
             train_metrics=dict(version.metrics.get("train", {})),
         )
         ensure_loaded(gate_runtime, version)
