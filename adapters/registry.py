@@ -390,16 +390,19 @@ def member_registry(adapters_dir: Path | str, member_id: str) -> AdapterRegistry
     return AdapterRegistry(Path(adapters_dir) / MEMBERS_DIR / str(member_id), member_id=str(member_id))
 
 
+def _ids_under(root: Path) -> builtins.list[str]:
+    """The Discord ids (digit-named directories) under ``root``, sorted; none if it does not exist."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+
+
 def guild_ids(adapters_dir: Path | str) -> builtins.list[str]:
     """The guilds that have a registry under ``adapters_dir``."""
-    root = Path(adapters_dir) / GUILDS_DIR
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+    return _ids_under(Path(adapters_dir) / GUILDS_DIR)
 
 
 def member_ids(adapters_dir: Path | str) -> builtins.list[str]:
     """The members who have an adapter registry of their own under ``adapters_dir``."""
-    root = Path(adapters_dir) / MEMBERS_DIR
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+    return _ids_under(Path(adapters_dir) / MEMBERS_DIR)
 
 
 def all_registries(adapters_dir: Path | str) -> builtins.list[AdapterRegistry]:
