@@ -196,6 +196,8 @@ def test_a_members_own_adapter_trains_on_their_personal_pairs_only(
     assert code == 0 and "the bare base model is now active" in out
     code, _, err = _run(capsys, "train", "--member", "alice")
     assert code == 2 and "Discord user id (digits)" in err
+    code, _, err = _run(capsys, "adapters", "list", "--member", member, "--guild", GUILD)
+    assert code == 2 and "not both" in err  # only training takes both (over that server's adapter)
     # Trained over the guild's active adapter (served stacked on it there): the gate compares stacks.
     code, _, err = _run(capsys, "train", "--guild", GUILD, "--json", "--no-progress", "--no-promote")
     assert code == 0, err

@@ -82,11 +82,12 @@ def _guild_log(args: argparse.Namespace, settings: Settings) -> Iterator[tuple[s
 
 @contextlib.contextmanager
 def _scope(
-    args: argparse.Namespace, settings: Settings
+    args: argparse.Namespace, settings: Settings, *, over_guild: bool = False
 ) -> Iterator[tuple[str | None, str | None, FeedbackLog]]:
     """``(guild, member, log)``: the adapters a command acts on, a member's own (``--member``) or a
-    server's (``--guild``, or the only one). With both, the member's own, trained over that server's
-    active adapter (they are served stacked on it there)."""
+    server's (``--guild``, or the only one). With both (``over_guild``: training only), the member's
+    own, trained over that server's active adapter (they are served stacked on it there)."""
+    from adapters.errors import AdapterError
     from bot.wiring import build_feedback_log
 
     member = getattr(args, "member", None)
@@ -94,6 +95,10 @@ def _scope(
         with _guild_log(args, settings) as (guild, log):
             yield guild, None, log
         return
+    if args.guild and not over_guild:
+        raise AdapterError(
+            "Pass --guild or --member, not both: a member's own adapters are the same in every server."
+        )
     log = build_feedback_log(settings)
     try:
         yield args.guild or None, str(member), log
@@ -131,7 +136,7 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
     from bot.usecases.training import run_training_cycle
     from bot.wiring import build_training_parts
 
-    with _scope(args, settings) as (guild, member, log), _stdout_to_stderr(args.json):
+    with _scope(args, settings, over_guild=True) as (guild, member, log), _stdout_to_stderr(args.json):
         report = run_training_cycle(
             settings,
             build_training_parts(settings, log, guild_id=guild, member_id=member),
