@@ -63,6 +63,23 @@ def test_gguf_ships_with_the_wheel() -> None:
     assert path.name == default_model.GGUF_FILE and path.stat().st_size > 50_000_000
 
 
+def test_gguf_is_parsed_once_during_a_conversion() -> None:
+    """The memoized reader and name map return one object per argument, and are undone after."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    path = default_model.gguf_path()
+    with default_model._gguf_read_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first
+        assert first.fields["general.architecture"].contents() == "llama"
+        llama = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == "llama")
+        assert gguf.get_tensor_name_map(llama, 30) is gguf.get_tensor_name_map(llama, 30)
+        assert gguf.get_tensor_name_map(llama, 30) is not gguf.get_tensor_name_map(llama, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+    assert gguf.GGUFReader(path) is not first
+
+
 def test_calibration_prompts_are_not_the_regression_questions() -> None:
     from adapters._calibration import INSTRUCTIONS, rag_prompts, topic_requests
 
