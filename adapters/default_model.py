@@ -117,7 +117,7 @@ def _gguf_read_once() -> Iterator[None]:
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     readers: dict[tuple[str, str], Any] = {}
 
-    def read_once(path: Any, mode: str = "r") -> Any:
+    def read_once(path: Any, mode: Any = "r") -> Any:
         key = (str(path), mode)
         if key not in readers:
             readers[key] = reader(path, mode)
