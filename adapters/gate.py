@@ -8,7 +8,9 @@ on four sets, and the gate says which rule decided:
 * **retained**: the pairs earlier versions were trained on and that are still in force (a forgotten
   member's pairs are gone). *Did it keep them?* Its share may fall by at most ``max_forgotten``.
 * **regression**: the fixed general-question set (:mod:`adapters.evaluation`). *Did it keep its
-  general answers?* Accuracy may fall by at most ``max_regression_drop``.
+  general answers?* Accuracy may fall by at most ``max_regression_drop`` below the active adapter's
+  *and* below the base's (what is served with no version of this registry: the bare model, or for
+  a member the guild's adapter alone), so one-question drops cannot add up round after round.
 * **heldout**: 👍 answers left out of this round's training. *Did the answer style generalise, or at
   least not get worse?* Mean token F1 may fall by at most ``max_heldout_drop``, checked from
   ``min_heldout`` answers on (one or two are too few to judge a style). They are trained on in
@@ -95,6 +97,7 @@ class SetScore:
     count: int
     active: float
     candidate: float
+    base: float | None = None  # regression only: the base's accuracy, when the active is not the base
 
     def line(self, name: str) -> str:
         if name in ("taught", "retained"):
@@ -103,7 +106,13 @@ class SetScore:
                 f"(active {round(self.active * self.count)}/{self.count})"
             )
         what = "accuracy" if name == "regression" else "F1"
-        return f"{name} {what} {self.active:.2f} -> {self.candidate:.2f} ({self.count})"
+        base = f", base {self.base:.2f}" if self.base is not None else ""
+        return f"{name} {what} {self.active:.2f} -> {self.candidate:.2f} ({self.count}{base})"
+
+    @property
+    def reference(self) -> float:
+        """What the candidate is held to: the better of the active's and the base's score."""
+        return self.active if self.base is None else max(self.active, self.base)
 
 
 def score_lines(sets: Mapping[str, SetScore]) -> str:
@@ -136,6 +145,8 @@ class GateResult:
                 f"{name}_active": round(score.active, 4),
                 f"{name}_candidate": round(score.candidate, 4),
             }
+            if score.base is not None:
+                out[f"{name}_base"] = round(score.base, 4)
         return out
 
 
@@ -157,6 +168,15 @@ def _answer_all(
             )
         )
     return [f.result().text for f in futures]
+
+
+def _same(a: Served | None, b: Served | None) -> bool:
+    """Whether two served stacks are the same (a one-name tuple is that name)."""
+
+    def names(x: Served | None) -> tuple[str, ...]:
+        return () if x is None else (x,) if isinstance(x, str) else tuple(x)
+
+    return names(a) == names(b)
 
 
 def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bool, str]:
@@ -183,11 +203,13 @@ def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bo
         )
     if (
         regression.count
-        and regression.candidate + thresholds.max_regression_drop + _EPSILON < regression.active
+        and regression.candidate + thresholds.max_regression_drop + _EPSILON < regression.reference
     ):
+        against = "the active adapter's" if regression.reference == regression.active else "the base's"
         return False, (
-            f"regression accuracy changed by {regression.candidate - regression.active:+.3f}, more than "
-            f"the allowed drop of {thresholds.max_regression_drop:.3f}"
+            f"regression accuracy {regression.candidate:.3f} is {regression.reference - regression.candidate:.3f} "
+            f"below {against} {regression.reference:.3f}, more than the allowed drop of "
+            f"{thresholds.max_regression_drop:.3f}"
         )
     if (
         heldout.count >= max(1, thresholds.min_heldout)
@@ -205,6 +227,7 @@ def run_gate(
     *,
     candidate: Served,
     active: Served | None,
+    base: Served | None = None,
     pairs: Mapping[str, Sequence[GateItem]],
     thresholds: GateThresholds | None = None,
     regression: Sequence[RegressionQuestion] | None = None,
@@ -215,6 +238,9 @@ def run_gate(
     """Answer each pair set (keys of :data:`PAIR_SETS`) and the regression set with ``candidate`` and
     ``active`` (None: the bare base), decide, and write the CSV report (every set) to ``report_path``.
     Either may be a tuple of names, stacked as served (a member's adapter over the guild's).
+    ``base`` is what is served without any version of the candidate's registry (None: the bare base;
+    a member's: the guild's adapter); when the active is something else, the regression set is
+    answered with it too and the candidate is held to the better of the two.
 
     Every adapter named must already be loaded on ``runtime``.
     """
@@ -226,11 +252,12 @@ def run_gate(
     if unknown:
         raise ValueError(f"unknown gate set(s) {sorted(unknown)}; expected {PAIR_SETS}")
     questions = list(regression) if regression is not None else load_regression_questions()
+    regressed = (active, candidate) if _same(active, base) else (active, candidate, base)
     rows: list[dict[str, Any]] = []
     sets: dict[str, SetScore] = {}
     # Every answer is queued at once (each set and the regression run, for both adapters), so the
     # runtime batches them all, as background work behind members' questions.
-    with ThreadPoolExecutor(max_workers=2 * (len(PAIR_SETS) + 1)) as pool:
+    with ThreadPoolExecutor(max_workers=2 * len(PAIR_SETS) + len(regressed)) as pool:
         pending = {
             (name, a): pool.submit(_answer_all, runtime, list(pairs.get(name, ())), a, max_new_tokens)
             for name in PAIR_SETS
@@ -245,7 +272,7 @@ def run_gate(
                 system_prompt=system_prompt,
                 max_new_tokens=max_new_tokens,
             )
-            for a in (active, candidate)
+            for a in regressed
         }
         answered = {key: future.result() for key, future in pending.items()}
         reg = {a: future.result() for a, future in pending_regression.items()}
@@ -267,21 +294,23 @@ def run_gate(
             rows.append(row)
         mean = {a: (sum(v) / len(v) if v else 0.0) for a, v in scores.items()}
         sets[name] = SetScore(len(items), mean[active], mean[candidate])
-    for a, c in zip(reg[active], reg[candidate], strict=True):
-        rows.append(
-            {
-                "set": "regression",
-                "question": a.question,
-                "expected": a.expected,
-                "active_answer": a.answer,
-                "active_score": float(bool(a.correct)),
-                "active_correct": a.correct,
-                "candidate_answer": c.answer,
-                "candidate_score": float(bool(c.correct)),
-                "candidate_correct": c.correct,
+    for index in range(len(questions)):
+        first = reg[active][index]
+        row = {"set": "regression", "question": first.question, "expected": first.expected}
+        for role, adapter in zip(("active", "candidate", "base"), regressed, strict=False):
+            answer = reg[adapter][index]
+            row |= {
+                f"{role}_answer": answer.answer,
+                f"{role}_score": float(bool(answer.correct)),
+                f"{role}_correct": answer.correct,
             }
-        )
-    sets["regression"] = SetScore(len(questions), accuracy(reg[active]), accuracy(reg[candidate]))
+        rows.append(row)
+    sets["regression"] = SetScore(
+        len(questions),
+        accuracy(reg[active]),
+        accuracy(reg[candidate]),
+        base=None if _same(active, base) else accuracy(reg[base]),
+    )
     promote, reason = decide(sets, thresholds)
     result = GateResult(promote, reason, candidate, active, sets, report_path, rows)
     if report_path is not None:
@@ -299,6 +328,8 @@ REPORT_COLUMNS = [
     "candidate_score",
     "active_correct",
     "candidate_correct",
+    "base_answer",  # regression rows, when the active is not the base
+    "base_correct",
 ]
 
 

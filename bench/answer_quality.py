@@ -133,7 +133,7 @@ def evidence_only(questions: list[dict], kb, settings) -> dict:  # type: ignore[
         if not q["answerable"]:
             continue
         used = service.fit_context(
-            service.select(service.retrieve(q["question"], user_id=None, guild_id=GUILD))
+            service.select(service.retrieve(q["question"], user_id=None, guild_id=GUILD), q["question"])
         )
         quote = best_sentences(q["question"], [h.chunk.text for h in used], kb.similarities) or ""
         rows.append(

@@ -148,6 +148,12 @@ class TrainSettings(BaseSettings):
         description="General questions the base model answers for itself, replayed in every run "
         "so the adapter keeps the base's general answers; 0: none.",
     )
+    anchors_per_pair: float = Field(
+        0.8,
+        ge=0.0,
+        description="Larger runs replay more anchors: at least this many per trained pair (up to 46), "
+        "so that many pairs do not drown the anchors and erode general answers round after round.",
+    )
     rephrase_corrections: bool = Field(
         True,
         description="Also train on the base model's own rewording of each correction's question, so a "

@@ -26,7 +26,7 @@ from adapters.prompt import (
 )
 from adapters.runtime import ACTIVE
 from knowledge.errors import KnowledgeError
-from knowledge.evidence import best_sentences, is_grounded, repeats_question
+from knowledge.evidence import best_sentences, is_grounded, is_japanese, passage_scores, repeats_question
 from knowledge.types import Hit
 
 log = logging.getLogger(__name__)
@@ -109,13 +109,22 @@ class AnswerService:
             return []  # a DM has no guild, so no community and no scoped records
         return list(self.kb.search(question, guild_id=guild_id, user_id=user_id, k=self.top_k))
 
-    def select(self, hits: Sequence[Hit]) -> list[Hit]:
+    def select(self, hits: Sequence[Hit], question: str | None = None) -> list[Hit]:
         """The passages worth putting in the prompt (and citing): above the relevance floor or
-        matched lexically, within ``relevance_margin`` of the best one, at most ``max_passages``."""
+        matched lexically, within ``relevance_margin`` of the best one, at most ``max_passages``.
+        Given the ``question``, the ones kept are those whose best sentence answers it best
+        (:func:`knowledge.evidence.passage_scores`), not the ones most about its topic: on
+        bench/answer_quality.py the expected passage was used for 93 % of English questions instead
+        of 87 %. Not for Japanese (the embedder is English-only: 85 % either way, and the quotes
+        worse), where the retrieval's order, lexical matches included, stands."""
         kept = [h for h in hits if h.lexical or (h.similarity or 0.0) >= self.min_relevance]
         if kept and self.relevance_margin is not None:
             best = max((h.similarity or 0.0) for h in kept)
             kept = [h for h in kept if h.lexical or (h.similarity or 0.0) >= best - self.relevance_margin]
+        if question and self.max_passages and len(kept) > self.max_passages and not is_japanese(question):
+            similarity = getattr(self.kb, "similarities", None)
+            scores = passage_scores(question, [h.chunk.text for h in kept], similarity)
+            kept = [kept[i] for i in sorted(range(len(kept)), key=lambda i: (-scores[i], i))]
         return kept[: self.max_passages] if self.max_passages else kept
 
     def _tokens(self, text: str) -> int:
@@ -151,7 +160,7 @@ class AnswerService:
         question = question.strip()
         if not question:
             raise KnowledgeError("ask a question: the text is empty")
-        used = self.fit_context(self.select(hits))
+        used = self.fit_context(self.select(hits, question))
         messages, context = self.build_messages(question, used, history)
         # Ids only: the passages may be someone's personal records and logs are read by operators.
         log.debug("answering with chunks %s", [hit.chunk.id for hit in used])

@@ -33,6 +33,11 @@ _NON_ANSWER = re.compile(
 )
 
 
+def is_japanese(text: str) -> bool:
+    """Whether ``text`` holds kana or kanji."""
+    return bool(_CJK.search(text))
+
+
 def sentences(text: str) -> list[str]:
     """The sentences (and lines) of a passage that can answer something: markdown heading marks and
     list bullets removed, and headings themselves (a few words, no number) left out."""
@@ -92,6 +97,20 @@ _ASKS: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
         r"\bshare\b|\bage\b|何[人名グキ歳時日回円分本匹％%枚]",
         _DIGITS + "|" + _NUMBER_WORDS + r"|\bhalf\b",
     ),
+    # A length of time, a price, a frequency, a share: the kind of number, not only a number.
+    _ask(
+        r"\bhow long\b|how many (days|weeks|months|hours|minutes|years)\b|何日|何週|何か月|何ヶ月|何時間|期間",
+        r"\b(minute|hour|day|week|fortnight|month|year)s?\b|分間|時間|日間|週間|か月|ヶ月|年間",
+    ),
+    _ask(
+        r"\bhow much\b|\bcosts?\b|\bprice|\bfees?\b|\bdeposit|いくら|料金|値段|費用",
+        r"[$£€¥]\s?\d|\d\s*(円|dollars?|cents?|pounds?|euros?)\b|\bfree\b|無料",
+    ),
+    _ask(
+        r"\bhow often\b|何回|頻度",
+        r"\bevery\b|\b(daily|weekly|monthly|yearly|once|twice)\b|\btimes an?\b|毎|回",
+    ),
+    _ask(r"\bpercent|\bshare of\b|\bproportion|\bdiscount|\bhow much off\b|割引|何割", r"\d\s*%|percent|割"),
     _ask(
         r"\bwhen\b|what day|\bdeadline|\bby when\b|いつ|何曜|締め切り|までに",
         (
@@ -139,14 +158,37 @@ def best_sentences(
     candidates = [s for p in passages for s in sentences(p)]
     if not candidates:
         return None
+    scores = _sentence_scores(question, candidates, similarity)
+    ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
+    return " ".join(candidates[i] for i in sorted(ranked[:count]))
+
+
+def _sentence_scores(
+    question: str, candidates: list[str], similarity: Callable[[str, list[str]], list[float]] | None
+) -> list[float]:
     dense = similarity(question, candidates) if similarity is not None else [0.0] * len(candidates)
     weight = 1.0 if _CJK.search(question) else 0.5
-    scores = [
+    return [
         dense[i] + weight * overlap(question, c) + ANSWER_TYPE_WEIGHT * answer_type_match(question, c)
         for i, c in enumerate(candidates)
     ]
-    ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
-    return " ".join(candidates[i] for i in sorted(ranked[:count]))
+
+
+def passage_scores(
+    question: str,
+    passages: Sequence[str],
+    similarity: Callable[[str, list[str]], list[float]] | None = None,
+) -> list[float]:
+    """Each passage's best sentence score (as :func:`best_sentences` ranks them; 0 without one): a
+    passage is as good as the sentence in it that answers, not as its average topic."""
+    split = [sentences(p) for p in passages]
+    flat = [s for group in split for s in group]
+    scores = _sentence_scores(question, flat, similarity) if flat else []
+    best, start = [], 0
+    for group in split:
+        best.append(max(scores[start : start + len(group)], default=0.0))
+        start += len(group)
+    return best
 
 
 def ungrounded(answer: str, context: str) -> list[str]:

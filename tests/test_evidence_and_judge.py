@@ -7,6 +7,7 @@ from knowledge.evidence import (
     best_sentences,
     is_grounded,
     is_non_answer,
+    passage_scores,
     repeats_question,
     sentences,
     ungrounded,
@@ -110,3 +111,28 @@ def test_an_answer_that_restates_the_question_is_no_answer() -> None:
     )
     assert not repeats_question("The lending library is open on Tuesdays and Saturdays.", question)
     assert not repeats_question("東京支部の年会費は3,000円です。", "東京支部の年会費はいくら？")
+
+
+def test_the_kind_of_number_asked_for_counts() -> None:
+    """A length of time, a price, a share: a sentence with any number is not enough."""
+    lent = "You can borrow up to two items at a time. Equipment is lent for two weeks."
+    assert (
+        best_sentences("How long can I keep a carrier?", [lent], count=1)
+        == "Equipment is lent for two weeks."
+    )
+    fees = "The stroller is one of 3 in the library. Each item needs a $20 deposit."
+    assert (
+        best_sentences("Is there a deposit for the stroller?", [fees], count=1)
+        == "Each item needs a $20 deposit."
+    )
+    share = "The fund was set up in 2019 by 12 members. It gets 45% of the membership fees."
+    assert best_sentences("What share of the fees goes to the fund?", [share], count=1) == (
+        "It gets 45% of the membership fees."
+    )
+
+
+def test_a_passage_scores_as_its_best_sentence() -> None:
+    room = "The room is upstairs. It holds 44 people."
+    about = "The room is upstairs at the café. The room has a piano."
+    scores = passage_scores("How many people fit in the room?", [about, room, "# Heading only"])
+    assert scores[1] > scores[0] > scores[2] == 0.0

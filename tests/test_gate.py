@@ -23,6 +23,7 @@ def test_token_f1() -> None:
 
 
 def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(14, 0.4, 0.4), heldout=(0, 0.0, 0.0)):
+    """Scores as (count, active, candidate[, base])."""
     return {
         name: SetScore(*score)
         for name, score in zip(SETS, (taught, retained, regression, heldout), strict=True)
@@ -39,13 +40,38 @@ def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(14, 0.4, 0.4
         (_sets(taught=(5, 0, 1), retained=(10, 1.0, 0.6)), GateThresholds(), False, "forgot earlier pairs"),
         (_sets(taught=(5, 0, 1), retained=(10, 1.0, 0.9)), GateThresholds(), True, "retained 9/10"),
         # Two of 14 regression questions lost: refused; one (the default tolerance): promoted.
-        (_sets(taught=(5, 0, 1), regression=(14, 0.5, 0.357)), GateThresholds(), False, "changed by -0.143"),
+        (
+            _sets(taught=(5, 0, 1), regression=(14, 0.5, 0.357)),
+            GateThresholds(),
+            False,
+            "0.357 is 0.143 below the active adapter's 0.500",
+        ),
         (_sets(taught=(5, 0, 1), regression=(14, 0.5, 0.43)), GateThresholds(), True, ""),
         (
             _sets(taught=(5, 0, 1), regression=(14, 0.5, 0.43)),
             GateThresholds(max_regression_drop=0.0),
             False,
-            "changed by -0.070",
+            "0.430 is 0.070 below the active adapter's 0.500",
+        ),
+        # Drops add up over rounds: one question per round below the active, two below the base.
+        (
+            _sets(taught=(5, 0, 1), regression=(14, 0.357, 0.286, 0.429)),
+            GateThresholds(),
+            False,
+            "0.286 is 0.143 below the base's 0.429",
+        ),
+        (
+            _sets(taught=(5, 0, 1), regression=(14, 0.357, 0.357, 0.429)),
+            GateThresholds(),
+            True,
+            "regression accuracy 0.36 -> 0.36 (14, base 0.43)",
+        ),
+        # An active better than the base is still the bar.
+        (
+            _sets(taught=(5, 0, 1), regression=(14, 0.643, 0.5, 0.429)),
+            GateThresholds(),
+            False,
+            "active adapter's",
         ),
         (
             _sets(taught=(5, 0, 1), heldout=(3, 0.6, 0.5)),
@@ -157,7 +183,7 @@ def test_gate_refuses_a_candidate_that_broke_the_regression_set(two_adapters) ->
     if any(a in b or b in a for a, b in zip(out["a"][1], out["b"][1], strict=True)):
         pytest.skip("the random adapters gave overlapping regression answers")
     result = _gate(runtime, "a", "b", taught=out["a"][0], regression=out["b"][1])
-    assert not result.promote and "regression accuracy changed by -1.000" in result.reason
+    assert not result.promote and "regression accuracy 0.000 is 1.000 below the active" in result.reason
 
 
 def test_gate_against_the_bare_base(two_adapters) -> None:
@@ -165,3 +191,22 @@ def test_gate_against_the_bare_base(two_adapters) -> None:
     result = _gate(runtime, "a", None, taught=out["a"][0], regression=out["a"][1])
     assert result.active is None and result.sets["taught"].candidate == pytest.approx(1.0)
     assert result.promote, result.reason
+
+
+def test_gate_holds_the_candidate_to_the_base_model_too(two_adapters, tmp_path: Path) -> None:
+    """Regression answers the base gets right and neither adapter does: refused against the base,
+    which answers the set beside them (its answers in the report); against the base itself it is
+    not answered twice."""
+    runtime, out = two_adapters
+    bare = _gate(runtime, "a", None, taught=out["a"][0], regression=out["a"][1])
+    assert bare.sets["regression"].base is None
+    base_answers = [r["active_answer"] for r in bare.rows if r["set"] == "regression"]
+    if any(b in x or x in b for x in base_answers for b in (*out["a"][1], *out["b"][1])):
+        pytest.skip("the random adapters gave regression answers overlapping the base's")
+    report = tmp_path / "gate.csv"
+    result = _gate(runtime, "a", "b", report, taught=out["a"][0], regression=base_answers)
+    assert result.sets["regression"] == SetScore(2, 0.0, 0.0, base=1.0)
+    assert not result.promote and "0.000 is 1.000 below the base's 1.000" in result.reason
+    assert result.metrics()["regression_base"] == 1.0
+    rows = [r for r in csv.DictReader(report.open(encoding="utf-8")) if r["set"] == "regression"]
+    assert [r["base_answer"] for r in rows] == base_answers and {r["base_correct"] for r in rows} == {"True"}

@@ -159,6 +159,33 @@ def test_only_passages_that_help_are_used_and_cited(kb: KnowledgeBase, tiny_runt
     assert [s.id for s in answer.sources] == [h.chunk.id for h in kept]  # cited = prompted
 
 
+def test_the_passages_kept_are_the_ones_whose_sentence_answers(kb: KnowledgeBase, tiny_runtime) -> None:
+    """Three passages about the room, one saying how many it holds: that one is kept, though the
+    retrieval ranked it last; a Japanese question keeps the retrieval's order."""
+    from knowledge.types import Hit
+
+    texts = [
+        "The meetup room is upstairs at the Copper Kettle café on Alder Row. The room has a piano.",
+        "The room is booked by the club every second Saturday. Ask at the bar for the room key.",
+        "Please RSVP in #events, because the upstairs room holds 44 people and fills up fast.",
+    ]
+    hits = [
+        Hit(Chunk(id=f"r{i}", text=t, source="events.md", scope="community", guild_id="100"), 1 - i / 10, 0.6)
+        for i, t in enumerate(texts)
+    ]
+    service = AnswerService(kb, tiny_runtime, top_k=3, max_passages=1)
+    assert [h.chunk.id for h in service.select(hits, "How many people fit in the meetup room?")] == ["r2"]
+    assert [h.chunk.id for h in service.select(hits)] == ["r0"]  # no question: the retrieval's order
+    assert [h.chunk.id for h in service.select(hits, "部屋には何人入れますか？")] == ["r0"]
+    assert [
+        h.chunk.id for h in AnswerService(kb, tiny_runtime, max_passages=3).select(hits, "How many?")
+    ] == [
+        "r0",
+        "r1",
+        "r2",
+    ]  # all of them fit: the order is the retrieval's
+
+
 def test_nothing_relevant_says_so_then_marks_general_knowledge(kb: KnowledgeBase, tiny_runtime) -> None:
     from adapters.prompt import GENERAL_KNOWLEDGE, NOTHING_FOUND
 

@@ -223,3 +223,16 @@ def test_progress_events_read_as_members_would_see_them() -> None:
     assert describe_progress({"event": "gate", "pairs": 20}).startswith("gate: ") and "20 pairs" in (
         describe_progress({"event": "gate", "pairs": 20})
     )
+
+
+def test_larger_runs_replay_more_anchors() -> None:
+    """Anchors grow with the run (40 pairs would drown 16), up to the 46 questions; 0 turns them off."""
+    from bot.settings import Settings, TrainSettings
+    from bot.usecases.training import anchor_count
+
+    def count(pairs: int, **train: Any) -> int:
+        return anchor_count(Settings(train=TrainSettings(**train)), pairs)
+
+    assert [count(n) for n in (0, 8, 20, 21, 40, 100)] == [16, 16, 16, 17, 32, 46]
+    assert count(40, anchors_per_pair=0.0) == 16 and count(40, anchors=0) == 0
+    assert count(5, anchors=30) == 30

@@ -9,6 +9,7 @@ decides what to feed them from the settings.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -198,8 +199,19 @@ def _gate_items(pairs: Sequence[Pair], system_prompt: str) -> list[Any]:
     ]
 
 
+def anchor_count(settings: Settings, pairs: int) -> int:
+    """How many anchors a run of ``pairs`` trained pairs replays: ``anchors``, or ``anchors_per_pair``
+    per pair when that is more (up to the 46 there are); none when ``anchors`` is 0."""
+    from adapters._calibration import INSTRUCTIONS
+
+    if settings.train.anchors == 0:
+        return 0
+    wanted = max(settings.train.anchors, math.ceil(settings.train.anchors_per_pair * pairs))
+    return min(len(INSTRUCTIONS), wanted)
+
+
 def _anchors(
-    settings: Settings, registry: AdapterRegistry, base_model: str, runtime: Runtime
+    settings: Settings, registry: AdapterRegistry, base_model: str, runtime: Runtime, count: int
 ) -> list[TrainingExample]:
     """The replayed base-model answers, generated once per base model, prompt and count.
 
@@ -211,7 +223,7 @@ def _anchors(
 
     from adapters.training import TrainingExample, anchor_examples, anchor_questions
 
-    questions = anchor_questions(settings.train.anchors)
+    questions = anchor_questions(count)
     if not questions:
         return []
     key = json.dumps([base_model, settings.model.system_prompt, questions])
@@ -285,8 +297,9 @@ def run_training_cycle(
     else:
         raise TypeError("TrainingParts needs a runtime or load_runtime")
     try:
-        anchors = _anchors(settings, registry, base_model, gate_runtime)
         kept = kept_guild_pairs(parts.feedback_log.pairs(), beneath, len(train_pairs)) if beneath else []
+        count = anchor_count(settings, len(train_pairs) + len(kept))
+        anchors = _anchors(settings, registry, base_model, gate_runtime, count)
         examples = examples_from_pairs([*train_pairs, *kept], system_prompt)
         rephrased = []
         if settings.train.rephrase_corrections:
@@ -321,10 +334,12 @@ def run_training_cycle(
             ensure_loaded(gate_runtime, active)
         candidate_served: Served = served_name(version)
         active_served: Served | None = served_name(active) if active else None
+        base_served: Served | None = None
         if beneath is not None:  # compared as served: each stacked over the guild's adapter
             ensure_loaded(gate_runtime, beneath)
-            candidate_served = (served_name(beneath), served_name(version))
-            active_served = (served_name(beneath), *((served_name(active),) if active else ()))
+            base_served = (served_name(beneath),)
+            candidate_served = (*base_served, served_name(version))
+            active_served = (*base_served, *((served_name(active),) if active else ()))
         if progress is not None:
             progress({"event": "gate", "pairs": sum(len(chosen) for chosen in gate_sets.values())})
         gate_started = time.perf_counter()
@@ -332,6 +347,7 @@ def run_training_cycle(
             gate_runtime,
             candidate=candidate_served,
             active=active_served,
+            base=base_served,
             pairs={name: _gate_items(chosen, system_prompt) for name, chosen in gate_sets.items()},
             thresholds=GateThresholds(
                 min_learned=settings.train.gate_min_learned,
