@@ -149,7 +149,7 @@ class TrainSettings(BaseSettings):
         "so the adapter keeps the base's general answers; 0: none.",
     )
     anchors_per_pair: float = Field(
-        0.8,
+        0.6,
         ge=0.0,
         description="Larger runs replay more anchors: at least this many per trained pair (up to 46), "
         "so that many pairs do not drown the anchors and erode general answers round after round.",

@@ -223,10 +223,10 @@ class AnswerService:
         on_token: Callable[[str], None] | None = None,
         adapter: Any = ACTIVE,
     ) -> Answer:
-        """:meth:`answer` without blocking the event loop: retrieval and the answer's finishing in a
-        thread, generation queued."""
+        """:meth:`answer` without blocking the event loop: retrieval, choosing the passages (which
+        embeds their sentences) and the answer's finishing in a thread, generation queued."""
         hits = await asyncio.to_thread(self.retrieve, question, user_id=user_id, guild_id=guild_id)
-        question, used, messages, context = self._prepare(question, hits, history)
+        question, used, messages, context = await asyncio.to_thread(self._prepare, question, hits, history)
         generation = await self.runtime.agenerate(
             messages, system_prompt=self.system_prompt, on_token=on_token, **_adapter(adapter)
         )

@@ -222,3 +222,47 @@ def test_a_stack_of_adapters_is_served_and_named(
     stacked = tiny_runtime.generate(QUESTION, adapter=("guild", "member"))
     assert stacked.adapter == "guild+member"
     assert stacked.text not in {tiny_runtime.generate(QUESTION, adapter=a).text for a in ("guild", "member")}
+
+
+def test_prompts_admitted_together_are_prefilled_together(tiny_runtime: ModelRuntime) -> None:
+    """Prompts of different lengths, admitted in one step, go through one padded forward and answer
+    exactly as alone (positions and padding right), each with its own adapter."""
+    engine = tiny_runtime._engine
+    prompts = [ask(1), [{"role": "user", "content": "Tell me fact number 12, and then one more."}], ask(3)]
+    alone = [tiny_runtime.generate(p, max_new_tokens=10).text for p in prompts]
+    groups: list[int] = []
+    prefill = engine._prefill
+
+    def counted(group: list) -> None:
+        groups.append(len(group))
+        prefill(group)
+
+    engine._prefill = counted  # type: ignore[method-assign]
+    try:
+        hold = Hold()
+        first = tiny_runtime.submit(ask(0), max_new_tokens=10, on_token=hold)
+        assert hold.started.wait(10)
+        rest = [tiny_runtime.submit(p, max_new_tokens=10) for p in prompts]
+        hold.released.set()
+        together = [f.result().text for f in rest]
+        first.result()
+    finally:
+        engine._prefill = prefill  # type: ignore[method-assign]
+    assert groups == [1, 3]
+    assert together == alone
+
+
+def test_prefill_groups_keep_padding_and_size_bounded() -> None:
+    from adapters._batching import PREFILL_MAX_TOKENS, Request, prefill_groups
+
+    def request(length: int) -> Request:
+        return Request([1] * length, (), 4, 0.0, (), None, threading.Event())
+
+    lengths = [
+        [len(r.prompt_ids) for r in g]
+        for g in prefill_groups([request(n) for n in (41, 10, 200, 12, 40, 11)])
+    ]
+    assert lengths == [[10, 11, 12], [40, 41], [200]]
+    big = PREFILL_MAX_TOKENS // 2
+    assert [len(g) for g in prefill_groups([request(big)] * 3)] == [2, 1]
+    assert prefill_groups([]) == []

@@ -233,6 +233,44 @@ def test_larger_runs_replay_more_anchors() -> None:
     def count(pairs: int, **train: Any) -> int:
         return anchor_count(Settings(train=TrainSettings(**train)), pairs)
 
-    assert [count(n) for n in (0, 8, 20, 21, 40, 100)] == [16, 16, 16, 17, 32, 46]
+    assert [count(n) for n in (0, 8, 20, 27, 40, 100)] == [16, 16, 16, 17, 24, 46]
     assert count(40, anchors_per_pair=0.0) == 16 and count(40, anchors=0) == 0
     assert count(5, anchors=30) == 30
+
+
+def test_a_members_adapter_is_retrained_when_the_guilds_beneath_it_changed(tmp_path) -> None:
+    """Her adapter learned over (and kept the pairs of) the guild's v0001: once v0002 is served
+    beneath it, it is due without new pairs; once retrained over v0002 it is not, even if refused."""
+    from datetime import UTC, datetime
+
+    from bot.settings import Settings
+    from bot.usecases.training import needs_training
+    from feedback.records import Pair
+
+    guild = AdapterRegistry(tmp_path / "guild")
+    member = AdapterRegistry(tmp_path / "member")
+
+    def publish(registry: AdapterRegistry, **meta: Any):
+        with registry.stage() as stage:
+            (stage.path / "adapter_config.json").write_text("{}")
+            (stage.path / "adapter_model.safetensors").write_bytes(b"weights")  # never read here
+            return registry.publish(stage, {"base_model": "tiny", **meta})
+
+    v1, v2 = publish(guild), publish(guild)
+    pairs = [
+        Pair(i, "corrected", f"q{i}", "", f"a{i}", "9", None, datetime.now(UTC), owner_id="9")
+        for i in range(8)
+    ]
+    trained = {"pair_ids": [str(p.id) for p in pairs]}
+    mine = publish(member, train_config={"beneath_adapter": str(v1.path)}, **trained)
+    member.promote(mine.version)
+    settings = Settings()
+    assert needs_training(settings, pairs, member, beneath=v1) == (
+        False,
+        "0 new pair(s) since the last run, 8 needed",
+    )
+    due, why = needs_training(settings, pairs, member, beneath=v2)
+    assert due and why == "the guild's adapter changed since v0001 was trained (v0001 -> v0002)"
+    assert not needs_training(settings, pairs[:7], member, beneath=v2)[0]  # too few left to train on
+    publish(member, train_config={"beneath_adapter": str(v2.path)}, **trained)  # retrained, not promoted
+    assert not needs_training(settings, pairs, member, beneath=v2)[0]

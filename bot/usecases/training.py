@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -147,10 +148,26 @@ def new_pair_count(pairs: Sequence[Pair], registry: AdapterRegistry) -> int:
 
 
 def needs_training(
-    settings: Settings, pairs: Sequence[Pair], registry: AdapterRegistry, now: float | None = None
+    settings: Settings,
+    pairs: Sequence[Pair],
+    registry: AdapterRegistry,
+    now: float | None = None,
+    *,
+    beneath: AdapterVersion | None = None,
 ) -> tuple[bool, str]:
-    """The ``--if-needed`` rule: enough new pairs AND the minimum interval since the last version."""
+    """The ``--if-needed`` rule: enough new pairs AND the minimum interval since the last version.
+
+    A member's adapter (``beneath``: the guild's active adapter it is trained over) is also retrained
+    when its latest version (promoted or not: a refused retrain is not retried) was trained over
+    another: it learned over, and kept the pairs of, a guild adapter no longer served beneath it."""
     versions = registry.list()
+    if versions and len(pairs) >= settings.train.min_pairs and beneath is not None:
+        over = versions[-1].train_config.get("beneath_adapter")
+        if over is None or Path(over).resolve() != beneath.path.resolve():
+            was = Path(over).name if over else "none"
+            return True, (
+                f"the guild's adapter changed since {versions[-1].version} was trained ({was} -> {beneath.version})"
+            )
     fresh = new_pair_count(pairs, registry)
     if fresh < settings.train.min_pairs:
         return False, f"{fresh} new pair(s) since the last run, {settings.train.min_pairs} needed"
@@ -270,8 +287,9 @@ def run_training_cycle(
     else:
         pairs = parts.feedback_log.pairs(guild_id=parts.guild_id)
     forgotten = parts.feedback_log.forgotten_pair_ids()
+    beneath = parts.beneath() if parts.member_id is not None and parts.beneath is not None else None
     if if_needed:
-        needed, why = needs_training(settings, pairs, registry)
+        needed, why = needs_training(settings, pairs, registry, beneath=beneath)
         if not needed:
             return CycleReport(trained=False, reason=why)
     active = registry.active()
@@ -288,7 +306,6 @@ def run_training_cycle(
     parent = None
     if from_active and active is not None and not active.forgotten_pairs(forgotten):
         parent = active
-    beneath = parts.beneath() if parts.member_id is not None and parts.beneath is not None else None
     own_runtime = parts.runtime is None
     if parts.runtime is not None:
         gate_runtime = parts.runtime
