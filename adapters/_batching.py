@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 # A decode step whose rows x cache length is at most this runs on one CPU thread (see BatchEngine).
 ONE_THREAD_DECODE_WORK = 8192
 # Prompts admitted in the same step are prefilled in one forward, left-padded to the longest, while
-# the padding stays under this share of their tokens and the forward under PREFILL_MAX_TOKENS. Measured
-# (8 asks at once): short questions 119-123 tok/s instead of 113, the last first token 0.3-0.5 s instead
-# of 0.6-0.7; ~1,000-token RAG prompts four to a 4,096-token forward finished a second later (17-18 s
-# vs 16 s: the padded prompts lose SDPA's causal kernel), so long prompts go alone.
+# the padding stays under this share of their tokens and the forward under PREFILL_MAX_TOKENS
+# (bench/prefill_batching.py): 8 short asks at once get their first tokens twice as soon and decode
+# 3-11 % faster; ~1,000-token RAG prompts four to a 4,096-token forward finished a second later (the
+# padded prompts lose SDPA's causal kernel), so long prompts go alone.
 PREFILL_MAX_PADDING = 0.25
 PREFILL_MAX_TOKENS = 1024
 INTERACTIVE = 0  # a member is waiting for it
