@@ -1,5 +1,12 @@
 """The fixed regression question set: load it, answer it with a runtime, grade and export the answers.
 
+The set is two packaged files: the 15 questions the product ships (``regression_questions.csv``,
+English and Japanese, also the prompts of the quantization checks) and 56 more general questions
+that both the fp32 and the 4-bit default model answer (``regression_general.csv``, chosen by
+``bench/regression_set.py`` from ``bench/data/regression_candidates.csv``, none an anchor's topic).
+With 14 gradable questions one flipped answer moved accuracy by 7 %, as much as the noise between
+two runs of the same model, so the gate could not tell a lost answer from noise; with 70 it can.
+
 An answer is correct when it contains any of the expected alternatives (pipe-separated,
 case-insensitive). A question with no expected answer is ungradable (``correct`` is None) and is
 left out of the accuracy: accuracy = correct / gradable.
@@ -18,7 +25,8 @@ from adapters.errors import AdapterError
 from adapters.prompt import training_messages
 from adapters.runtime import ACTIVE, BACKGROUND
 
-PACKAGED_CSV = "regression_questions.csv"
+PACKAGED_CSV = "regression_questions.csv"  # the product's fixed set (../shared/data)
+GENERAL_CSV = "regression_general.csv"  # general questions the default model answers, fp32 and 4-bit
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,25 @@ class RegressionResult:
 
 
 def load_regression_questions(path: Path | None = None) -> list[RegressionQuestion]:
-    """Read a ``question,expected_any`` CSV (the packaged set by default); AdapterError if unreadable."""
+    """Read a ``question,expected_any`` CSV; by default the whole packaged set (the product's fixed
+    questions, then the general ones). AdapterError if unreadable."""
+    if path is None:
+        return [*core_regression_questions(), *_read_questions(None, GENERAL_CSV)]
+    return _read_questions(Path(path), str(path))
+
+
+def core_regression_questions() -> list[RegressionQuestion]:
+    """The product's 15 fixed questions alone: the prompts the quantization checks compare on."""
+    return _read_questions(None, PACKAGED_CSV)
+
+
+def _read_questions(path: Path | None, name: str) -> list[RegressionQuestion]:
+    """``path``, or the packaged file ``name`` when ``path`` is None."""
     try:
         if path is None:
-            text = resources.files("adapters.data").joinpath(PACKAGED_CSV).read_text(encoding="utf-8")
+            text = resources.files("adapters.data").joinpath(name).read_text(encoding="utf-8")
         else:
-            text = Path(path).read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise AdapterError(
             f"Cannot read the regression questions ({error}): check the --questions path."
@@ -57,7 +78,7 @@ def load_regression_questions(path: Path | None = None) -> list[RegressionQuesti
         or "question" not in reader.fieldnames
         or "expected_any" not in reader.fieldnames
     ):
-        raise AdapterError(f"{path or PACKAGED_CSV} needs the header `question,expected_any`.")
+        raise AdapterError(f"{name} needs the header `question,expected_any`.")
     questions = []
     for row in reader:
         question = (row.get("question") or "").strip()
@@ -65,7 +86,7 @@ def load_regression_questions(path: Path | None = None) -> list[RegressionQuesti
             expected = tuple(a.strip() for a in (row.get("expected_any") or "").split("|") if a.strip())
             questions.append(RegressionQuestion(question, expected))
     if not questions:
-        raise AdapterError(f"{path or PACKAGED_CSV} contains no questions.")
+        raise AdapterError(f"{name} contains no questions.")
     return questions
 
 
@@ -141,8 +162,8 @@ def write_regression_csv(results: Sequence[RegressionResult], path: Path) -> Pat
 def regression_conversations(
     system_prompt: str, questions: list[RegressionQuestion] | None = None
 ) -> list[list[dict[str, str]]]:
-    """The regression questions (the packaged set by default) as chats: system prompt, then question."""
-    questions = load_regression_questions() if questions is None else questions
+    """The regression questions (the product's 15 by default) as chats: system prompt, then question."""
+    questions = core_regression_questions() if questions is None else questions
     return [training_messages(q.question, "", system_prompt) for q in questions]
 
 

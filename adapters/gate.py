@@ -10,7 +10,9 @@ on four sets, and the gate says which rule decided:
 * **regression**: the fixed general-question set (:mod:`adapters.evaluation`). *Did it keep its
   general answers?* Accuracy may fall by at most ``max_regression_drop`` below the active adapter's
   *and* below the base's (what is served with no version of this registry: the bare model, or for
-  a member the guild's adapter alone), so one-question drops cannot add up round after round.
+  a member the guild's adapter alone), so small drops cannot add up round after round. What the
+  active and the base answered does not change from one gate to the next: answers known from an
+  earlier gate (``known_regression``) are reused, and only the candidate answers the set.
 * **heldout**: 👍 answers left out of this round's training. *Did the answer style generalise, or at
   least not get worse?* Mean token F1 may fall by at most ``max_heldout_drop``, checked from
   ``min_heldout`` answers on (one or two are too few to judge a style). They are trained on in
@@ -37,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterError
-from adapters.evaluation import RegressionQuestion, accuracy, load_regression_questions, run_regression
+from adapters.evaluation import (
+    RegressionQuestion,
+    RegressionResult,
+    accuracy,
+    load_regression_questions,
+    run_regression,
+)
 from adapters.prompt import split_system
 from adapters.runtime import BACKGROUND
 
@@ -82,7 +90,7 @@ class GateThresholds:
 
     min_learned: float = 0.5
     max_forgotten: float = 0.1
-    max_regression_drop: float = 0.08  # one question of the 14
+    max_regression_drop: float = 0.05  # 3 of the 70 gradable questions
     max_heldout_drop: float = 0.05
     # Fewer held-out answers than this are reported but do not decide: the demo's single held-out
     # answer moved by 0.09 F1 between two adapters that both answered it.
@@ -131,6 +139,8 @@ class GateResult:
     sets: dict[str, SetScore]
     report_path: Path | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # Every stack's answers to the regression set (keyed by stack_names), reused and fresh alike
+    regression_answers: dict[tuple[str, ...], list[RegressionResult]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Each non-empty set's scores on one line."""
@@ -170,13 +180,14 @@ def _answer_all(
     return [f.result().text for f in futures]
 
 
+def stack_names(served: Served | None) -> tuple[str, ...]:
+    """A served stack as a tuple of names (a one-name tuple is that name; the bare base is ())."""
+    return () if served is None else (served,) if isinstance(served, str) else tuple(served)
+
+
 def _same(a: Served | None, b: Served | None) -> bool:
-    """Whether two served stacks are the same (a one-name tuple is that name)."""
-
-    def names(x: Served | None) -> tuple[str, ...]:
-        return () if x is None else (x,) if isinstance(x, str) else tuple(x)
-
-    return names(a) == names(b)
+    """Whether two served stacks are the same."""
+    return stack_names(a) == stack_names(b)
 
 
 def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bool, str]:
@@ -234,6 +245,7 @@ def run_gate(
     report_path: Path | None = None,
     system_prompt: str | None = None,
     max_new_tokens: int = 48,
+    known_regression: Mapping[tuple[str, ...], Sequence[RegressionResult]] | None = None,
 ) -> GateResult:
     """Answer each pair set (keys of :data:`PAIR_SETS`) and the regression set with ``candidate`` and
     ``active`` (None: the bare base), decide, and write the CSV report (every set) to ``report_path``.
@@ -241,6 +253,10 @@ def run_gate(
     ``base`` is what is served without any version of the candidate's registry (None: the bare base;
     a member's: the guild's adapter); when the active is something else, the regression set is
     answered with it too and the candidate is held to the better of the two.
+
+    ``known_regression`` holds regression answers of stacks (keyed by :func:`stack_names`) from an
+    earlier gate with the same questions and prompt: those stacks are not asked again (the candidate
+    always is). Answers for other questions are ignored.
 
     Every adapter named must already be loaded on ``runtime``.
     """
@@ -253,6 +269,14 @@ def run_gate(
         raise ValueError(f"unknown gate set(s) {sorted(unknown)}; expected {PAIR_SETS}")
     questions = list(regression) if regression is not None else load_regression_questions()
     regressed = (active, candidate) if _same(active, base) else (active, candidate, base)
+    asked = [q.question for q in questions]
+    known = {
+        a: list(saved)
+        for a in regressed
+        if not _same(a, candidate)
+        and (saved := (known_regression or {}).get(stack_names(a))) is not None
+        and [r.question for r in saved] == asked
+    }
     rows: list[dict[str, Any]] = []
     sets: dict[str, SetScore] = {}
     # Every answer is queued at once (each set and the regression run, for both adapters), so the
@@ -273,9 +297,10 @@ def run_gate(
                 max_new_tokens=max_new_tokens,
             )
             for a in regressed
+            if a not in known
         }
         answered = {key: future.result() for key, future in pending.items()}
-        reg = {a: future.result() for a, future in pending_regression.items()}
+        reg = {**known, **{a: future.result() for a, future in pending_regression.items()}}
     for name in PAIR_SETS:
         items = list(pairs.get(name, ()))
         answers = {a: answered[(name, a)] for a in (active, candidate)}
@@ -312,7 +337,8 @@ def run_gate(
         base=None if _same(active, base) else accuracy(reg[base]),
     )
     promote, reason = decide(sets, thresholds)
-    result = GateResult(promote, reason, candidate, active, sets, report_path, rows)
+    by_stack = {stack_names(a): reg[a] for a in regressed}
+    result = GateResult(promote, reason, candidate, active, sets, report_path, rows, by_stack)
     if report_path is not None:
         write_report(result, report_path)
     return result

@@ -17,13 +17,15 @@ from _common import RAG_CASES, RESULTS, machine, models_dir, rag_messages, write
 
 
 def evaluate(path, label: str) -> dict:
-    from adapters.evaluation import accuracy, run_regression, write_regression_csv
+    from adapters.evaluation import accuracy, core_regression_questions, run_regression, write_regression_csv
     from adapters.runtime import ModelRuntime
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     started = time.perf_counter()
     with ModelRuntime.load(path, device="cpu", threads=2, system_prompt=DEFAULT_SYSTEM_PROMPT) as runtime:
-        results = run_regression(runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
+        results = run_regression(
+            runtime, adapter=None, questions=core_regression_questions(), system_prompt=DEFAULT_SYSTEM_PROMPT
+        )
         write_regression_csv(results, RESULTS / f"regression_{label}.csv")
         rag = []
         for i, (_, question, keyword) in enumerate(RAG_CASES):

@@ -42,6 +42,7 @@ def measure(path: Path, reference, tokenizer) -> dict:
     from adapters._loading import load_base_model
     from adapters.evaluation import (
         accuracy,
+        core_regression_questions,
         divergence_from_reference,
         regression_conversations,
         run_regression,
@@ -50,7 +51,9 @@ def measure(path: Path, reference, tokenizer) -> dict:
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     with ModelRuntime.load(path, device="cpu", threads=2) as runtime:
-        results = run_regression(runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
+        results = run_regression(
+            runtime, adapter=None, questions=core_regression_questions(), system_prompt=DEFAULT_SYSTEM_PROMPT
+        )
     model, _ = load_base_model(path, device="cpu")
     d = divergence_from_reference(
         model, reference, tokenizer, regression_conversations(DEFAULT_SYSTEM_PROMPT)

@@ -4,6 +4,7 @@ versions still contain them."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -108,6 +109,19 @@ def test_train_list_forget_promote_rollback(data_dir: Path, capsys: pytest.Captu
     assert first_meta["anchor_count"] == len(anchors) >= 1
     assert not {a["pair_id"] for a in anchors} & set(first_meta["pair_ids"])
     cached_at = cache.stat().st_mtime_ns
+    # The gate kept each stack's answers to the regression set: v0001's own, the bare base's.
+    saved = json.loads((registry_dir / "v0001" / "regression_answers.json").read_text(encoding="utf-8"))
+    (base_cache,) = registry_dir.glob("cache-regression-*.json")
+    base_saved = json.loads(base_cache.read_text(encoding="utf-8"))
+    assert saved["key"] == base_saved["key"] and (saved["stack"], base_saved["stack"]) == (
+        [f"g{GUILD}-v0001"],
+        [],
+    )
+    assert len(saved["answers"]) == len(base_saved["answers"]) == first["gate"]["regression_count"]
+    # Marked, so the next gate shows whether it asked the active and the base again or reused them.
+    for kept, path in ((saved, registry_dir / "v0001" / "regression_answers.json"), (base_saved, base_cache)):
+        kept["answers"] = [[q, expected, "SAVED", False, name] for q, expected, _, _, name in kept["answers"]]
+        path.write_text(json.dumps(kept), encoding="utf-8")
     # Nothing new since v0001: the cron form trains nothing.
     code, out, _ = _run(capsys, "train", "--if-needed", "--no-progress")
     assert code == 0 and "nothing trained: 0 new pair(s)" in out
@@ -129,6 +143,12 @@ def test_train_list_forget_promote_rollback(data_dir: Path, capsys: pytest.Captu
     assert not set(meta["pair_ids"]) & set(ids["alice"]) and meta["pair_ids"]
     rows = {r["version"]: r for r in json.loads(_run(capsys, "adapters", "list", "--json")[1])}
     assert rows["v0002"]["forgotten_pairs"] == 0
+    with (registry_dir / "v0002" / "gate_report.csv").open(encoding="utf-8") as handle:
+        regression = [row for row in csv.DictReader(handle) if row["set"] == "regression"]
+    # Reused, not asked again: v0001's own answers if it was promoted, else the bare base's
+    assert len(regression) == len(saved["answers"]) and {r["active_answer"] for r in regression} == {"SAVED"}
+    assert {r["base_answer"] for r in regression} == ({"SAVED"} if first["promoted"] else {""})
+    assert "SAVED" not in {r["candidate_answer"] for r in regression}
 
     assert _run(capsys, "adapters", "promote", "v0002")[0] == 0
     code, out, _ = _run(capsys, "adapters", "list")

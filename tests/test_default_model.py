@@ -121,10 +121,14 @@ def test_prepare_generates_calibration_when_the_shipped_one_is_stale(tmp_path: P
 
 
 def test_packaged_regression_questions() -> None:
-    questions = load_regression_questions()
-    assert len(questions) == 15
+    from adapters.evaluation import core_regression_questions
+
+    core, questions = core_regression_questions(), load_regression_questions()
+    assert len(core) == 15 and questions[:15] == core  # the product's fixed set comes first
     assert questions[0] == RegressionQuestion("What is the capital of Japan?", ("Tokyo",))
     assert sum(1 for q in questions if not q.expected_any) == 1  # the ungradable "current president"
+    assert len(questions) == 71 and len({q.question for q in questions}) == 71
+    assert all(q.expected_any for q in questions[15:])
 
 
 @pytest.mark.parametrize(
@@ -251,8 +255,8 @@ def test_default_model_regression_accuracy(default_runtime) -> None:
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     results = run_regression(default_runtime, adapter=None, system_prompt=DEFAULT_SYSTEM_PROMPT)
-    # Measured (bench/quantization_quality.py): 4-bit 5/14 here, fp32 8/14. The same recipe prepared
-    # on another CPU answered 3/14 (bf16 arithmetic differs), so 14 exact answers are too few to bound
-    # quality: the divergence test above does that. This floor catches a broken answer path, which
-    # answers 0-1 of them.
-    assert sum(bool(r.correct) for r in results) >= 2, [(r.question, r.answer) for r in results]
+    # Measured (bench/quantization_quality.py, bench/regression_set.py): 4-bit 5-6 of the product's 14
+    # gradable questions here and 56 of the 56 general ones (chosen as those fp32 and 4-bit answer).
+    # The same recipe prepared on another CPU answered 3/14 (bf16 arithmetic differs), so exact answers
+    # do not bound quality: the divergence test above does. This floor catches a broken answer path.
+    assert sum(bool(r.correct) for r in results) >= 35, [(r.question, r.answer) for r in results]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.evaluation import RegressionQuestion
+from adapters.evaluation import RegressionQuestion, RegressionResult
 from adapters.gate import SETS, GateItem, GateThresholds, SetScore, decide, run_gate, token_f1
 
 SYSTEM = "You are loopbot, a test assistant."
@@ -22,7 +22,7 @@ def test_token_f1() -> None:
     assert token_f1("", "") == 1.0
 
 
-def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(14, 0.4, 0.4), heldout=(0, 0.0, 0.0)):
+def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(70, 0.8, 0.8), heldout=(0, 0.0, 0.0)):
     """Scores as (count, active, candidate[, base])."""
     return {
         name: SetScore(*score)
@@ -39,36 +39,36 @@ def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(14, 0.4, 0.4
         # An earlier round forgotten: 6 of 10 answered where the active answered 10.
         (_sets(taught=(5, 0, 1), retained=(10, 1.0, 0.6)), GateThresholds(), False, "forgot earlier pairs"),
         (_sets(taught=(5, 0, 1), retained=(10, 1.0, 0.9)), GateThresholds(), True, "retained 9/10"),
-        # Two of 14 regression questions lost: refused; one (the default tolerance): promoted.
+        # Four of 70 regression questions lost: refused; three (the default tolerance): promoted.
         (
-            _sets(taught=(5, 0, 1), regression=(14, 0.5, 0.357)),
+            _sets(taught=(5, 0, 1), regression=(70, 0.8, 0.743)),
             GateThresholds(),
             False,
-            "0.357 is 0.143 below the active adapter's 0.500",
+            "0.743 is 0.057 below the active adapter's 0.800",
         ),
-        (_sets(taught=(5, 0, 1), regression=(14, 0.5, 0.43)), GateThresholds(), True, ""),
+        (_sets(taught=(5, 0, 1), regression=(70, 0.8, 0.757)), GateThresholds(), True, ""),
         (
-            _sets(taught=(5, 0, 1), regression=(14, 0.5, 0.43)),
+            _sets(taught=(5, 0, 1), regression=(70, 0.8, 0.786)),
             GateThresholds(max_regression_drop=0.0),
             False,
-            "0.430 is 0.070 below the active adapter's 0.500",
+            "0.786 is 0.014 below the active adapter's 0.800",
         ),
-        # Drops add up over rounds: one question per round below the active, two below the base.
+        # Drops add up over rounds: three questions per round below the active, six below the base.
         (
-            _sets(taught=(5, 0, 1), regression=(14, 0.357, 0.286, 0.429)),
+            _sets(taught=(5, 0, 1), regression=(70, 0.757, 0.714, 0.8)),
             GateThresholds(),
             False,
-            "0.286 is 0.143 below the base's 0.429",
+            "0.714 is 0.086 below the base's 0.800",
         ),
         (
-            _sets(taught=(5, 0, 1), regression=(14, 0.357, 0.357, 0.429)),
+            _sets(taught=(5, 0, 1), regression=(70, 0.757, 0.757, 0.8)),
             GateThresholds(),
             True,
-            "regression accuracy 0.36 -> 0.36 (14, base 0.43)",
+            "regression accuracy 0.76 -> 0.76 (70, base 0.80)",
         ),
         # An active better than the base is still the bar.
         (
-            _sets(taught=(5, 0, 1), regression=(14, 0.643, 0.5, 0.429)),
+            _sets(taught=(5, 0, 1), regression=(70, 0.9, 0.843, 0.8)),
             GateThresholds(),
             False,
             "active adapter's",
@@ -126,7 +126,7 @@ def _regression(expected: list[str]) -> list[RegressionQuestion]:
     return [RegressionQuestion(q, (e,)) for q, e in zip(REGRESSION, expected, strict=True)]
 
 
-def _gate(runtime, candidate, active, report=None, **sets):
+def _gate(runtime, candidate, active, report=None, known=None, **sets):
     return run_gate(
         runtime,
         candidate=candidate,
@@ -136,6 +136,7 @@ def _gate(runtime, candidate, active, report=None, **sets):
         report_path=report,
         system_prompt=SYSTEM,
         max_new_tokens=12,
+        known_regression=known,
     )
 
 
@@ -210,3 +211,24 @@ def test_gate_holds_the_candidate_to_the_base_model_too(two_adapters, tmp_path: 
     assert result.metrics()["regression_base"] == 1.0
     rows = [r for r in csv.DictReader(report.open(encoding="utf-8")) if r["set"] == "regression"]
     assert [r["base_answer"] for r in rows] == base_answers and {r["base_correct"] for r in rows} == {"True"}
+
+
+def test_gate_reuses_what_the_active_answered_before_and_always_asks_the_candidate(two_adapters) -> None:
+    """The active's regression answers saved by an earlier gate are not asked again; saved answers
+    for the candidate, or for another question set, are ignored."""
+    runtime, out = two_adapters
+    if any(a in b or b in a for a, b in zip(out["a"][1], out["b"][1], strict=True)):
+        pytest.skip("the random adapters gave overlapping regression answers")
+    expected = out["a"][1]
+    saved_b = [RegressionResult(q, e, e, True) for q, e in zip(REGRESSION, expected, strict=True)]
+    saved_a = [RegressionResult(q, e, "stale", False) for q, e in zip(REGRESSION, expected, strict=True)]
+    known = {("b",): saved_b, ("a",): saved_a}
+    result = _gate(runtime, "a", "b", known=known, taught=out["a"][0], regression=expected)
+    # b itself answers none of a's answers: 1.0 can only come from what was saved
+    regression = result.sets["regression"]
+    assert (regression.active, regression.candidate) == (1.0, 1.0)
+    assert result.regression_answers[("b",)] == saved_b
+    assert [r.answer for r in result.regression_answers[("a",)]] == expected
+    other_set = {("b",): saved_b[:1]}
+    result = _gate(runtime, "a", "b", known=other_set, taught=out["a"][0], regression=expected)
+    assert (result.sets["regression"].active, result.sets["regression"].candidate) == (0.0, 1.0)

@@ -256,6 +256,63 @@ def _anchors(
     return anchors
 
 
+def _regression_key(settings: Settings, base_model: str, max_new_tokens: int) -> str:
+    """What regression answers depend on besides the adapters: the model, the prompt, the questions."""
+    import hashlib
+    import json
+
+    from adapters.evaluation import load_regression_questions
+
+    model = Path(base_model)
+    stamp = model.stat().st_mtime if model.exists() else None  # a model prepared again
+    questions = [[q.question, *q.expected_any] for q in load_regression_questions()]
+    key = json.dumps([base_model, stamp, settings.model.system_prompt, max_new_tokens, questions])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _known_regression(
+    registry: AdapterRegistry, stacks: dict[tuple[str, ...], Path | None], key: str
+) -> dict[tuple[str, ...], list[Any]]:
+    """Regression answers saved by earlier gates for these stacks (a version's own file, or for the
+    bare base the registry's cache), when they were answered with the same model, prompt and set."""
+    import json
+
+    from adapters.evaluation import RegressionResult
+    from adapters.registry import REGRESSION_FILE
+
+    known = {}
+    for stack, version_dir in stacks.items():
+        saved: Any
+        try:
+            if version_dir is None:
+                saved = registry.read_cache(f"regression-{key}")
+            else:
+                saved = json.loads((version_dir / REGRESSION_FILE).read_text(encoding="utf-8"))
+            if saved["key"] == key and tuple(saved["stack"]) == stack:
+                known[stack] = [RegressionResult(*row) for row in saved["answers"]]
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # never saved, scrubbed by a forget, or another version's format: answer again
+    return known
+
+
+def _save_regression(
+    registry: AdapterRegistry, result: GateResult, stack: tuple[str, ...], version_dir: Path | None, key: str
+) -> None:
+    """Keep ``stack``'s answers from this gate for the next ones (see :func:`_known_regression`)."""
+    from dataclasses import astuple
+
+    from adapters.registry import REGRESSION_FILE, write_json_atomic
+
+    answers = result.regression_answers.get(stack)
+    if answers is None:
+        return
+    saved = {"key": key, "stack": list(stack), "answers": [list(astuple(a)) for a in answers]}
+    if version_dir is None:
+        registry.write_cache(f"regression-{key}", saved)
+    else:
+        write_json_atomic(version_dir / REGRESSION_FILE, saved)
+
+
 def run_training_cycle(
     settings: Settings,
     parts: TrainingParts,
@@ -275,7 +332,7 @@ def run_training_cycle(
     used (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs
     is not continued from. ``progress`` receives the training process's events.
     """
-    from adapters.gate import GateThresholds, Served, run_gate
+    from adapters.gate import GateThresholds, Served, run_gate, stack_names
     from adapters.registry import GATE_REPORT_FILE
     from adapters.swap import ensure_loaded, served_name, swap_to
     from adapters.training import NotEnoughPairs, examples_from_pairs, rephrased_examples, train_adapter
@@ -360,6 +417,13 @@ def run_training_cycle(
         if progress is not None:
             progress({"event": "gate", "pairs": sum(len(chosen) for chosen in gate_sets.values())})
         gate_started = time.perf_counter()
+        max_new_tokens = min(48, settings.model.max_new_tokens)
+        regression_key = _regression_key(settings, base_model, max_new_tokens)
+        # Where each stack's answers are kept: the top version's own directory (None: the bare base)
+        saved_in = {
+            stack_names(active_served): active.path if active else beneath.path if beneath else None,
+            stack_names(base_served): beneath.path if beneath else None,
+        }
         result = run_gate(
             gate_runtime,
             candidate=candidate_served,
@@ -374,8 +438,12 @@ def run_training_cycle(
             ),
             report_path=version.path / GATE_REPORT_FILE,
             system_prompt=system_prompt,
-            max_new_tokens=min(48, settings.model.max_new_tokens),
+            max_new_tokens=max_new_tokens,
+            known_regression=_known_regression(registry, saved_in, regression_key),
         )
+        _save_regression(registry, result, stack_names(candidate_served), version.path, regression_key)
+        if beneath is None:
+            _save_regression(registry, result, (), None, regression_key)
         report.gate = result
         report.gate_seconds = time.perf_counter() - gate_started
         registry.update_metadata(
