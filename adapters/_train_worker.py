@@ -31,6 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # stdout (banners, warnings) cannot corrupt the JSON lines.
 _protocol: Any = sys.stdout
 
+# Every linear projection of a Llama block: what is adapted when the run's config names none.
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -68,10 +69,20 @@ def _peft_model(model: Any, config: dict[str, Any]) -> Any:
         r=config["rank"],
         lora_alpha=config["alpha"],
         lora_dropout=0.0,
-        target_modules=[m for m in TARGET_MODULES if m in present],
+        target_modules=_targets(config.get("target_modules") or TARGET_MODULES, present),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def _targets(wanted: list[str], present: set[str]) -> list[str]:
+    """The wanted module names the model has; ValueError (the run fails with it) when none is."""
+    targets = [m for m in wanted if m in present]
+    if not targets:
+        raise ValueError(
+            f"none of the target modules {wanted} is in the model: check LOOPBOT_TRAIN_TARGET_MODULES"
+        )
+    return targets
 
 
 def _add_frozen_adapter(model: Any, path: str | None) -> None:

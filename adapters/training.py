@@ -47,6 +47,9 @@ class TrainingOptions:
 
     rank: int = 16
     alpha: int = 32
+    # The layers LoRA adapts (names present in the model). Attention only keeps more of the base's
+    # general answers than all seven projections, for the same facts learned (bench/learning_proof.py).
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     epochs: float = 5.0  # passes over pairs + anchors, when ``steps`` is 0
     steps: int = 0  # optimizer steps; 0: from ``epochs`` and the number of rows
     batch_size: int = 2
@@ -75,6 +78,8 @@ class TrainingOptions:
                 f"Training needs steps >= 1 or, with steps 0, epochs > 0 (got steps {self.steps}, "
                 f"epochs {self.epochs})."
             )
+        if not self.target_modules:
+            raise AdapterError("Training needs at least one target module (e.g. q_proj,v_proj).")
         if self.learning_rate <= 0:
             raise AdapterError(f"The learning rate must be positive (got {self.learning_rate}).")
 
@@ -152,8 +157,16 @@ def anchor_examples(
     Mixed into a run (replay), they hold the adapter to the base model's behaviour on everything the
     feedback pairs do not cover, so teaching community facts does not erode general answers.
     """
+    from adapters.runtime import BACKGROUND
+
+    # Background priority: members' questions go first, and the queue's bound on waiting questions
+    # (LOOPBOT_MODEL_MAX_WAITING) is for members, so 40+ anchors queued at once are not refused.
     answers = _base_model_texts(
-        runtime, [question_messages(q, "") for q in questions], system_prompt, max_new_tokens
+        runtime,
+        [question_messages(q, "") for q in questions],
+        system_prompt,
+        max_new_tokens,
+        priority=BACKGROUND,
     )
     return [
         TrainingExample(f"anchor-{i}", training_messages(q, "", system_prompt), answer)

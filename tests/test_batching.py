@@ -156,6 +156,25 @@ def test_a_full_queue_tells_the_member_where_they_stand(small_runtime: ModelRunt
     assert small_runtime.generate(ask(2)).completion_tokens > 0  # room again once the queue drained
 
 
+def test_anchors_queue_as_background_work_however_many(small_runtime: ModelRuntime) -> None:
+    """A large run's anchors (more than a member's queue holds) are all answered, not refused."""
+    from adapters.training import anchor_examples
+
+    hold = Hold()
+    member = small_runtime.submit(ask(0), on_token=hold)
+    assert hold.started.wait(10)
+    done: list[int] = []
+    worker = threading.Thread(
+        target=lambda: done.append(len(anchor_examples(small_runtime, [f"Q{i}?" for i in range(5)], "S")))
+    )
+    worker.start()
+    waiting = small_runtime.submit(ask(1))  # a member still gets a place ahead of them
+    hold.released.set()
+    worker.join(60)
+    assert member.result().completion_tokens > 0 and waiting.result().completion_tokens > 0
+    assert done and done[0] <= 5 and small_runtime.queue_load()["background_waiting"] == 0
+
+
 def test_unload_waits_for_the_requests_that_use_the_adapter(
     tiny_runtime: ModelRuntime, tiny_model_dir: Path, make_lora_adapter
 ) -> None:

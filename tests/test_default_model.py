@@ -84,7 +84,7 @@ def test_calibration_prompts_are_not_the_regression_questions() -> None:
     from adapters._calibration import INSTRUCTIONS, rag_prompts, topic_requests
 
     regression = {q.question for q in load_regression_questions()}
-    assert not regression & set(INSTRUCTIONS)
+    assert not regression & set(INSTRUCTIONS)  # the anchors: replayed in training, never what the gate asks
     requests = topic_requests(192)
     assert len(set(requests)) == 192 and not regression & set(requests)
     prompts = rag_prompts(4)

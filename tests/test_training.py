@@ -82,6 +82,9 @@ def test_training_publishes_a_loadable_adapter(trained, tiny_runtime) -> None:
 
     weights = load_file(str(meta.path / "adapter_model.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # it moved from zero-init
+    # Only the configured layers are adapted (attention by default): no MLP weight in the file.
+    adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in weights}
+    assert adapted == set(TINY_OPTIONS.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     tiny_runtime.load_adapter(version.version, meta.path)
     tiny_runtime.set_active_adapter(version.version)
     assert tiny_runtime.generate([{"role": "user", "content": FACTS[0][0]}]).adapter == version.version

@@ -155,13 +155,21 @@ def run_demo(
         recipe = (
             f"{settings.train.steps} steps" if settings.train.steps else f"{settings.train.epochs:g} epochs"
         )
-        echo(f"4. retraining ({recipe}, own process; the bar shows the time left), gating and swapping")
-        parts = build_training_parts(settings, log, guild_id=GUILD, runtime=runtime)
+        echo(f"4. retraining ({recipe}, own process; the bar shows the time left), gating and promoting")
+        # Unlike the bot, which answers members meanwhile and swaps the promoted adapter in place, the
+        # demo has nothing to answer while it trains: its model makes room for the training process
+        # (peak memory, bench/first_run.py) and the cycle loads one of its own for the gate.
+        runtime.close()
+        runtime = None
+        del service
+        parts = build_training_parts(settings, log, guild_id=GUILD)
         cycle = run_training_cycle(settings, parts, show_progress=progress)
         echo(f"   {cycle.summary()}")
         if cycle.gate is not None:
             echo(f"   {cycle.gate.summary()}; report {cycle.gate.report_path}")
         t = lap("train_gate_swap", t)
+        runtime = build_runtime(settings, guild_id=GUILD)  # serves the guild's active adapter
+        service = build_answer_service(settings, kb=kb, runtime=runtime)
         echo(f"5. answering again (adapter: {runtime.active_adapter or 'none'})")
         rows = []
         for question in script["ask_after"]:

@@ -131,6 +131,7 @@ def training_options(settings: Settings) -> TrainingOptions:
     return TrainingOptions(
         rank=settings.train.rank,
         alpha=settings.train.alpha,
+        target_modules=tuple(m.strip() for m in settings.train.target_modules.split(",") if m.strip()),
         epochs=settings.train.epochs,
         steps=settings.train.steps,
         batch_size=settings.train.batch_size,
@@ -313,6 +314,16 @@ def _save_regression(
         write_json_atomic(version_dir / REGRESSION_FILE, saved)
 
 
+def _close_all(runtimes: list[Runtime]) -> None:
+    """Close and drop the runtimes, so their models' memory can go back to the OS (the training
+    process's start trims the heap) before anything else is loaded."""
+    import gc
+
+    while runtimes:
+        runtimes.pop().close()
+    gc.collect()  # a model kept alive by a reference cycle would otherwise wait for a collection
+
+
 def run_training_cycle(
     settings: Settings,
     parts: TrainingParts,
@@ -327,8 +338,8 @@ def run_training_cycle(
     personal pairs), gate it against the active adapter, promote it if it passes and, when
     ``parts.runtime`` is given (the running bot's), hot-swap it in.
 
-    Without it a temporary runtime is loaded with ``parts.load_runtime`` for the gate and closed
-    afterwards. Personal pairs never train a shared adapter and forgotten members' pairs are never
+    Without it a temporary runtime is loaded with ``parts.load_runtime`` (for the anchors and
+    rephrasings, closed while training runs, then again for the gate) and closed afterwards. Personal pairs never train a shared adapter and forgotten members' pairs are never
     used (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs
     is not continued from. ``progress`` receives the training process's events.
     """
@@ -364,21 +375,30 @@ def run_training_cycle(
     if from_active and active is not None and not active.forgotten_pairs(forgotten):
         parent = active
     own_runtime = parts.runtime is None
-    if parts.runtime is not None:
-        gate_runtime = parts.runtime
-    elif parts.load_runtime is not None:
-        gate_runtime = parts.load_runtime()
-    else:
+    if parts.runtime is None and parts.load_runtime is None:
         raise TypeError("TrainingParts needs a runtime or load_runtime")
+    temporary: list[Runtime] = []  # without parts.runtime: the cycle's own, closed when done
+
+    def runtime() -> Runtime:
+        if parts.runtime is not None:
+            return parts.runtime
+        if not temporary:
+            temporary.append(parts.load_runtime())  # type: ignore[misc]  # checked above
+        return temporary[0]
+
     try:
         kept = kept_guild_pairs(parts.feedback_log.pairs(), beneath, len(train_pairs)) if beneath else []
         count = anchor_count(settings, len(train_pairs) + len(kept))
-        anchors = _anchors(settings, registry, base_model, gate_runtime, count)
+        anchors = _anchors(settings, registry, base_model, runtime(), count)
         examples = examples_from_pairs([*train_pairs, *kept], system_prompt)
         rephrased = []
         if settings.train.rephrase_corrections:
             corrections = [p for p in train_pairs if p.kind == "corrected"]
-            rephrased = rephrased_examples(gate_runtime, corrections, system_prompt)
+            rephrased = rephrased_examples(runtime(), corrections, system_prompt)
+        # A temporary runtime serves nobody while the training process runs: its model goes, so the
+        # two processes do not hold two models at once (bench/first_run.py), and is loaded again for
+        # the gate (a few seconds). A bot's runtime stays: it answers members meanwhile.
+        _close_all(temporary)
         with registry.training_lock():
             registry.clean_staging()  # leftovers of killed runs; no other run is live while we hold it
             version = train_adapter(
@@ -403,6 +423,7 @@ def run_training_cycle(
             guild_rows=len(kept),
             train_metrics=dict(version.metrics.get("train", {})),
         )
+        gate_runtime = runtime()
         ensure_loaded(gate_runtime, version)
         if active is not None:
             ensure_loaded(gate_runtime, active)
@@ -463,8 +484,7 @@ def run_training_cycle(
         elif not own_runtime and served_name(version) in gate_runtime.adapters:
             gate_runtime.unload_adapter(served_name(version))  # a rejected candidate is not kept in memory
     finally:
-        if own_runtime:
-            gate_runtime.close()
+        _close_all(temporary)
     report.seconds = time.perf_counter() - started
     return report
 
