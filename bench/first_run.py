@@ -106,14 +106,19 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], marks: dict[str, str]) -
     memory = TreeMemory(proc.pid)
     seen: dict[str, float] = {}
     tail: list[str] = []
+    said: list[str] = []  # what a newcomer reads: the questions and answers the demo prints
     assert proc.stdout is not None
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-30:]
+        if line.lstrip().startswith(("Q:", "A:", "before:", "after:", "trained ", "taught ", "regression ")):
+            said.append(line.strip())
         for name, prefix in marks.items():
             if name not in seen and line.lstrip().startswith(prefix):
                 seen[name] = round(time.perf_counter() - started, 1)
     rc = proc.wait()
     result = {"seconds": round(time.perf_counter() - started, 1), "marks": seen, **memory.stop()}
+    if said:
+        result["transcript"] = said
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}):\n" + "\n".join(tail))
     return result

@@ -130,8 +130,8 @@ class TrainSettings(BaseSettings):
     target_modules: str = Field(
         "q_proj,k_proj,v_proj,o_proj",
         min_length=1,
-        description="Comma-separated layers LoRA adapts: attention only kept 8 more of 70 general "
-        "answers than all seven projections (add gate_proj,up_proj,down_proj for those).",
+        description="Comma-separated layers LoRA adapts: attention only kept more general answers "
+        "than all seven projections, never fewer (bench/recipe_sweep.py; add gate_proj,up_proj,down_proj).",
     )
     epochs: float = Field(5.0, gt=0, description="Passes over the pairs and anchors in one run.")
     steps: int = Field(0, ge=0, description="Optimizer steps per run; 0: from epochs.")

@@ -229,12 +229,13 @@ def anchor_count(settings: Settings, pairs: int) -> int:
 
 
 def _anchors(
-    settings: Settings, registry: AdapterRegistry, base_model: str, runtime: Runtime, count: int
+    settings: Settings, registry: AdapterRegistry, base_model: str, runtime: Callable[[], Runtime], count: int
 ) -> list[TrainingExample]:
     """The replayed base-model answers, generated once per base model, prompt and count.
 
-    Cached by the registry: in the running bot, generating them queues behind (and delays)
-    members' questions, so only the first cycle pays for it.
+    Cached by the registry: in the running bot, generating them takes rows members' questions do
+    not need (background work), so only the first cycle pays for it; ``runtime`` is asked for the
+    model only then.
     """
     import hashlib
     import json
@@ -252,7 +253,7 @@ def _anchors(
             return [TrainingExample(**row) for row in cached]
     except TypeError:
         pass  # written by another version of loopbot: generate again
-    anchors = anchor_examples(runtime, questions, settings.model.system_prompt)
+    anchors = anchor_examples(runtime(), questions, settings.model.system_prompt)
     registry.write_cache(cache_key, [asdict(a) for a in anchors])
     return anchors
 
@@ -338,9 +339,9 @@ def run_training_cycle(
     personal pairs), gate it against the active adapter, promote it if it passes and, when
     ``parts.runtime`` is given (the running bot's), hot-swap it in.
 
-    Without it a temporary runtime is loaded with ``parts.load_runtime`` (for the anchors and
-    rephrasings, closed while training runs, then again for the gate) and closed afterwards. Personal pairs never train a shared adapter and forgotten members' pairs are never
-    used (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs
+    Without it a temporary runtime is loaded with ``parts.load_runtime`` when the anchors or the
+    rephrasings need the base model, closed while training runs, and loaded again for the gate.
+    Personal pairs never train a shared adapter and forgotten members' pairs are never used (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs
     is not continued from. ``progress`` receives the training process's events.
     """
     from adapters.gate import GateThresholds, Served, run_gate, stack_names
@@ -389,11 +390,11 @@ def run_training_cycle(
     try:
         kept = kept_guild_pairs(parts.feedback_log.pairs(), beneath, len(train_pairs)) if beneath else []
         count = anchor_count(settings, len(train_pairs) + len(kept))
-        anchors = _anchors(settings, registry, base_model, runtime(), count)
+        anchors = _anchors(settings, registry, base_model, runtime, count)
         examples = examples_from_pairs([*train_pairs, *kept], system_prompt)
         rephrased = []
-        if settings.train.rephrase_corrections:
-            corrections = [p for p in train_pairs if p.kind == "corrected"]
+        corrections = [p for p in train_pairs if p.kind == "corrected"]
+        if settings.train.rephrase_corrections and corrections:
             rephrased = rephrased_examples(runtime(), corrections, system_prompt)
         # A temporary runtime serves nobody while the training process runs: its model goes, so the
         # two processes do not hold two models at once (bench/first_run.py), and is loaded again for
