@@ -99,7 +99,28 @@ def load_base_model(
     # gptqmodel logs its banner and kernel choice to stdout: keep stdout for the caller's output
     # (``loopbot ask --json`` must print JSON only).
     with contextlib.redirect_stdout(sys.stderr):
-        return _load(name, pick_device(device), backend, dtype)
+        loaded = _load(name, pick_device(device), backend, dtype)
+    drop_stored_tracebacks()
+    return loaded
+
+
+def drop_stored_tracebacks() -> int:
+    """Let go of the tracebacks that modules keep in their globals; returns how many.
+
+    gptqmodel keeps the error of an optional kernel's failed import (``_LLAMA_CPP_IMPORT_ERROR``: no
+    llama_cpp here) with its traceback. The first model load imports it, so that traceback reaches,
+    frame by frame, every caller that was on the stack then, and keeps their locals alive once they
+    return: the loaded model and the runtime built around it (0.6 GB a CLI could not give back before
+    starting its training process, bench/first_run.py). The exceptions themselves stay."""
+    dropped = 0
+    for module in list(sys.modules.values()):
+        for value in list(getattr(module, "__dict__", {}).values()):
+            while isinstance(value, BaseException):
+                if value.__traceback__ is not None:
+                    value.__traceback__ = None
+                    dropped += 1
+                value = value.__context__
+    return dropped
 
 
 def _load(name: str, device: str, backend: str, dtype: str) -> tuple[Any, Any]:

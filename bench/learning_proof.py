@@ -184,7 +184,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
     runs = sorted(result["rounds"], key=lambda r: r["corrections"])
     xs = [r["corrections"] for r in runs]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     ax.plot(
         xs, [r["after"]["taught"]["accuracy"] for r in runs], "o-", label="taught facts answered (served)"
     )
@@ -197,16 +197,17 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         color="grey",
         label="regression set (base)",
     )
-    for r in runs:  # what a refused candidate had learned, and why the gate refused it
-        if not r["cycle"]["promoted"]:
-            gate = r["cycle"]["gate"] or {}
-            ax.plot([r["corrections"]], [gate.get("taught_candidate", 0)], "x", color="C0", ms=9)
-            ax.annotate(
-                "not promoted:\n" + (gate.get("reason") or "")[:38],
-                (r["corrections"], 0.05),
-                fontsize=6,
-                ha="center",
-            )
+    refused = [r for r in runs if not r["cycle"]["promoted"]]
+    if refused:  # what a refused candidate had learned and what it cost, as the gate measured it
+        gates = [r["cycle"]["gate"] or {} for r in refused]
+        xs_refused = [r["corrections"] for r in refused]
+        ax.plot(xs_refused, [g.get("taught_candidate", 0) for g in gates], "x", color="C0", ms=9,
+                label="taught, refused candidate (gate)")  # fmt: skip
+        ax.plot(xs_refused, [g.get("regression_candidate", 0) for g in gates], "x", color="C2", ms=9,
+                label="regression set, refused candidate (gate)")  # fmt: skip
+        for r, gate in zip(refused, gates, strict=True):
+            rule = (gate.get("reason") or "").split(" ", 2)[:2]
+            ax.annotate("refused:\n" + " ".join(rule), (r["corrections"], 0.05), fontsize=6, ha="center")
     if result.get("two_rounds"):
         two = result["two_rounds"]
         n = two["corrections_per_round"]
@@ -217,7 +218,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
             ms=9,
             label=f"round 1 kept after round 2 ({n}+{n})",
         )
-        promoted = "" if two["round2"]["cycle"]["promoted"] else " (not promoted: served model is round 1's)"
+        promoted = "" if two["round2"]["cycle"]["promoted"] else " (not promoted)"
         ax.plot(
             [n], [two["round2"]["after"]["taught"]["accuracy"]], "P", ms=9, label=f"round 2 taught{promoted}"
         )
@@ -229,7 +230,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         "loopbot: train → gate → promote → serve (SmolLM2-135M GPTQ + LoRA, 2 CPU cores)", fontsize=9
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -242,3 +242,33 @@ def test_a_looping_answer_stops_generating(tiny_tokenizer_dir: Path) -> None:
     for token in tokenizer("The fund holds 1000000 dollars, 100 100 100.").input_ids:
         plain.put_ids([token])
     assert not plain.should_stop()
+
+
+def test_a_closed_runtime_lets_go_of_its_model(tiny_gptq_dir: Path) -> None:
+    """In a fresh process (the leak came from the first import of gptqmodel, during the first load):
+    once a runtime is closed and dropped, its model is freed, so a CLI can make room for training."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import gc, weakref
+        from adapters.runtime import ModelRuntime
+
+        def build():
+            runtime = ModelRuntime.load({str(tiny_gptq_dir)!r}, device="cpu", max_new_tokens=4)
+            runtime.generate([{{"role": "user", "content": "Hi"}}])
+            return runtime
+
+        runtime = build()
+        model = weakref.ref(runtime._base_model)
+        runtime.close()
+        del runtime
+        gc.collect()
+        print("freed" if model() is None else "kept")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "freed"
