@@ -113,9 +113,11 @@ def drop_stored_tracebacks() -> int:
     return: the loaded model and the runtime built around it (0.6 GB a CLI could not give back before
     starting its training process, bench/first_run.py). The exceptions themselves stay."""
     dropped = 0
+    seen: set[int] = set()
     for module in list(sys.modules.values()):
         for value in list(getattr(module, "__dict__", {}).values()):
-            while isinstance(value, BaseException):
+            while isinstance(value, BaseException) and id(value) not in seen:  # a context chain may loop
+                seen.add(id(value))
                 if value.__traceback__ is not None:
                     value.__traceback__ = None
                     dropped += 1
