@@ -328,3 +328,13 @@ def test_an_adapter_trains_over_a_frozen_one_as_it_will_be_served(
     member(ids).logits.sum().backward()  # gradients reach the new LoRA through the frozen delta
     grads = [p.grad for n, p in member.named_parameters() if n in trainable and "lora_B" in n]
     assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_target_modules_must_name_layers_the_model_has() -> None:
+    from adapters._train_worker import _targets
+
+    assert _targets(["q_proj", "gate_proj"], {"q_proj", "v_proj"}) == ["q_proj"]
+    with pytest.raises(ValueError, match="LOOPBOT_TRAIN_TARGET_MODULES"):
+        _targets(["qproj"], {"q_proj", "v_proj"})  # a typo: the run fails saying which setting
+    with pytest.raises(AdapterError, match="at least one target module"):
+        TrainingOptions(target_modules=())
