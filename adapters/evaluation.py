@@ -3,7 +3,7 @@
 The set is two packaged files: the 15 questions the product ships (``regression_questions.csv``,
 English and Japanese, also the prompts of the quantization checks) and 56 more general questions
 that both the fp32 and the 4-bit default model answer (``regression_general.csv``, chosen by
-``bench/regression_set.py`` from ``bench/data/regression_candidates.csv``, none an anchor's topic).
+``bench/regression_set.py`` from ``bench/data/regression_candidates.csv``, none an anchor's question).
 With 14 gradable questions one flipped answer moved accuracy by 7 %, as much as the noise between
 two runs of the same model, so the gate could not tell a lost answer from noise; with 70 it can.
 

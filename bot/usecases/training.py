@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from adapters.evaluation import RegressionQuestion
     from adapters.gate import GateResult
     from adapters.registry import AdapterRegistry, AdapterVersion
     from adapters.runtime import Runtime
@@ -258,17 +259,17 @@ def _anchors(
     return anchors
 
 
-def _regression_key(settings: Settings, base_model: str, max_new_tokens: int) -> str:
+def _regression_key(
+    settings: Settings, base_model: str, max_new_tokens: int, questions: Sequence[RegressionQuestion]
+) -> str:
     """What regression answers depend on besides the adapters: the model, the prompt, the questions."""
     import hashlib
     import json
 
-    from adapters.evaluation import load_regression_questions
-
     model = Path(base_model)
     stamp = model.stat().st_mtime if model.exists() else None  # a model prepared again
-    questions = [[q.question, *q.expected_any] for q in load_regression_questions()]
-    key = json.dumps([base_model, stamp, settings.model.system_prompt, max_new_tokens, questions])
+    asked = [[q.question, *q.expected_any] for q in questions]
+    key = json.dumps([base_model, stamp, settings.model.system_prompt, max_new_tokens, asked])
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -341,9 +342,11 @@ def run_training_cycle(
 
     Without it a temporary runtime is loaded with ``parts.load_runtime`` when the anchors or the
     rephrasings need the base model, closed while training runs, and loaded again for the gate.
-    Personal pairs never train a shared adapter and forgotten members' pairs are never used (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs
-    is not continued from. ``progress`` receives the training process's events.
+    Personal pairs never train a shared adapter and forgotten members' pairs are never used
+    (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs is not
+    continued from. ``progress`` receives the training process's events.
     """
+    from adapters.evaluation import load_regression_questions
     from adapters.gate import GateThresholds, Served, run_gate, stack_names
     from adapters.registry import GATE_REPORT_FILE
     from adapters.swap import ensure_loaded, served_name, swap_to
@@ -440,7 +443,8 @@ def run_training_cycle(
             progress({"event": "gate", "pairs": sum(len(chosen) for chosen in gate_sets.values())})
         gate_started = time.perf_counter()
         max_new_tokens = min(48, settings.model.max_new_tokens)
-        regression_key = _regression_key(settings, base_model, max_new_tokens)
+        questions = load_regression_questions()  # read once: the key and the gate ask the same set
+        regression_key = _regression_key(settings, base_model, max_new_tokens, questions)
         # Where each stack's answers are kept: the top version's own directory (None: the bare base)
         saved_in = {
             stack_names(active_served): active.path if active else beneath.path if beneath else None,
@@ -461,6 +465,7 @@ def run_training_cycle(
             report_path=version.path / GATE_REPORT_FILE,
             system_prompt=system_prompt,
             max_new_tokens=max_new_tokens,
+            regression=questions,
             known_regression=_known_regression(registry, saved_in, regression_key),
         )
         _save_regression(registry, result, stack_names(candidate_served), version.path, regression_key)
