@@ -27,7 +27,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"write the chosen questions to {TARGET.name}")
     parser.add_argument("--models", type=Path, default=None, help="models dir (default: from settings)")
-    parser.parse_args()
+    args = parser.parse_args()
     from adapters.default_model import default_model_dir, plain_model_dir
     from adapters.evaluation import core_regression_questions, load_regression_questions, run_regression
     from adapters.runtime import ModelRuntime
@@ -66,7 +66,7 @@ def main() -> int:
         ],
     }
     write("regression_set", result)
-    if parser.parse_args().write:
+    if args.write:
         with TARGET.open("w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["question", "expected_any"])
