@@ -15,7 +15,7 @@ left out of the accuracy: accuracy = correct / gradable.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -107,16 +107,21 @@ def run_regression(
     questions: list[RegressionQuestion] | None = None,
     system_prompt: str | None = None,
     max_new_tokens: int = 48,
+    route: Callable[[Any, str], Any] | None = None,
 ) -> list[RegressionResult]:
-    """Answer every question greedily with ``runtime`` (a :class:`~adapters.runtime.ModelRuntime`).
+    """Answer every question greedily with ``runtime`` (a :class:`~adapters.runtime.ModelRuntime`)
+    and ``adapter`` (default: the runtime's active one), as ``route`` leaves it for each question
+    (:mod:`adapters.routing`; None: unrouted).
 
     All questions are queued at once, so a concurrent adapter switch cannot mix adapters within a run.
     """
     questions = load_regression_questions() if questions is None else questions
+    if route is not None:
+        served = runtime.active_adapter if adapter is ACTIVE else adapter
     futures = [
         runtime.submit(
             [{"role": "user", "content": q.question}],
-            adapter=adapter,
+            adapter=route(served, q.question) if route is not None else adapter,
             temperature=0.0,
             max_new_tokens=max_new_tokens,
             system_prompt=system_prompt,

@@ -18,6 +18,10 @@ on four sets, and the gate says which rule decided:
   ``min_heldout`` answers on (one or two are too few to judge a style). They are trained on in
   the next round (the held-out choice rotates), so no pair is withheld for good.
 
+Every question is answered as members would get it: with routing (:mod:`adapters.routing`) an
+adapter answers only questions close to ones it was trained on, and what is beneath it (the base)
+answers the rest, so a general question the candidate does not cover costs the gate nothing.
+
 A pair is *answered* when the answer's token F1 against the expected output (SQuAD-style:
 lower-cased, punctuation and the articles a/an/the removed, bag-of-words overlap) is at least
 :data:`CORRECT_F1`: feedback outputs are free text with no marked key span, and F1 rewards a correct
@@ -32,7 +36,7 @@ import csv
 import re
 import string
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +51,11 @@ from adapters.evaluation import (
     run_regression,
 )
 from adapters.prompt import split_system
+from adapters.routing import Served, stack_names
 from adapters.runtime import BACKGROUND
 
-# What answers: an adapter's served name, or several stacked (a member's over the guild's).
-Served = str | tuple[str, ...]
+# Routes a question to what of a served stack answers it (adapters/routing.py); default: all of it
+Route = Callable[[Served | None, str], Served | None]
 CORRECT_F1 = 0.5  # an answer at or above this token F1 counts as answering the pair
 _EPSILON = 1e-9  # float noise must not flip a tie
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -161,11 +166,12 @@ class GateResult:
 
 
 def _answer_all(
-    runtime: Any, items: Sequence[GateItem], adapter: Served | None, max_new_tokens: int
+    runtime: Any, items: Sequence[GateItem], adapters: Sequence[Served | None], max_new_tokens: int
 ) -> list[str]:
-    """Queue every prompt at once (one adapter per job, so a concurrent swap cannot mix)."""
+    """Queue every prompt at once, each with its own adapter (fixed per job, so a concurrent swap
+    cannot mix)."""
     futures = []
-    for item in items:
+    for item, adapter in zip(items, adapters, strict=True):
         system, turns = split_system(item.messages)
         futures.append(
             runtime.submit(
@@ -180,9 +186,9 @@ def _answer_all(
     return [f.result().text for f in futures]
 
 
-def stack_names(served: Served | None) -> tuple[str, ...]:
-    """A served stack as a tuple of names (a one-name tuple is that name; the bare base is ())."""
-    return () if served is None else (served,) if isinstance(served, str) else tuple(served)
+def _label(served: Served | None) -> str:
+    """A served stack as the report shows it."""
+    return "+".join(stack_names(served)) or "base"
 
 
 def _same(a: Served | None, b: Served | None) -> bool:
@@ -246,6 +252,7 @@ def run_gate(
     system_prompt: str | None = None,
     max_new_tokens: int = 48,
     known_regression: Mapping[tuple[str, ...], Sequence[RegressionResult]] | None = None,
+    route: Route | None = None,
 ) -> GateResult:
     """Answer each pair set (keys of :data:`PAIR_SETS`) and the regression set with ``candidate`` and
     ``active`` (None: the bare base), decide, and write the CSV report (every set) to ``report_path``.
@@ -258,9 +265,13 @@ def run_gate(
     earlier gate with the same questions and prompt: those stacks are not asked again (the candidate
     always is). Answers for other questions are ignored.
 
+    ``route`` (see :mod:`adapters.routing`) says what of a stack answers each question, as served:
+    every set is scored through it, so a candidate is judged by the answers members would get.
+
     Every adapter named must already be loaded on ``runtime``.
     """
     thresholds = thresholds or GateThresholds()
+    route = route or (lambda served, question: served)
     for name in (candidate,) if isinstance(candidate, str) else candidate:
         if name not in runtime.adapters:
             raise AdapterError(f"Candidate adapter {name!r} is not loaded on the runtime: load it first.")
@@ -277,32 +288,56 @@ def run_gate(
         and (saved := (known_regression or {}).get(stack_names(a))) is not None
         and [r.question for r in saved] == asked
     }
+    # What answers each question for each role: with routing, mostly what is beneath the adapters.
+    # An answer is one per (stack that answers, question), whichever role asked: a candidate's
+    # question routed to the base takes the base's answer, known or asked once.
+    served = {a: [route(a, q) for q in asked] for a in regressed}
+    answer_of: dict[tuple[tuple[str, ...], int], RegressionResult] = {}
+    for a, saved in known.items():
+        for index, stack in enumerate(served[a]):
+            answer_of[(stack_names(stack), index)] = saved[index]
+    to_ask: dict[tuple[str, ...], tuple[Served | None, list[int]]] = {}
+    for a in regressed:
+        for index, stack in enumerate(served[a]):
+            names = stack_names(stack)
+            if (names, index) not in answer_of and index not in to_ask.setdefault(names, (stack, []))[1]:
+                to_ask[names][1].append(index)
+    pair_items = {name: list(pairs.get(name, ())) for name in PAIR_SETS}
     rows: list[dict[str, Any]] = []
     sets: dict[str, SetScore] = {}
     # Every answer is queued at once (each set and the regression run, for both adapters), so the
     # runtime batches them all, as background work behind members' questions.
-    with ThreadPoolExecutor(max_workers=2 * len(PAIR_SETS) + len(regressed)) as pool:
+    with ThreadPoolExecutor(max_workers=2 * len(PAIR_SETS) + max(1, len(to_ask))) as pool:
         pending = {
-            (name, a): pool.submit(_answer_all, runtime, list(pairs.get(name, ())), a, max_new_tokens)
+            (name, a): pool.submit(
+                _answer_all,
+                runtime,
+                pair_items[name],
+                [route(a, item.question) for item in pair_items[name]],
+                max_new_tokens,
+            )
             for name in PAIR_SETS
             for a in (active, candidate)
         }
         pending_regression = {
-            a: pool.submit(
+            names: pool.submit(
                 run_regression,
                 runtime,
-                adapter=a,
-                questions=questions,
+                adapter=stack,
+                questions=[questions[i] for i in indices],
                 system_prompt=system_prompt,
                 max_new_tokens=max_new_tokens,
             )
-            for a in regressed
-            if a not in known
+            for names, (stack, indices) in to_ask.items()
+            if indices
         }
         answered = {key: future.result() for key, future in pending.items()}
-        reg = {**known, **{a: future.result() for a, future in pending_regression.items()}}
+        for names, future in pending_regression.items():
+            for index, fresh in zip(to_ask[names][1], future.result(), strict=True):
+                answer_of[(names, index)] = fresh
+    reg = {a: [answer_of[(stack_names(stack), i)] for i, stack in enumerate(served[a])] for a in regressed}
     for name in PAIR_SETS:
-        items = list(pairs.get(name, ()))
+        items = pair_items[name]
         answers = {a: answered[(name, a)] for a in (active, candidate)}
         scores: dict[Served | None, list[float]] = {active: [], candidate: []}
         for index, item in enumerate(items):
@@ -315,6 +350,7 @@ def run_gate(
                     f"{role}_answer": answers[adapter][index],
                     f"{role}_score": round(f1, 4),
                     f"{role}_correct": f1 >= CORRECT_F1,
+                    f"{role}_served": _label(route(adapter, item.question)),
                 }
             rows.append(row)
         mean = {a: (sum(v) / len(v) if v else 0.0) for a, v in scores.items()}
@@ -329,6 +365,8 @@ def run_gate(
                 f"{role}_score": float(bool(answer.correct)),
                 f"{role}_correct": answer.correct,
             }
+            if role != "base":
+                row[f"{role}_served"] = _label(served[adapter][index])
         rows.append(row)
     sets["regression"] = SetScore(
         len(questions),
@@ -356,6 +394,8 @@ REPORT_COLUMNS = [
     "candidate_correct",
     "base_answer",  # regression rows, when the active is not the base
     "base_correct",
+    "active_served",  # what answered the question: the stack, or what routing left of it
+    "candidate_served",
 ]
 
 

@@ -89,6 +89,10 @@ class RemoteRuntime(_AdapterChoice):
         )
         self._adapters[name] = Path(path)
 
+    def adapter_path(self, name: str) -> Path | None:
+        """The directory the adapter loaded as ``name`` came from (None: not loaded)."""
+        return self._adapters.get(name)
+
     def unload_adapter(self, name: str) -> None:
         """Ask the server to drop adapter ``name``."""
         if name not in self._adapters:

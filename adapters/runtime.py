@@ -66,6 +66,8 @@ class Runtime(Protocol):
 
     def load_adapter(self, name: str, path: Path) -> None: ...
 
+    def adapter_path(self, name: str) -> Path | None: ...
+
     def unload_adapter(self, name: str) -> None: ...
 
     def count_tokens(self, text: str) -> int: ...
@@ -349,6 +351,10 @@ class ModelRuntime(_AdapterChoice):
         self._engine.call(lambda: self._engine.bank.add(name, deltas)).result()
         self._adapters[name] = Path(path)
         log.info("adapter %s loaded from %s (r=%s)", name, path, config.get("r"))
+
+    def adapter_path(self, name: str) -> Path | None:
+        """The directory the adapter loaded as ``name`` came from (None: not loaded)."""
+        return self._adapters.get(name)
 
     def unload_adapter(self, name: str) -> None:
         """Detach adapter ``name`` once no request submitted with it remains (new ones cannot use it)."""

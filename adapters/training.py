@@ -29,6 +29,7 @@ from adapters._memory import release_free_memory
 from adapters.errors import AdapterError
 from adapters.prompt import REPHRASE_SYSTEM_PROMPT, question_messages, rephrase_messages, training_messages
 from adapters.registry import DATASET_FILE, AdapterRegistry, AdapterVersion
+from adapters.routing import write_scope
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -96,6 +97,7 @@ class TrainingExample:
     prompt: list[dict[str, str]]
     completion: str
     extra: dict[str, Any] = field(default_factory=dict)
+    question: str = ""  # the question as asked (a feedback pair's, a rephrasing); "" for an anchor
 
     def record(self) -> dict[str, Any]:
         """The TRL dataset row: conversational prompt/completion (→ completion-only loss)."""
@@ -109,6 +111,7 @@ def examples_from_pairs(pairs: Sequence[Any], system_prompt: str) -> list[Traini
             pair_id=str(pair.id),
             prompt=training_messages(pair.instruction, pair.input or "", system_prompt),
             completion=pair.output,
+            question=pair.instruction,
         )
         for pair in pairs
     ]
@@ -227,7 +230,10 @@ def rephrased_examples(runtime: Any, pairs: Sequence[Any], system_prompt: str) -
         if other is not None:
             rows.append(
                 TrainingExample(
-                    str(pair.id), training_messages(other, pair.input or "", system_prompt), pair.output
+                    str(pair.id),
+                    training_messages(other, pair.input or "", system_prompt),
+                    pair.output,
+                    question=other,
                 )
             )
     return rows
@@ -343,6 +349,8 @@ def train_adapter(
         dataset = stage.path / DATASET_FILE
         rows = [*examples, *anchors]
         dataset.write_text("".join(json.dumps(e.record()) + "\n" for e in rows), encoding="utf-8")
+        # What it will answer (adapters/routing.py): its questions, never its anchors'.
+        write_scope(stage.path, (e.question for e in examples), parent.path if parent else None)
         config = {
             **asdict(options),
             # A pair's rephrasings share its passes: they add variety, not steps (bench/learning_proof.py).

@@ -41,37 +41,44 @@ BASE = ""  # the prepared default model of the caller's data dir (main() sets it
 FACT_TOKENS = 20  # a taught answer is one short sentence; the key comes early
 
 
-def _ask(runtime: Any, question: str, system_prompt: str) -> str:
-    """The served model (its active adapter), no retrieval."""
-    return runtime.generate(
+def _ask(loop: Loop, question: str) -> Any:
+    """The served model, no retrieval: the active adapter as routing leaves it for this question."""
+    return loop.runtime.generate(
         [{"role": "user", "content": question}],
-        system_prompt=system_prompt,
+        system_prompt=loop.system_prompt,
         temperature=0.0,
         max_new_tokens=FACT_TOKENS,
-    ).text
+        adapter=loop.route(loop.runtime.active_adapter, question),
+    )
 
 
-def _score(runtime: Any, facts: list[tuple], system_prompt: str, column: int = 0) -> dict[str, Any]:
+def _score(loop: Loop, facts: list[tuple], column: int = 0) -> dict[str, Any]:
     rows = []
     for fact in facts:
-        answer = _ask(runtime, fact[column], system_prompt)
+        generation = _ask(loop, fact[column])
         rows.append(
             {
                 "question": fact[column],
                 "key": fact[2],
-                "answer": answer,
-                "correct": fact[2].lower() in answer.lower(),
+                "answer": generation.text,
+                "served": generation.adapter,  # None: routing gave it to the base
+                "correct": fact[2].lower() in generation.text.lower(),
             }
         )
-    return {"accuracy": round(sum(r["correct"] for r in rows) / max(1, len(rows)), 3), "answers": rows}
+    return {
+        "accuracy": round(sum(r["correct"] for r in rows) / max(1, len(rows)), 3),
+        "routed_to_adapter": sum(r["served"] is not None for r in rows),
+        "answers": rows,
+    }
 
 
 class Loop:
     """One community: a data dir, its feedback log and the serving runtime, as the CLI builds them."""
 
     def __init__(self, root: Path) -> None:
+        from adapters.routing import routed
         from bot.settings import load_settings
-        from bot.wiring import build_feedback_log, build_runtime
+        from bot.wiring import build_embeddings, build_feedback_log, build_routing, build_runtime
 
         os.environ["LOOPBOT_DATA_DIR"] = str(root)
         settings = load_settings()
@@ -81,12 +88,14 @@ class Loop:
         self.log = build_feedback_log(self.settings)
         self.runtime = build_runtime(self.settings, guild_id=GUILD)
         self.system_prompt = self.settings.model.system_prompt
+        self.embeddings = build_embeddings(self.settings)  # the knowledge base's, as the bot routes
+        self.route = routed(self.runtime, build_routing(self.settings, self.embeddings))
 
     def correct(self, facts: list[tuple]) -> float:
         """Ask each fact once and correct the answer; returns the share answered right before."""
         right = 0
         for question, correction, key, _ in facts:
-            answer = _ask(self.runtime, question, self.system_prompt)
+            answer = _ask(self, question).text
             right += key.lower() in answer.lower()
             answer_id = self.log.record_answer(
                 guild_id=GUILD, channel_id="1", user_id="2", question=question, context="", chunk_ids=[],
@@ -95,13 +104,21 @@ class Loop:
             self.log.add_correction(answer_id, author_id="2", text=correction, message_id=None, trusted=True)
         return right / len(facts)
 
-    def cycle(self) -> dict[str, Any]:
+    def cycle(self, label: str) -> dict[str, Any]:
+        """Run the product's cycle; its gate report (every set, both adapters) is kept as
+        bench/results/learning_proof_<label>.csv."""
+        import shutil
+
         from bot.usecases.training import run_training_cycle
         from bot.wiring import build_training_parts
 
-        parts = build_training_parts(self.settings, self.log, guild_id=GUILD, runtime=self.runtime)
+        parts = build_training_parts(
+            self.settings, self.log, guild_id=GUILD, runtime=self.runtime, embeddings=self.embeddings
+        )
         report = run_training_cycle(self.settings, parts, show_progress=True)
         train_s = report.train_metrics.get("train_seconds", 0.0)
+        if report.gate is not None and report.gate.report_path is not None:
+            shutil.copyfile(report.gate.report_path, RESULTS / f"learning_proof_{label}.csv")
         return {
             "version": report.version,
             "promoted": report.promoted,
@@ -118,14 +135,13 @@ class Loop:
     def measure(self, taught: list[tuple]) -> dict[str, Any]:
         from adapters.evaluation import accuracy, run_regression
 
-        reg = run_regression(
-            self.runtime, adapter=self.runtime.active_adapter, system_prompt=self.system_prompt
-        )
+        reg = run_regression(self.runtime, system_prompt=self.system_prompt, route=self.route)
         return {
             "adapter": self.runtime.active_adapter,
-            "taught": _score(self.runtime, taught, self.system_prompt),
-            "paraphrased": _score(self.runtime, taught, self.system_prompt, column=3),
+            "taught": _score(self, taught),
+            "paraphrased": _score(self, taught, column=3),
             "regression_accuracy": round(accuracy(reg), 3),
+            "regression_routed_to_adapter": sum(r.adapter is not None for r in reg),
         }
 
     def close(self) -> None:
@@ -139,7 +155,7 @@ def one_round(size: int) -> dict[str, Any]:
         try:
             before = loop.measure(FACTS[:size])
             loop.correct(FACTS[:size])
-            cycle = loop.cycle()
+            cycle = loop.cycle(str(size))
             after = loop.measure(FACTS[:size])
         finally:
             loop.close()
@@ -152,12 +168,12 @@ def two_rounds(size: int) -> dict[str, Any]:
         loop = Loop(Path(tmp))
         try:
             loop.correct(first)
-            cycle1 = loop.cycle()
+            cycle1 = loop.cycle(f"{size}x2_round1")
             after1 = loop.measure(first)
             loop.correct(second)
-            cycle2 = loop.cycle()
+            cycle2 = loop.cycle(f"{size}x2_round2")
             after2 = loop.measure(second)
-            retained = _score(loop.runtime, first, loop.system_prompt)
+            retained = _score(loop, first)
         finally:
             loop.close()
     return {

@@ -149,6 +149,7 @@ def _trainer_for(services: Services) -> Trainer:
             member_id=member_id,
             runtime=services.runtime,
             serve=serve,
+            embeddings=getattr(services.knowledge_base, "embeddings", None),
         )
         return run_training_cycle(services.settings, parts, progress=progress, if_needed=if_needed)
 

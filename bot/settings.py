@@ -53,6 +53,13 @@ class ModelSettings(BaseSettings):
     max_waiting: int = Field(
         32, ge=0, description="Members' questions that may wait beyond those; the next is told to retry."
     )
+    adapter_min_similarity: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="An adapter answers only questions this close (cosine) to one it was trained on; "
+        "the base answers the rest (0: the adapter answers every question).",
+    )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     offline: bool = Field(True, description="Never contact a model hub (HF_HUB_OFFLINE=1).")
     server_url: str = Field("", description="OpenAI-compatible server (vLLM); empty: generate in-process.")

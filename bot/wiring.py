@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry, AdapterVersion
     from adapters.remote import RemoteRuntime
+    from adapters.routing import QuestionRouting
     from adapters.runtime import Runtime
     from bot.settings import Settings
     from bot.usecases.training import TrainingParts
@@ -112,11 +113,13 @@ def build_training_parts(
     member_id: str | None = None,
     runtime: Runtime | None = None,
     serve: Callable[[AdapterVersion | None], Any] | None = None,
+    embeddings: Any | None = None,
 ) -> TrainingParts:
     """The parts of one guild's training cycle (or, with ``member_id``, of that member's own
     adapter, trained over ``guild_id``'s active adapter when one is given): the caller's log, the
-    registry, the base model, and the serving ``runtime`` with its ``serve`` swap (None: a temporary
-    runtime is loaded for the gate, then closed)."""
+    registry, the base model, the serving ``runtime`` with its ``serve`` swap (None: a temporary
+    runtime is loaded for the gate, then closed), and the gate's routing (with ``embeddings``, the
+    knowledge base's embedder, else one loaded when the gate needs it)."""
     from adapters.registry import member_registry
     from bot.usecases.training import TrainingParts
 
@@ -140,6 +143,7 @@ def build_training_parts(
         member_id=member_id,
         beneath=beneath,
         serve=serve,
+        routing=build_routing(settings, embeddings),
     )
 
 
@@ -148,6 +152,27 @@ def build_embeddings(settings: Settings) -> Any:
     from knowledge.embeddings import load_embeddings
 
     return load_embeddings(settings.kb.embedding_model)
+
+
+def build_routing(settings: Settings, embeddings: Any | None = None) -> QuestionRouting | None:
+    """Which questions each adapter answers (``LOOPBOT_MODEL_ADAPTER_MIN_SIMILARITY``; 0: all, None
+    is returned). ``embeddings``: the knowledge base's embedder; without, it is loaded at first use."""
+    from functools import cache
+
+    from adapters.routing import QuestionRouting
+
+    if settings.model.adapter_min_similarity <= 0:
+        return None
+
+    @cache
+    def embedder() -> Any:
+        return embeddings if embeddings is not None else build_embeddings(settings)
+
+    return QuestionRouting(
+        lambda texts: embedder().embed_documents(texts),
+        lambda text: embedder().embed_query(text),
+        min_similarity=settings.model.adapter_min_similarity,
+    )
 
 
 def build_knowledge_base(
@@ -196,11 +221,15 @@ def build_answer_service(
     settings: Settings, *, kb: KnowledgeBase | None = None, runtime: Runtime | None = None
 ) -> AnswerService:
     """The answer chain over ``kb`` (built if not given) and ``runtime`` (built if not given)."""
+    from adapters.routing import routed
     from knowledge.chain import AnswerService
 
+    kb = kb if kb is not None else build_knowledge_base(settings)
+    runtime = runtime if runtime is not None else build_runtime(settings)
     return AnswerService(
-        kb if kb is not None else build_knowledge_base(settings),
-        runtime if runtime is not None else build_runtime(settings),
+        kb,
+        runtime,
+        route=routed(runtime, build_routing(settings, getattr(kb, "embeddings", None))),
         top_k=settings.kb.top_k,
         system_prompt=settings.model.system_prompt,
         max_context_tokens=settings.kb.max_context_tokens,

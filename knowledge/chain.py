@@ -84,6 +84,7 @@ class AnswerService:
         max_passages: int | None = None,
         max_sentences: int = 0,
         quote_evidence: bool = False,
+        route: Callable[[Any, str], Any] | None = None,
     ) -> None:
         if top_k < 1:
             raise KnowledgeError(f"top_k must be at least 1, got {top_k}")
@@ -101,6 +102,8 @@ class AnswerService:
         # Quote the passage sentence that best answers under the model's own (or instead of it,
         # when the model states what the passages do not say): see knowledge/evidence.py.
         self.quote_evidence = quote_evidence
+        # What of the chosen adapter (stack) answers a question: see adapters/routing.py.
+        self.route = route
 
     # --- steps ------------------------------------------------------------------------------
     def retrieve(self, question: str, *, user_id: str | None, guild_id: str | None) -> list[Hit]:
@@ -209,7 +212,7 @@ class AnswerService:
         hits = self.retrieve(question, user_id=user_id, guild_id=guild_id)
         question, used, messages, context = self._prepare(question, hits, history)
         generation = self.runtime.generate(
-            messages, system_prompt=self.system_prompt, on_token=on_token, **_adapter(adapter)
+            messages, system_prompt=self.system_prompt, on_token=on_token, **self._adapter(question, adapter)
         )
         return self._answer(question, used, messages, context, generation, self._searched(guild_id))
 
@@ -227,19 +230,23 @@ class AnswerService:
         embeds their sentences) and the answer's finishing in a thread, generation queued."""
         hits = await asyncio.to_thread(self.retrieve, question, user_id=user_id, guild_id=guild_id)
         question, used, messages, context = await asyncio.to_thread(self._prepare, question, hits, history)
+        chosen = await asyncio.to_thread(self._adapter, question, adapter)  # routing embeds the question
         generation = await self.runtime.agenerate(
-            messages, system_prompt=self.system_prompt, on_token=on_token, **_adapter(adapter)
+            messages, system_prompt=self.system_prompt, on_token=on_token, **chosen
         )
         # Choosing the quoted sentences embeds them: off the event loop too.
         return await asyncio.to_thread(
             self._answer, question, used, messages, context, generation, self._searched(guild_id)
         )
 
+    def _adapter(self, question: str, adapter: Any) -> dict[str, Any]:
+        """The runtime keyword for the adapter answering ``question``: ``adapter`` (default: the
+        runtime's active one) as routing leaves it; no keyword for the active one unrouted."""
+        if self.route is None:
+            return {} if adapter is ACTIVE else {"adapter": adapter}
+        chosen = getattr(self.runtime, "active_adapter", None) if adapter is ACTIVE else adapter
+        return {"adapter": self.route(chosen, question)}
+
     def _searched(self, guild_id: str | None) -> bool:
         """Whether a knowledge base was consulted (a DM has none: no 'nothing found' note there)."""
         return self.kb is not None and guild_id is not None
-
-
-def _adapter(adapter: Any) -> dict[str, Any]:
-    """The runtime keyword for an explicit adapter choice (none: the runtime's active adapter)."""
-    return {} if adapter is ACTIVE else {"adapter": adapter}

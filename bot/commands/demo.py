@@ -162,7 +162,7 @@ def run_demo(
         runtime.close()
         runtime = None
         del service
-        parts = build_training_parts(settings, log, guild_id=GUILD)
+        parts = build_training_parts(settings, log, guild_id=GUILD, embeddings=kb.embeddings)
         cycle = run_training_cycle(settings, parts, show_progress=progress)
         echo(f"   {cycle.summary()}")
         if cycle.gate is not None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from adapters.evaluation import RegressionQuestion
     from adapters.gate import GateResult
     from adapters.registry import AdapterRegistry, AdapterVersion
+    from adapters.routing import QuestionRouting
     from adapters.runtime import Runtime
     from adapters.training import TrainingExample, TrainingOptions
     from bot.settings import Settings
@@ -83,6 +84,9 @@ class TrainingParts:
     # How the serving runtime starts answering with a promoted version (the bot: for this guild
     # only). None with a runtime: it becomes the runtime's default adapter.
     serve: Callable[[AdapterVersion | None], Any] | None = None
+    # Which questions each adapter answers as served (adapters/routing.py); the gate judges through
+    # it. None: every adapter answers every question.
+    routing: QuestionRouting | None = None
 
 
 def kept_guild_pairs(
@@ -260,16 +264,22 @@ def _anchors(
 
 
 def _regression_key(
-    settings: Settings, base_model: str, max_new_tokens: int, questions: Sequence[RegressionQuestion]
+    settings: Settings,
+    base_model: str,
+    max_new_tokens: int,
+    questions: Sequence[RegressionQuestion],
+    routing: QuestionRouting | None,
 ) -> str:
-    """What regression answers depend on besides the adapters: the model, the prompt, the questions."""
+    """What regression answers depend on besides the adapters: the model, the prompt, the questions
+    and how questions are routed."""
     import hashlib
     import json
 
     model = Path(base_model)
     stamp = model.stat().st_mtime if model.exists() else None  # a model prepared again
     asked = [[q.question, *q.expected_any] for q in questions]
-    key = json.dumps([base_model, stamp, settings.model.system_prompt, max_new_tokens, asked])
+    route = routing.key() if routing is not None else None
+    key = json.dumps([base_model, stamp, settings.model.system_prompt, max_new_tokens, asked, route])
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -349,6 +359,7 @@ def run_training_cycle(
     from adapters.evaluation import load_regression_questions
     from adapters.gate import GateThresholds, Served, run_gate, stack_names
     from adapters.registry import GATE_REPORT_FILE
+    from adapters.routing import routed
     from adapters.swap import ensure_loaded, served_name, swap_to
     from adapters.training import NotEnoughPairs, examples_from_pairs, rephrased_examples, train_adapter
 
@@ -444,7 +455,7 @@ def run_training_cycle(
         gate_started = time.perf_counter()
         max_new_tokens = min(48, settings.model.max_new_tokens)
         questions = load_regression_questions()  # read once: the key and the gate ask the same set
-        regression_key = _regression_key(settings, base_model, max_new_tokens, questions)
+        regression_key = _regression_key(settings, base_model, max_new_tokens, questions, parts.routing)
         # Where each stack's answers are kept: the top version's own directory (None: the bare base)
         saved_in = {
             stack_names(active_served): active.path if active else beneath.path if beneath else None,
@@ -467,6 +478,7 @@ def run_training_cycle(
             max_new_tokens=max_new_tokens,
             regression=questions,
             known_regression=_known_regression(registry, saved_in, regression_key),
+            route=routed(gate_runtime, parts.routing),
         )
         _save_regression(registry, result, stack_names(candidate_served), version.path, regression_key)
         if beneath is None:
