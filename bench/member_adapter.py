@@ -14,7 +14,8 @@ corrections of their own. Two ways to serve that member's private answers:
 
 For each: the member's facts and the guild's facts answered in the member's private answers (served
 model, no retrieval), both asked in other words too, the regression set, and what training the member
-costs. Facts come from bench/data/learning_facts.json (first 10: the guild's, next 8: the member's), with
+costs; routed as served (each adapter answers only questions near its own, adapters/routing.py) and
+unrouted (every adapter answers everything, as before routing). Facts come from bench/data/learning_facts.json (first 10: the guild's, next 8: the member's), with
 the default recipe (16 anchors, 5 passes, rephrased corrections).
 
     python bench/member_adapter.py
@@ -49,12 +50,14 @@ def _pairs(facts: list[tuple], prefix: str) -> list[Any]:
     ]
 
 
-def _score(runtime: Any, adapter: Any, facts: list[tuple], column: int, system_prompt: str) -> float:
+def _score(
+    runtime: Any, adapter: Any, facts: list[tuple], column: int, system_prompt: str, route: Any
+) -> float:
     futures = [
         runtime.submit(
             [{"role": "user", "content": fact[column]}],
             system_prompt=system_prompt,
-            adapter=adapter,
+            adapter=route(adapter, fact[column]),
             temperature=0.0,
             max_new_tokens=32,
         )
@@ -67,6 +70,7 @@ def _score(runtime: Any, adapter: Any, facts: list[tuple], column: int, system_p
 def main() -> int:
     from adapters.evaluation import accuracy, run_regression
     from adapters.registry import AdapterRegistry
+    from adapters.routing import routed
     from adapters.runtime import ModelRuntime
     from adapters.training import (
         anchor_examples,
@@ -77,7 +81,7 @@ def main() -> int:
     )
     from bot.settings import load_settings
     from bot.usecases.training import kept_guild_pairs, training_options
-    from bot.wiring import resolve_model_base
+    from bot.wiring import build_routing, resolve_model_base
 
     settings = load_settings()
     base = resolve_model_base(settings)
@@ -127,17 +131,26 @@ def main() -> int:
             "beside": beside,
         }
         costs = dict(zip(served, (0.0, member_s, over_s, keeping_s, beside_s), strict=True))
+        # As served (each adapter answers the questions near its own: adapters/routing.py), and
+        # every adapter answering every question (before routing).
+        routes = {"routed": routed(runtime, build_routing(settings)), "unrouted": routed(runtime, None)}
         for label, adapter in served.items():
-            row = {
-                "member_training_s": costs[label],
-                "member_facts": _score(runtime, adapter, MEMBER_FACTS, 0, system_prompt),
-                "member_facts_other_words": _score(runtime, adapter, MEMBER_FACTS, 3, system_prompt),
-                "guild_facts": _score(runtime, adapter, GUILD_FACTS, 0, system_prompt),
-                "guild_facts_other_words": _score(runtime, adapter, GUILD_FACTS, 3, system_prompt),
-                "regression": round(
-                    accuracy(run_regression(runtime, adapter=adapter, system_prompt=system_prompt)), 3
-                ),
-            }
+            row: dict[str, Any] = {"member_training_s": costs[label]}
+            for how, route in routes.items():
+                row[how] = {
+                    "member_facts": _score(runtime, adapter, MEMBER_FACTS, 0, system_prompt, route),
+                    "member_facts_other_words": _score(
+                        runtime, adapter, MEMBER_FACTS, 3, system_prompt, route
+                    ),
+                    "guild_facts": _score(runtime, adapter, GUILD_FACTS, 0, system_prompt, route),
+                    "guild_facts_other_words": _score(runtime, adapter, GUILD_FACTS, 3, system_prompt, route),
+                    "regression": round(
+                        accuracy(
+                            run_regression(runtime, adapter=adapter, system_prompt=system_prompt, route=route)
+                        ),
+                        3,
+                    ),
+                }
             result[label] = row
             print(label, json.dumps(row), flush=True)
     runtime.close()

@@ -13,6 +13,7 @@ import pytest
 from adapters.errors import AdapterError
 from adapters.prompt import training_messages
 from adapters.registry import AdapterRegistry
+from adapters.routing import read_scope
 from adapters.training import (
     NotEnoughPairs,
     TrainingExample,
@@ -31,11 +32,22 @@ FACTS = [
     ("On which day does the chess group meet?", "The chess group meets on Thursday."),
     ("Who baked the cake for the spring fair?", "Marguerite baked the cake."),
 ]
-TINY_OPTIONS = TrainingOptions(rank=4, alpha=8, steps=4, batch_size=2, learning_rate=5e-3, max_length=256)
+TINY_OPTIONS = TrainingOptions(
+    rank=4,
+    alpha=8,
+    steps=4,
+    batch_size=2,
+    learning_rate=5e-3,
+    max_length=256,
+    target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+)
 
 
 def _examples(facts: list[tuple[str, str]] = FACTS) -> list[TrainingExample]:
-    return [TrainingExample(str(i), training_messages(q, "", SYSTEM), a) for i, (q, a) in enumerate(facts, 1)]
+    return [
+        TrainingExample(str(i), training_messages(q, "", SYSTEM), a, question=q)
+        for i, (q, a) in enumerate(facts, 1)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +88,14 @@ def test_training_publishes_a_loadable_adapter(trained, tiny_runtime) -> None:
     assert meta.pair_ids == ["1", "2", "3", "4"] and meta.pair_count == 4 and meta.parent is None
     assert meta.train_config["backend"] == "torch" and len(meta.data_hash) == 16
     assert (meta.path / "train.log").is_file()
+    assert read_scope(meta.path) == [q for q, _ in FACTS]  # what it answers once served (routing)
     train = meta.metrics["train"]
     assert train["final_loss"] < train["first_loss"]
     from safetensors.torch import load_file
 
     weights = load_file(str(meta.path / "adapter_model.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # it moved from zero-init
-    # Only the configured layers are adapted (attention by default): no MLP weight in the file.
+    # Only the configured layers are adapted (attention here): no MLP weight in the file.
     adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in weights}
     assert adapted == set(TINY_OPTIONS.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     tiny_runtime.load_adapter(version.version, meta.path)
@@ -120,6 +133,8 @@ def test_training_continues_from_a_parent_with_anchors(trained, tiny_gptq_dir: P
     assert child.anchor_count == 2 and registry.get(child.version).anchor_count == 2
     rows = (child.path / "dataset.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 4 and json.loads(rows[-1])["completion"][0]["content"] == anchors[-1].completion
+    # It answers what its parent answered and its own questions; never its anchors' questions.
+    assert read_scope(child.path) == [q for q, _ in FACTS]
 
 
 def test_too_few_pairs_trains_nothing(tmp_path: Path, tiny_gptq_dir: Path) -> None:
@@ -294,6 +309,7 @@ def test_corrections_are_also_taught_in_the_base_models_own_words(default_model_
         assert row.prompt[0] == {"role": "system", "content": SYSTEM}
         assert row.completion == source.output
         assert question != source.instruction and question.endswith("?")
+        assert row.question == question  # in the adapter's scope: it answers the rewording too
 
 
 def test_an_adapter_trains_over_a_frozen_one_as_it_will_be_served(

@@ -136,6 +136,7 @@ async def test_private_feedback_never_reaches_shared_data_and_forget_reaches_eve
     old = publish(registry, make_lora_adapter(tiny_model_dir, seed=6), pair_ids=her_pairs)
     (old.path / "dataset.jsonl").write_text(f'{{"completion": "{SECRET}"}}\n', encoding="utf-8")
     (old.path / "gate_report.csv").write_text(f"question,expected\nq,{SECRET}\n", encoding="utf-8")
+    (old.path / "questions.json").write_text(f'{{"questions": ["{SECRET}?"]}}', encoding="utf-8")  # its scope
     # An adapter trained on her pairs may say them in its answers to the general questions, too.
     (old.path / "regression_answers.json").write_text(f'{{"answers": [["q", "", "{SECRET}"]]}}', "utf-8")
     registry.promote(old.version)

@@ -1,0 +1,135 @@
+"""Adapter routing: a version answers only questions close to one it was trained on; the answer
+service, the regression run and the gate see what members would get. Real parts: the tiny GPTQ
+runtime, random LoRA adapters, the packaged MiniLM embedder."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adapters.evaluation import RegressionQuestion, run_regression
+from adapters.gate import GateItem, run_gate
+from adapters.registry import SCOPE_FILE
+from adapters.routing import QuestionRouting, read_scope, routed, write_scope
+
+SYSTEM = "You are loopbot, a test assistant."
+TAUGHT = ["What colour is the club house door?", "Who baked the cake for the spring fair?"]
+OTHER_WORDS = "Which colour is the door of the clubhouse?"
+GENERAL = ["What is the capital of Japan?", "How many legs does a spider have?"]
+
+
+def _routing(embeddings, min_similarity: float = 0.5) -> QuestionRouting:
+    return QuestionRouting(embeddings.embed_documents, embeddings.embed_query, min_similarity=min_similarity)
+
+
+@pytest.fixture
+def scoped(tiny_runtime, tiny_model_dir: Path, make_lora_adapter, tmp_path: Path):
+    """Adapter ``a`` (its scope: TAUGHT[0]), ``b`` (TAUGHT[1]) and ``old`` (no scope: trained before
+    routing), loaded on the tiny runtime from copies of their directories."""
+    for name, seed, scope in (("a", 21, TAUGHT[:1]), ("b", 22, TAUGHT[1:]), ("old", 23, None)):
+        directory = tmp_path / name
+        shutil.copytree(make_lora_adapter(tiny_model_dir, seed=seed), directory)
+        if scope is not None:
+            write_scope(directory, scope)
+        tiny_runtime.load_adapter(name, directory)
+    return tiny_runtime
+
+
+def test_an_adapter_answers_only_what_it_was_taught_and_its_rewordings(scoped, packaged_embeddings) -> None:
+    routing = _routing(packaged_embeddings)
+    assert routing.route(scoped, "a", TAUGHT[0]) == "a"
+    assert routing.route(scoped, "a", OTHER_WORDS) == "a"
+    assert [routing.route(scoped, "a", q) for q in (*GENERAL, TAUGHT[1])] == [None, None, None]
+    assert routing.route(scoped, "old", GENERAL[0]) == "old"  # no scope: every question, as before
+    assert routing.route(scoped, None, TAUGHT[0]) is None
+    # 0 turns routing off; a threshold above every similarity leaves only the base.
+    assert _routing(packaged_embeddings, 0.0).route(scoped, "a", GENERAL[0]) == "a"
+    assert _routing(packaged_embeddings, 1.0).route(scoped, "a", OTHER_WORDS) is None
+
+
+def test_a_stack_keeps_the_layers_whose_scope_covers_the_question(scoped, packaged_embeddings) -> None:
+    """A member's adapter ``b`` over the guild's ``a``: her question gets both, the guild's question
+    the guild's alone, anything else the base."""
+    routing = _routing(packaged_embeddings)
+    assert routing.route(scoped, ("a", "b"), TAUGHT[1]) == ("a", "b")
+    assert routing.route(scoped, ("a", "b"), TAUGHT[0]) == "a"
+    assert routing.route(scoped, ("a", "b"), GENERAL[0]) is None
+
+
+def test_a_rewritten_or_deleted_scope_is_read_again(scoped, packaged_embeddings) -> None:
+    routing = _routing(packaged_embeddings)
+    directory = scoped.adapter_path("a")
+    assert routing.route(scoped, "a", GENERAL[0]) is None
+    write_scope(directory, [GENERAL[0]])
+    assert routing.route(scoped, "a", GENERAL[0]) == "a" and routing.route(scoped, "a", TAUGHT[0]) is None
+    (directory / SCOPE_FILE).unlink()  # a forget scrubbed it (the version is not served any more)
+    assert read_scope(directory) is None and routing.route(scoped, "a", TAUGHT[0]) == "a"
+
+
+def test_a_scope_keeps_each_question_once_and_inherits_its_parents(tmp_path: Path) -> None:
+    parent, child = tmp_path / "v1", tmp_path / "v2"
+    parent.mkdir(), child.mkdir()
+    assert write_scope(parent, ["Who baked the cake?", " ", "Who baked the cake?"]) == ["Who baked the cake?"]
+    assert write_scope(child, ["Where is the club?"], parent) == ["Who baked the cake?", "Where is the club?"]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / SCOPE_FILE).write_text("{not json", encoding="utf-8")
+    assert read_scope(tmp_path / "bad") is None  # unreadable: it answers everything, never nothing
+
+
+def test_the_answer_service_and_the_regression_run_route(scoped, packaged_embeddings) -> None:
+    from knowledge.chain import AnswerService
+
+    scoped.set_active_adapter("a")
+    route = routed(scoped, _routing(packaged_embeddings))
+    service = AnswerService(None, scoped, route=route)
+    assert service.answer(TAUGHT[0], user_id="1", guild_id=None).adapter == "a"
+    assert service.answer(GENERAL[0], user_id="1", guild_id=None).adapter is None
+    unrouted = AnswerService(None, scoped)
+    assert unrouted.answer(GENERAL[0], user_id="1", guild_id=None).adapter == "a"
+    questions = [RegressionQuestion(q, ("x",)) for q in (TAUGHT[0], *GENERAL)]
+    results = run_regression(scoped, questions=questions, system_prompt=SYSTEM, max_new_tokens=4, route=route)
+    assert [r.adapter for r in results] == ["a", None, None]
+
+
+def test_the_gate_judges_the_candidate_as_it_will_be_served(
+    scoped, packaged_embeddings, tmp_path: Path
+) -> None:
+    """``a`` answers general questions unlike the base. Unrouted, that costs it the regression set;
+    routed, the base answers them (asked once for both), and ``a`` is promoted on what it learned."""
+
+    def answer(adapter: str | None, question: str) -> str:
+        messages = [{"role": "user", "content": question}]
+        return scoped.generate(
+            messages, adapter=adapter, system_prompt=SYSTEM, temperature=0.0, max_new_tokens=12
+        ).text
+
+    base_general = [answer(None, q) for q in GENERAL]
+    if any(answer("a", q) == b for q, b in zip(GENERAL, base_general, strict=True)):
+        pytest.skip("the random adapter answered a general question as the base does")
+    taught = [
+        GateItem(TAUGHT[0], [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TAUGHT[0]}],
+                 answer("a", TAUGHT[0]))
+    ]  # fmt: skip
+    regression = [RegressionQuestion(q, (b,)) for q, b in zip(GENERAL, base_general, strict=True)]
+
+    def gate(route=None, report=None):
+        return run_gate(
+            scoped, candidate="a", active=None, pairs={"taught": taught}, regression=regression,
+            system_prompt=SYSTEM, max_new_tokens=12, route=route, report_path=report,
+        )  # fmt: skip
+
+    unrouted = gate()
+    assert not unrouted.promote and "regression accuracy 0.000 is 1.000 below" in unrouted.reason
+    report = tmp_path / "gate.csv"
+    result = gate(routed(scoped, _routing(packaged_embeddings)), report)
+    assert result.promote, result.reason
+    assert result.regression_answers[("a",)] == result.regression_answers[()]  # the base's, asked once
+    rows = list(csv.DictReader(report.open(encoding="utf-8")))
+    assert [(r["set"], r["candidate_served"]) for r in rows] == [
+        ("taught", "a"),
+        ("regression", "base"),
+        ("regression", "base"),
+    ]
