@@ -263,7 +263,7 @@ def run_gate(
 
     ``known_regression`` holds regression answers of stacks (keyed by :func:`stack_names`) from an
     earlier gate with the same questions and prompt: those stacks are not asked again (the candidate
-    always is). Answers for other questions are ignored.
+    always is, for the questions routing gives it). Answers for other questions are ignored.
 
     ``route`` (see :mod:`adapters.routing`) says what of a stack answers each question, as served:
     every set is scored through it, so a candidate is judged by the answers members would get.
@@ -296,28 +296,28 @@ def run_gate(
     for a, saved in known.items():
         for index, stack in enumerate(served[a]):
             answer_of[(stack_names(stack), index)] = saved[index]
-    to_ask: dict[tuple[str, ...], tuple[Served | None, list[int]]] = {}
+    to_ask: dict[tuple[str, ...], tuple[Served | None, list[int]]] = {}  # names -> (stack, questions)
+    queued: set[tuple[tuple[str, ...], int]] = set()
     for a in regressed:
         for index, stack in enumerate(served[a]):
-            names = stack_names(stack)
-            if (names, index) not in answer_of and index not in to_ask.setdefault(names, (stack, []))[1]:
-                to_ask[names][1].append(index)
+            key = (stack_names(stack), index)
+            if key not in answer_of and key not in queued:
+                queued.add(key)
+                to_ask.setdefault(key[0], (stack, []))[1].append(index)
     pair_items = {name: list(pairs.get(name, ())) for name in PAIR_SETS}
+    pair_served = {
+        (name, a): [route(a, item.question) for item in pair_items[name]]
+        for name in PAIR_SETS
+        for a in (active, candidate)
+    }
     rows: list[dict[str, Any]] = []
     sets: dict[str, SetScore] = {}
     # Every answer is queued at once (each set and the regression run, for both adapters), so the
     # runtime batches them all, as background work behind members' questions.
     with ThreadPoolExecutor(max_workers=2 * len(PAIR_SETS) + max(1, len(to_ask))) as pool:
         pending = {
-            (name, a): pool.submit(
-                _answer_all,
-                runtime,
-                pair_items[name],
-                [route(a, item.question) for item in pair_items[name]],
-                max_new_tokens,
-            )
-            for name in PAIR_SETS
-            for a in (active, candidate)
+            key: pool.submit(_answer_all, runtime, pair_items[key[0]], stacks, max_new_tokens)
+            for key, stacks in pair_served.items()
         }
         pending_regression = {
             names: pool.submit(
@@ -350,7 +350,7 @@ def run_gate(
                     f"{role}_answer": answers[adapter][index],
                     f"{role}_score": round(f1, 4),
                     f"{role}_correct": f1 >= CORRECT_F1,
-                    f"{role}_served": _label(route(adapter, item.question)),
+                    f"{role}_served": _label(pair_served[(name, adapter)][index]),
                 }
             rows.append(row)
         mean = {a: (sum(v) / len(v) if v else 0.0) for a, v in scores.items()}
