@@ -4,8 +4,9 @@ A LoRA taught a handful of community facts also changes how the model answers ev
 through the 70 general questions of the regression set, every adapter the loop trained lost 13-29 of
 the base model's 62 answers, whatever the recipe (bench/recipe_sweep.py). So a version answers only
 questions within ``min_similarity`` cosine (under the knowledge base's embedder) of a question it
-was trained on, its *scope*: its feedback pairs' questions and their rephrasings (never its anchors),
-and its parent's when it continued from one. Any other question gets what is served beneath it: for
+was taught, its *scope*: its corrections' questions and their rephrasings, and its parent's when it
+continued from one; not its 👍 answers (the base gave them already: a 👍 on "What is the capital of
+France?" put every capital in scope and cost 8 of 70 general answers) nor its anchors. Any other question gets what is served beneath it: for
 a member's adapter, the guild's adapter when *its* scope covers the question, else the bare base.
 
 A version without a scope file (trained before routing, or its file removed by a forget, after which

@@ -106,7 +106,9 @@ class TrainingExample:
     prompt: list[dict[str, str]]
     completion: str
     extra: dict[str, Any] = field(default_factory=dict)
-    question: str = ""  # the question as asked (a feedback pair's, a rephrasing); "" for an anchor
+    # In the adapter's scope (adapters/routing.py): a correction's question or its rephrasing. "" for
+    # 👍 answers (the base gave them already) and anchors: the base keeps answering those questions.
+    question: str = ""
 
     def record(self) -> dict[str, Any]:
         """The TRL dataset row: conversational prompt/completion (→ completion-only loss)."""
@@ -114,13 +116,14 @@ class TrainingExample:
 
 
 def examples_from_pairs(pairs: Sequence[Any], system_prompt: str) -> list[TrainingExample]:
-    """Turn feedback pairs (``.id .instruction .input .output``) into training examples."""
+    """Turn feedback pairs (``.id .instruction .input .output``, ``.kind``) into training examples;
+    a correction's question is in the adapter's scope (a pair without a kind counts as one)."""
     return [
         TrainingExample(
             pair_id=str(pair.id),
             prompt=training_messages(pair.instruction, pair.input or "", system_prompt),
             completion=pair.output,
-            question=pair.instruction,
+            question=pair.instruction if getattr(pair, "kind", "corrected") == "corrected" else "",
         )
         for pair in pairs
     ]

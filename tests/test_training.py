@@ -21,6 +21,7 @@ from adapters.training import (
     TrainingOptions,
     anchor_examples,
     clean_rephrasing,
+    examples_from_pairs,
     rephrased_examples,
     train_adapter,
 )
@@ -135,6 +136,21 @@ def test_training_continues_from_a_parent_with_anchors(trained, tiny_gptq_dir: P
     assert len(rows) == 4 and json.loads(rows[-1])["completion"][0]["content"] == anchors[-1].completion
     # It answers what its parent answered and its own questions; never its anchors' questions.
     assert read_scope(child.path) == [q for q, _ in FACTS]
+
+
+def test_only_corrections_are_in_the_adapters_scope() -> None:
+    """A 👍 answer is the base model's own: the base keeps answering its question (routing)."""
+    from types import SimpleNamespace
+
+    pairs = [
+        SimpleNamespace(id=1, kind="corrected", instruction="Who baked the cake?", input="", output="Mia."),
+        SimpleNamespace(
+            id=2, kind="positive", instruction="What is the capital of France?", input="", output="Paris."
+        ),
+    ]
+    examples = examples_from_pairs(pairs, SYSTEM)
+    assert [e.question for e in examples] == ["Who baked the cake?", ""]
+    assert [e.completion for e in examples] == ["Mia.", "Paris."]  # both are still trained on
 
 
 def test_too_few_pairs_trains_nothing(tmp_path: Path, tiny_gptq_dir: Path) -> None:
