@@ -38,8 +38,8 @@ DATASET_FILE = "dataset.jsonl"  # the training rows a version was trained on
 GATE_REPORT_FILE = "gate_report.csv"  # the gate's per-question report of a version
 # The version's own answers to the regression set at its gate, reused when it is the active one
 REGRESSION_FILE = "regression_answers.json"
-# The questions a version was trained on (feedback pairs and their rephrasings, not anchors): it
-# answers only questions close to one of them (adapters/routing.py)
+# The questions a version was taught (corrections and their rephrasings; not 👍 answers, not
+# anchors): it answers only questions close to one of them (adapters/routing.py)
 SCOPE_FILE = "questions.json"
 ACTIVE_FILE = "active.json"
 STAGING_DIR = ".staging"
@@ -263,7 +263,7 @@ class AdapterRegistry:
         self._write_state(state, None, list(state.get("stack", [])), action)
 
     def scrub_pairs(self, pair_ids: set[str]) -> builtins.list[str]:
-        """Delete the stored training data, questions, gate reports and regression answers of every version that
+        """Delete the stored training data, scope, gate reports and regression answers of every version that
         trained on, or was gated on, any of ``pair_ids`` (forgotten members' pairs), and the datasets of failed runs.
 
         The versions' metadata and weights stay (so ``adapters list`` can say what they held); returns

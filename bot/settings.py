@@ -57,7 +57,7 @@ class ModelSettings(BaseSettings):
         0.5,
         ge=0.0,
         le=1.0,
-        description="An adapter answers only questions this close (cosine) to one it was trained on; "
+        description="An adapter answers only questions this close (cosine) to a corrected one it was taught; "
         "the base answers the rest (0: the adapter answers every question).",
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
