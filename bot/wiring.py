@@ -154,9 +154,12 @@ def build_embeddings(settings: Settings) -> Any:
     return load_embeddings(settings.kb.embedding_model)
 
 
-def build_routing(settings: Settings, embeddings: Any | None = None) -> QuestionRouting | None:
+def build_routing(
+    settings: Settings, embeddings: Any | None = None, embed_query: Callable[[str], Any] | None = None
+) -> QuestionRouting | None:
     """Which questions each adapter answers (``LOOPBOT_MODEL_ADAPTER_MIN_SIMILARITY``; 0: all, None
-    is returned). ``embeddings``: the knowledge base's embedder; without, it is loaded at first use."""
+    is returned). ``embeddings``: the knowledge base's embedder; without, it is loaded at first use.
+    ``embed_query``: the knowledge base's cached query embedding, so a question is embedded once."""
     from functools import cache
 
     from adapters.routing import QuestionRouting
@@ -170,7 +173,7 @@ def build_routing(settings: Settings, embeddings: Any | None = None) -> Question
 
     return QuestionRouting(
         lambda texts: embedder().embed_documents(texts),
-        lambda text: embedder().embed_query(text),
+        embed_query or (lambda text: embedder().embed_query(text)),
         min_similarity=settings.model.adapter_min_similarity,
     )
 
@@ -229,7 +232,10 @@ def build_answer_service(
     return AnswerService(
         kb,
         runtime,
-        route=routed(runtime, build_routing(settings, getattr(kb, "embeddings", None))),
+        route=routed(
+            runtime,
+            build_routing(settings, getattr(kb, "embeddings", None), getattr(kb, "embed_query", None)),
+        ),
         top_k=settings.kb.top_k,
         system_prompt=settings.model.system_prompt,
         max_context_tokens=settings.kb.max_context_tokens,

@@ -181,6 +181,10 @@ class KnowledgeBase:
     def _embed_uncached(self, query: str) -> tuple[float, ...]:
         return tuple(self.embeddings.embed_query(query))
 
+    def embed_query(self, query: str) -> tuple[float, ...]:
+        """``query``'s embedding, cached: retrieval and adapter routing embed a question once."""
+        return self._embed_query(query)
+
     def _forget_store(self, name: str) -> None:
         with self._stores_lock:
             self._stores.pop(name, None)

@@ -133,3 +133,49 @@ def test_the_gate_judges_the_candidate_as_it_will_be_served(
         ("regression", "base"),
         ("regression", "base"),
     ]
+
+
+def test_the_bots_answer_service_embeds_a_question_once(scoped, packaged_embeddings, tmp_path: Path) -> None:
+    """Retrieval and routing share the knowledge base's cached query embedding."""
+    import chromadb
+
+    from bot.settings import Settings
+    from bot.wiring import build_answer_service
+    from knowledge.store import KnowledgeBase
+    from knowledge.types import Chunk
+
+    class Counting:
+        def __init__(self, inner) -> None:
+            self.inner, self.queries = inner, []
+            self.model_name = inner.model_name
+
+        def embed_query(self, text: str):
+            self.queries.append(text)
+            return self.inner.embed_query(text)
+
+        def embed_documents(self, texts: list[str]):
+            return self.inner.embed_documents(texts)
+
+    embeddings = Counting(packaged_embeddings)
+    kb = KnowledgeBase(
+        chromadb.PersistentClient(str(tmp_path / "chroma")), embeddings, lexical_path=tmp_path / "l.db"
+    )
+    kb.add(
+        [
+            Chunk(
+                id="p1",
+                text="The club house door is teal.",
+                source="faq.md",
+                scope="community",
+                guild_id="100",
+            )
+        ]
+    )
+    try:
+        scoped.set_active_adapter("a")
+        service = build_answer_service(Settings(data_dir=tmp_path), kb=kb, runtime=scoped)
+        answer = service.answer(TAUGHT[0], user_id="1", guild_id="100")
+        assert answer.adapter == "a" and answer.sources  # retrieved and routed...
+        assert embeddings.queries == [TAUGHT[0]]  # ...on one embedding
+    finally:
+        kb.close()
