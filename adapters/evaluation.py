@@ -23,6 +23,7 @@ from typing import Any
 
 from adapters.errors import AdapterError
 from adapters.prompt import training_messages
+from adapters.routing import chosen
 from adapters.runtime import ACTIVE, BACKGROUND
 
 PACKAGED_CSV = "regression_questions.csv"  # the product's fixed set (../shared/data)
@@ -116,8 +117,7 @@ def run_regression(
     All questions are queued at once, so a concurrent adapter switch cannot mix adapters within a run.
     """
     questions = load_regression_questions() if questions is None else questions
-    if route is not None:
-        served = runtime.active_adapter if adapter is ACTIVE else adapter
+    served = chosen(runtime, adapter)
     futures = [
         runtime.submit(
             [{"role": "user", "content": q.question}],

@@ -51,7 +51,7 @@ from adapters.evaluation import (
     run_regression,
 )
 from adapters.prompt import split_system
-from adapters.routing import Served, stack_names
+from adapters.routing import Served, routed, stack_names
 from adapters.runtime import BACKGROUND
 
 # Routes a question to what of a served stack answers it (adapters/routing.py); default: all of it
@@ -271,7 +271,7 @@ def run_gate(
     Every adapter named must already be loaded on ``runtime``.
     """
     thresholds = thresholds or GateThresholds()
-    route = route or (lambda served, question: served)
+    route = route or routed(runtime, None)
     for name in (candidate,) if isinstance(candidate, str) else candidate:
         if name not in runtime.adapters:
             raise AdapterError(f"Candidate adapter {name!r} is not loaded on the runtime: load it first.")

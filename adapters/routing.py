@@ -6,8 +6,9 @@ the base model's 62 answers, whatever the recipe (bench/recipe_sweep.py). So a v
 questions within ``min_similarity`` cosine (under the knowledge base's embedder) of a question it
 was taught, its *scope*: its corrections' questions and their rephrasings, and its parent's when it
 continued from one; not its 👍 answers (the base gave them already: a 👍 on "What is the capital of
-France?" put every capital in scope and cost 8 of 70 general answers) nor its anchors. Any other question gets what is served beneath it: for
-a member's adapter, the guild's adapter when *its* scope covers the question, else the bare base.
+France?" put every capital in scope and cost 8 of 70 general answers) nor its anchors. Any other
+question gets what is served beneath it: for a member's adapter, the guild's adapter when *its* scope
+covers the question, else the bare base.
 
 A version without a scope file (trained before routing, or its file removed by a forget, after which
 it is not served anyway) answers every question, as before. ``min_similarity`` 0 turns routing off.
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from adapters.registry import SCOPE_FILE, write_json_atomic
+from adapters.runtime import ACTIVE
 
 # What answers: an adapter's served name, or several stacked (a member's over the guild's).
 Served = str | tuple[str, ...]
@@ -38,6 +40,11 @@ DEFAULT_MIN_SIMILARITY = 0.5
 def stack_names(served: Served | None) -> tuple[str, ...]:
     """A served stack as a tuple of names (a one-name tuple is that name; the bare base is ())."""
     return () if served is None else (served,) if isinstance(served, str) else tuple(served)
+
+
+def chosen(runtime: Any, adapter: Any) -> Served | None:
+    """The stack an ``adapter`` argument names: ``ACTIVE`` is the runtime's active adapter now."""
+    return getattr(runtime, "active_adapter", None) if adapter is ACTIVE else adapter
 
 
 def as_served(names: Sequence[str]) -> Served | None:

@@ -24,6 +24,7 @@ from adapters.prompt import (
     question_messages,
     with_system,
 )
+from adapters.routing import chosen
 from adapters.runtime import ACTIVE
 from knowledge.errors import KnowledgeError
 from knowledge.evidence import best_sentences, is_grounded, is_japanese, passage_scores, repeats_question
@@ -244,8 +245,7 @@ class AnswerService:
         runtime's active one) as routing leaves it; no keyword for the active one unrouted."""
         if self.route is None:
             return {} if adapter is ACTIVE else {"adapter": adapter}
-        chosen = getattr(self.runtime, "active_adapter", None) if adapter is ACTIVE else adapter
-        return {"adapter": self.route(chosen, question)}
+        return {"adapter": self.route(chosen(self.runtime, adapter), question)}
 
     def _searched(self, guild_id: str | None) -> bool:
         """Whether a knowledge base was consulted (a DM has none: no 'nothing found' note there)."""
