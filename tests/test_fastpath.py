@@ -67,7 +67,8 @@ def test_dense_weights_multiply_like_the_int4_kernel(tiny_gptq_dir: Path) -> Non
     from adapters._loading import load_base_model
 
     model, _ = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
-    assert _fastpath.add_dense_weights(model, min_rows=16) == 14  # 7 linear layers x 2 blocks
+    served = _fastpath.serve_quantized_layers(model, min_rows=16)
+    assert served == {"dense_prompt_layers": 14, "fused_groups": 4}  # 7 layers, q/k/v and gate/up x 2 blocks
     layer = model.model.layers[0].mlp.down_proj
     assert layer.forward.dense_weight.shape == (layer.out_features, layer.in_features)
     torch.manual_seed(1)
@@ -83,7 +84,8 @@ def test_a_plain_model_gets_no_dense_weights(tiny_model_dir: Path) -> None:
     from adapters._loading import load_base_model
 
     model, _ = load_base_model(tiny_model_dir, device="cpu")
-    assert _fastpath.add_dense_weights(model) == 0
+    assert _fastpath.serve_quantized_layers(model) == {"dense_prompt_layers": 0, "fused_groups": 0}
+    assert not _fastpath.add_int8_output(model, threads=1)  # fp32 logits stay as they are
 
 
 def _prompt_then_decode(model: object, ids: torch.Tensor, steps: int) -> torch.Tensor:
@@ -121,6 +123,96 @@ def test_the_runtime_installs_the_fast_paths_unless_told_not_to(tiny_gptq_dir: P
     from adapters.runtime import ModelRuntime
 
     with ModelRuntime.load(tiny_gptq_dir, device="cpu", dtype="bfloat16") as runtime:
-        assert runtime.info()["fast_paths"] == {"attention": _fastpath.ATTENTION, "dense_prompt_layers": 14}
+        assert runtime.info()["fast_paths"] == {
+            "attention": _fastpath.ATTENTION,
+            "dense_prompt_layers": 14,
+            "fused_groups": 4,
+            "int8_output": True,
+        }
     with ModelRuntime.load(tiny_gptq_dir, device="cpu", dtype="bfloat16", fast_paths=False) as runtime:
         assert runtime.info()["fast_paths"] == {}
+
+
+def _projections(model: object, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every projection of the first block applied to ``x``, siblings in the order the model calls them."""
+    block = model.model.layers[0]  # type: ignore[attr-defined]
+    attention, mlp = block.self_attn, block.mlp
+    out = {name: getattr(attention, name)(x) for name in ("q_proj", "k_proj", "v_proj")}
+    out.update({name: getattr(mlp, name)(x) for name in ("gate_proj", "up_proj")})
+    out["o_proj"] = attention.o_proj(torch.randn(*x.shape[:-1], attention.o_proj.in_features, dtype=x.dtype))
+    return out
+
+
+def test_siblings_multiplied_together_give_each_layer_its_own_output(tiny_gptq_dir: Path) -> None:
+    from adapters._loading import load_base_model
+
+    fast, _ = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
+    slow, _ = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
+    _fastpath.install(fast)
+    hidden = fast.config.hidden_size
+    with torch.inference_mode():
+        for rows in (1, 3, 20):  # the int4 kernel, then the dense weights
+            torch.manual_seed(rows)
+            x = torch.randn(1, rows, hidden, dtype=torch.bfloat16)
+            torch.manual_seed(0)
+            ours = _projections(fast, x)
+            torch.manual_seed(0)
+            theirs = _projections(slow, x)
+            for name, expected in theirs.items():
+                assert ours[name].shape == expected.shape, name
+                if rows < _fastpath.DENSE_MIN_ROWS:  # the same kernel on the same integers: the same bits
+                    assert torch.equal(ours[name], expected), name
+                else:
+                    scale = float(expected.float().abs().max())
+                    assert torch.allclose(ours[name].float(), expected.float(), atol=0.02 * scale), name
+        # a sibling called with another input than the one its siblings were computed for, or on its
+        # own, or twice: computed for its input, nothing stale handed out
+        x = torch.randn(1, 1, hidden, dtype=torch.bfloat16)
+        attention = fast.model.layers[1].self_attn
+        expected = slow.model.layers[1].self_attn.v_proj(x)
+        attention.q_proj(torch.randn(1, 1, hidden, dtype=torch.bfloat16))  # k and v now wait for that input
+        assert torch.equal(attention.v_proj(x), expected)
+        assert torch.equal(attention.v_proj(x), expected)
+
+
+def test_lora_rows_on_fused_siblings_match_the_unfused_model(
+    tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter
+) -> None:
+    """The LoRA bank's hooks see each sibling's own output: the same logits per row with and without
+    the fast paths, a row with an adapter and a row without in one batch."""
+    from adapters._loading import check_adapter_dir, load_base_model, module_shapes
+    from adapters._lora import LoraBank, read_adapter
+
+    path = make_lora_adapter(tiny_model_dir, seed=3)
+    logits = []
+    for fast in (True, False):
+        model, tokenizer = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
+        if fast:
+            _fastpath.install(model)
+        bank = LoraBank(model)
+        bank.add("a", read_adapter(path, check_adapter_dir(path, module_shapes(model), str(tiny_gptq_dir))))
+        ids = tokenizer(["Mochi sneezes"] * 2, return_tensors="pt")["input_ids"]
+        bank.use([("a",), ()])
+        with torch.inference_mode():
+            logits.append(model(input_ids=ids).logits.float())
+    ours, theirs = logits
+    assert not torch.allclose(theirs[0], theirs[1], atol=1e-2)  # the adapter changes its row
+    spread = float(theirs.std())
+    assert float((ours - theirs).abs().max()) < 0.1 * spread
+
+
+def test_int8_logits_follow_the_full_output_projection(tiny_gptq_dir: Path) -> None:
+    from adapters._loading import load_base_model
+
+    model, _ = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
+    head = model.get_output_embeddings()
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, head.in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        full = head(x).float()
+        assert _fastpath.add_int8_output(model, threads=1)
+        ours = head(x).float()
+    assert ours.shape == full.shape
+    scale = float(full.abs().max())
+    assert float((ours - full).abs().max()) < 0.02 * scale
+    assert float((ours - full).abs().max()) > 0  # it is the int8 path that answered
