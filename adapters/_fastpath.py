@@ -147,7 +147,8 @@ class _Linears:
 
     Each layer's ``forward`` asks :meth:`output` for its share: the first sibling called with an input
     computes every sibling's output, the others take theirs (same input object) without computing.
-    Forward hooks on each layer (the LoRA bank's) still see that layer's own output."""
+    LoRA deltas are added to the joint output (:attr:`lora`, set by the runtime's LoRA bank); forward
+    hooks on a layer still see that layer's own output."""
 
     def __init__(self, layers: list[Any], dtype: Any, min_rows: int):
         import torch
@@ -166,6 +167,9 @@ class _Linears:
         self.scales = torch.cat([layer.scales_and_zeros for layer in layers], dim=1).contiguous()
         self._input: Any = None
         self._outputs: list[Any] = []
+        self.layers = layers
+        # ``(x, output) -> output`` with LoRA deltas added, set by the runtime's LoRA bank (adapters/_lora.py)
+        self.lora: Any = None
         start = 0
         for index, (layer, size) in enumerate(zip(layers, self.sizes, strict=True)):
             layer.qweight = self.packed[start : start + size]  # a view: the layer's kernel still works
@@ -185,7 +189,8 @@ class _Linears:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 flat.contiguous(), self.packed, self.group_size, self.scales
             )
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        out = out.reshape(*x.shape[:-1], out.shape[-1])
+        return out if self.lora is None else self.lora(x, out)
 
     def output(self, index: int, x: Any) -> Any:
         """Layer ``index``'s output for ``x``."""

@@ -3,7 +3,8 @@
 peft applies the active adapter to the whole batch, and its per-row ``adapter_names`` does not
 reach GPTQ layers (docs/PLATFORM_NOTES.md, "Batching with several adapters"). This bank holds every
 loaded adapter's matrices and adds each row's LoRA delta itself, through forward hooks on the base
-model's linear modules: ``y = base(x)`` once for the batch, then ``y[i] += scale * B_i(A_i(x[i]))``
+model's linear modules (or, for layers the serving fast paths multiply together, on their joint
+output): ``y = base(x)`` once for the batch, then ``y[i] += scale * B_i(A_i(x[i]))``
 with each row's own adapter, computed in fp32 as peft does (tested against peft's output per row).
 A row may carry several adapters (their deltas add up: a member's adapter stacked on the guild's).
 """
@@ -97,8 +98,9 @@ class LoraBank:
         self._device = next(model.parameters()).device
         self._adapters: dict[str, dict[str, _Delta]] = {}
         self._hooks: dict[str, Any] = {}
-        # module -> (A^T [slots, in, r], (scale * B)^T [slots, r, out]); slot 0 is the base (zeros)
+        # module or group -> (A^T [slots, in, r], (scale * B)^T [slots, r, out]); slot 0: the base (zeros)
         self._stacks: dict[str, tuple[Any, Any]] = {}
+        self._groups: dict[int, Any] = {}  # the fast paths' layer groups given a delta (by id)
         self._plan: list[Any] = []  # per stacked adapter: one slot (every row alike) or a slot per row
 
     def add(self, name: str, deltas: dict[str, _Delta]) -> None:
@@ -113,27 +115,56 @@ class LoraBank:
         self._restack()
 
     def _restack(self) -> None:
+        names = list(self._adapters)
+        targeted = {m for deltas in self._adapters.values() for m in deltas}
+        # Layers the serving fast paths multiply together (adapters/_fastpath.py) get one delta for
+        # the group, added to their joint output: two matmuls for q/k/v instead of two each, no hooks.
+        name_of = {id(module): name for name, module in self._modules.items()}
+        groups = {
+            id(linears): linears
+            for m in targeted
+            if (linears := getattr(self._modules[m].forward, "linears", None)) is not None
+        }
+        grouped = {name_of[id(layer)] for linears in groups.values() for layer in linears.layers}
+        for module in [m for m in self._hooks if m not in targeted - grouped]:
+            self._hooks.pop(module).remove()
+        for linears in self._groups.values():
+            linears.lora = None
+        self._stacks, self._groups = {}, groups
+        for key, linears in groups.items():
+            members = [name_of[id(layer)] for layer in linears.layers]
+            self._stacks[f"group:{key}"] = self._stack(names, members, linears.sizes)
+            linears.lora = self._apply(f"group:{key}")
+        for module in targeted - grouped:
+            out_features = next(d.b.shape[0] for n in names if (d := self._adapters[n].get(module)))
+            self._stacks[module] = self._stack(names, [module], [out_features])
+            if module not in self._hooks:
+                apply = self._apply(module)
+                self._hooks[module] = self._modules[module].register_forward_hook(
+                    lambda _layer, args, output, apply=apply: apply(args[0], output)
+                )
+
+    def _stack(self, names: list[str], members: list[str], sizes: list[int]) -> tuple[Any, Any]:
+        """(A^T [slots, in, members x rank], (scale * B)^T [slots, members x rank, sum of sizes]) of
+        ``members`` (layers reading the same input, outputs side by side), slot 0 all zeros (the base).
+        B is block-diagonal: member i's rank columns feed only member i's outputs."""
         import torch
 
-        names = list(self._adapters)
-        modules = {m for deltas in self._adapters.values() for m in deltas}
-        for module in [m for m in self._hooks if m not in modules]:
-            self._hooks.pop(module).remove()
-        self._stacks = {}
-        for module in modules:
-            present = [self._adapters[n].get(module) for n in names]
-            first = next(d for d in present if d is not None)
-            rank = max(d.a.shape[0] for d in present if d is not None)
-            a_t = torch.zeros(len(names) + 1, first.a.shape[1], rank, device=self._device)
-            b_t = torch.zeros(len(names) + 1, rank, first.b.shape[0], device=self._device)
-            for slot, delta in enumerate(present, start=1):
+        present = [self._adapters[n].get(m) for n in names for m in members]
+        first = next(d for d in present if d is not None)
+        rank = max(d.a.shape[0] for d in present if d is not None)
+        a_t = torch.zeros(len(names) + 1, first.a.shape[1], rank * len(members), device=self._device)
+        b_t = torch.zeros(len(names) + 1, rank * len(members), sum(sizes), device=self._device)
+        for slot, name in enumerate(names, start=1):
+            start = 0
+            for i, (member, size) in enumerate(zip(members, sizes, strict=True)):
+                delta = self._adapters[name].get(member)
                 if delta is not None:
-                    r = delta.a.shape[0]
-                    a_t[slot, :, :r] = delta.a.float().T
-                    b_t[slot, :r, :] = (delta.b.float() * delta.scale).T
-            self._stacks[module] = (a_t, b_t)
-            if module not in self._hooks:
-                self._hooks[module] = self._modules[module].register_forward_hook(self._hook(module))
+                    r, col = delta.a.shape[0], i * rank
+                    a_t[slot, :, col : col + r] = delta.a.float().T
+                    b_t[slot, col : col + r, start : start + size] = (delta.b.float() * delta.scale).T
+                start += size
+        return a_t, b_t
 
     def use(self, rows: Sequence[Sequence[str]]) -> None:
         """Set the next forward's rows: ``rows[i]`` names the adapters of row ``i`` (may be empty)."""
@@ -150,14 +181,16 @@ class LoraBank:
             )
         self._plan = plan
 
-    def _hook(self, module: str) -> Any:
-        def apply(_layer: Any, args: tuple[Any, ...], output: Any) -> Any:
+    def _apply(self, key: str) -> Any:
+        """``(x, output) -> output`` plus each row's deltas for the stack ``key`` (computed in fp32)."""
+
+        def apply(x: Any, output: Any) -> Any:
             if not self._plan:
                 return output
             import torch
 
-            a_t, b_t = self._stacks[module]
-            x = args[0].float()
+            a_t, b_t = self._stacks[key]
+            x = x.float()
             total = output.float()
             for slots in self._plan:
                 if isinstance(slots, int):

@@ -8,6 +8,8 @@ One row, one thread (as the engine runs small decode steps), the default model i
 * the output projection (49,152 vocabulary logits): bf16 as loaded, and int8 with a scale per row,
   each on one and two threads;
 * a whole greedy decode step after a short question, without and with the fast paths;
+* the streamer's loop check (``adapters.prompt.loop_start`` on the text so far), per token of a
+  ~600-character answer, and the tokenizer's decode of the whole answer so far;
 * with the fast paths, a whole decode step of 1-32 rows (100 tokens of context each) through the int4
   kernel and through the dense bf16 weights: where ``DENSE_MIN_ROWS`` belongs.
 
@@ -117,6 +119,29 @@ def _output_head(model: Any) -> dict[str, float]:
     return out
 
 
+ANSWER = (
+    "The Whisker Club meets every second Tuesday at the library. Bring your own cat photos and snacks; "
+    "members vote on the monthly theme, and the treasurer collects dues in January. "
+) * 4
+
+
+def _streaming_ms(tokenizer: Any) -> dict[str, float]:
+    """Milliseconds per token of the streamer's work on a growing answer (as if checked every token)."""
+    from adapters.prompt import loop_start
+
+    ids = tokenizer(ANSWER, add_special_tokens=False)["input_ids"][:150]
+    texts = [tokenizer.decode(ids[:n], skip_special_tokens=True) for n in range(1, len(ids) + 1)]
+    started = time.perf_counter()
+    for n in range(1, len(ids) + 1):
+        tokenizer.decode(ids[:n], skip_special_tokens=True)
+    decode = (time.perf_counter() - started) / len(ids)
+    started = time.perf_counter()
+    for text in texts:
+        loop_start(text, tail_only=True)
+    check = (time.perf_counter() - started) / len(ids)
+    return {"decode_so_far_ms": round(decode * 1000, 3), "loop_check_ms": round(check * 1000, 3)}
+
+
 def _min_rows() -> int:
     from adapters._fastpath import DENSE_MIN_ROWS
 
@@ -154,6 +179,7 @@ def main() -> int:
                 }
             else:
                 row.update(_output_head(model))
+                row["streaming_per_token"] = _streaming_ms(tokenizer)
             result[label] = row
             print(label, row, flush=True)
             del model

@@ -189,12 +189,17 @@ def test_lora_rows_on_fused_siblings_match_the_unfused_model(
         model, tokenizer = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
         if fast:
             _fastpath.install(model)
-        bank = LoraBank(model)
-        bank.add("a", read_adapter(path, check_adapter_dir(path, module_shapes(model), str(tiny_gptq_dir))))
         ids = tokenizer(["Mochi sneezes"] * 2, return_tensors="pt")["input_ids"]
-        bank.use([("a",), ()])
         with torch.inference_mode():
+            plain = model(input_ids=ids).logits
+            bank = LoraBank(model)
+            bank.add(
+                "a", read_adapter(path, check_adapter_dir(path, module_shapes(model), str(tiny_gptq_dir)))
+            )
+            bank.use([("a",), ()])
             logits.append(model(input_ids=ids).logits.float())
+            bank.remove("a")  # unloaded: the model is its plain self again
+            assert torch.equal(model(input_ids=ids).logits, plain)
     ours, theirs = logits
     assert not torch.allclose(theirs[0], theirs[1], atol=1e-2)  # the adapter changes its row
     spread = float(theirs.std())
