@@ -107,6 +107,7 @@ class BatchEngine:
         max_waiting: int = 32,
         repetition_penalty: float = 1.0,
         one_thread_decode_work: int = ONE_THREAD_DECODE_WORK,
+        decode_step: Callable[[Any, Any, Any, Any], Any] | None = None,
     ):
         if max_batch < 1:
             raise AdapterError("max_batch must be at least 1.")
@@ -132,6 +133,9 @@ class BatchEngine:
 
         self._threads = torch.get_num_threads()
         self.one_thread_decode_work = one_thread_decode_work  # 0: every step on all threads
+        # (ids, positions, mask, cache) -> next-token logits for a decode step (adapters._fastpath.LlamaDecode);
+        # None: the model's forward
+        self.decode_step = decode_step
         # transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns
         # until 5.40): pass whichever this version takes.
         parameters = inspect.signature(model.forward).parameters
@@ -276,7 +280,8 @@ class BatchEngine:
         """Run the prompts of ``group`` in one forward (left-padded to the longest, the padding masked),
         pick each one's first token, then join the batch (padded to its length)."""
         import torch
-        from transformers import DynamicCache
+
+        from adapters._cache import growing_cache  # imports transformers: only once a model serves
 
         for request in group:
             request.streamer = _Streamer(self.tokenizer, request.stop, request.on_token, request.cancel)
@@ -289,7 +294,7 @@ class BatchEngine:
             padded = {}
             if any(pads):
                 padded = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-            cache: Any = DynamicCache(config=self.model.config)
+            cache: Any = growing_cache(self.model.config)
             self.bank.use([r.adapters for r in group])
             out = self.model(
                 input_ids=ids.to(self._device),
@@ -354,14 +359,17 @@ class BatchEngine:
         self.bank.use([r.adapters for r in rows])
         small = len(rows) * self._mask.shape[1] <= self.one_thread_decode_work
         self._use_threads(1 if small else self._threads)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=self._mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_arg: self._cache},
-        )
-        tokens = self._choose(out.logits[:, -1, :], rows)
+        if self.decode_step is not None:
+            logits = self.decode_step(ids, positions, self._mask, self._cache)
+        else:
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=self._mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_arg: self._cache},
+            ).logits[:, -1, :]
+        tokens = self._choose(logits, rows)
         done = []
         for request, token in zip(rows, tokens, strict=True):
             request.position += 1

@@ -190,6 +190,9 @@ class ModelRuntime(_AdapterChoice):
         # before the model's first forward: gptqmodel repacks each layer's weights for its kernel then
         cpu_fast = fast_paths and device == "cpu"
         self._fast_paths = _fastpath.install(model) if cpu_fast else {}
+        decode_step = _fastpath.LlamaDecode.for_model(model) if cpu_fast else None
+        if cpu_fast:
+            self._fast_paths["decode_step"] = "written out" if decode_step else "the model's forward"
         # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
         self._engine = BatchEngine(
             model,
@@ -198,6 +201,7 @@ class ModelRuntime(_AdapterChoice):
             max_waiting=max_waiting,
             repetition_penalty=repetition_penalty,
             one_thread_decode_work=ONE_THREAD_DECODE_WORK if cpu_fast else 0,
+            decode_step=decode_step,
         )
         self._worker = threading.Thread(target=self._engine.run, name="loopbot-model", daemon=True)
         self._worker.start()

@@ -7,9 +7,12 @@ One row, one thread (as the engine runs small decode steps), the default model i
   the int4 kernel called directly, q/k/v and gate/up each multiplied as one matrix);
 * the output projection (49,152 vocabulary logits): bf16 as loaded, and int8 with a scale per row,
   each on one and two threads;
-* a whole greedy decode step after a short question, without and with the fast paths;
+* a whole greedy decode step after a short question, without and with the fast paths, and with the
+  runtime's decode step written out (``adapters._fastpath.LlamaDecode``, the engine's growing cache);
 * the streamer's loop check (``adapters.prompt.loop_start`` on the text so far), per token of a
   ~600-character answer, and the tokenizer's decode of the whole answer so far;
+* with the fast paths, a decode step of 1 and 8 rows after ~1,000 tokens with transformers'
+  ``DynamicCache`` (appends by copying) and with the engine's growing cache (appends in place);
 * with the fast paths, a whole decode step of 1-32 rows (100 tokens of context each) through the int4
   kernel and through the dense bf16 weights: where ``DENSE_MIN_ROWS`` belongs.
 
@@ -53,38 +56,53 @@ def _layer_calls(layer: Any, x: Any, x_down: Any) -> Any:
     return call
 
 
-def _decode_tok_s(model: Any, tokenizer: Any, steps: int = 64) -> float:
+def _decode_tok_s(model: Any, tokenizer: Any, steps: int = 64, written_out: bool = False) -> float:
+    """Greedy one-row decode speed after a short question: the model's forward and transformers' cache,
+    or (``written_out``) the runtime's decode step (``LlamaDecode``) and growing cache."""
     import torch
     from transformers import DynamicCache
 
+    from adapters._cache import growing_cache
+    from adapters._fastpath import LlamaDecode
+
+    decode = LlamaDecode.for_model(model) if written_out else None
     text = tokenizer.apply_chat_template(SHORT, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     runs = []
     for _ in range(4):
         torch.set_num_threads(2)
-        cache = DynamicCache(config=model.config)
+        cache = growing_cache(model.config) if decode else DynamicCache(config=model.config)
         out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         token, length = int(out.logits[0, -1].argmax()), ids.shape[1]
+        mask = torch.ones(1, length, dtype=torch.long)
         torch.set_num_threads(1)
         started = time.perf_counter()
         for step in range(steps):
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=cache,
-                        position_ids=torch.tensor([[length + step]]), use_cache=True)  # fmt: skip
-            token = int(out.logits[0, -1].argmax())
+            position = torch.tensor([[length + step]])
+            if decode is not None:
+                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+                logits = decode(torch.tensor([[token]]), position, mask, cache)
+            else:
+                logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, position_ids=position,
+                               use_cache=True).logits[:, -1]  # fmt: skip
+            token = int(logits[0].argmax())
         runs.append(steps / (time.perf_counter() - started))
     return round(statistics.median(runs[1:]), 1)
 
 
-def _step_ms(model: Any, rows: int, dense: bool, context: int = 100) -> float:
-    """Median milliseconds of a decode step of ``rows`` rows on one thread."""
+def _step_ms(model: Any, rows: int, dense: bool, context: int = 100, growing: bool = False) -> float:
+    """Median milliseconds of a decode step of ``rows`` rows on one thread; ``growing``: the engine's
+    cache (adapters/_cache.py) instead of transformers' ``DynamicCache``."""
     import torch
     from transformers import DynamicCache
+
+    from adapters._cache import growing_cache
 
     linears = {id(f.linears): f.linears for m in model.modules() if hasattr(f := m.forward, "linears")}
     for group in linears.values():
         group.min_rows = 1 if dense else 10**9
     torch.set_num_threads(2)
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model.config) if growing else DynamicCache(config=model.config)
     model(input_ids=torch.randint(100, 1000, (rows, context)), past_key_values=cache, use_cache=True,
           logits_to_keep=1)  # fmt: skip
     torch.set_num_threads(1)
@@ -173,9 +191,17 @@ def main() -> int:
                 "decode_tok_s_one_thread": _decode_tok_s(model, tokenizer),
             }
             if fast:
+                row["decode_tok_s_one_thread_written_out"] = _decode_tok_s(model, tokenizer, written_out=True)
                 row["step_ms_by_rows"] = {
                     rows: {"int4": _step_ms(model, rows, False), "dense": _step_ms(model, rows, True)}
                     for rows in (1, 2, 4, 8, 16, 24, 32)
+                }
+                row["step_ms_1050_context"] = {
+                    rows: {
+                        "dynamic_cache": _step_ms(model, rows, False, 1050),
+                        "growing_cache": _step_ms(model, rows, False, 1050, growing=True),
+                    }
+                    for rows in (1, 8)
                 }
             else:
                 row.update(_output_head(model))

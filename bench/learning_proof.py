@@ -15,7 +15,7 @@ runtime (fast kernel) is asked, without retrieval, each question routed as the b
 
 Runs: N = 5, 10, 20, 40 corrections in one round each (fresh data), and two rounds of 20.
 
-    python bench/learning_proof.py [--sizes 5,10,20,40] [--no-rounds]
+    python bench/learning_proof.py [--sizes 5,10,20,40] [--no-rounds] [--from-active]
 
 Writes bench/results/learning_proof.json and bench/results/learning_proof.png.
 """
@@ -40,6 +40,9 @@ FACTS = [
 GUILD = "1000000000000000001"
 BASE = ""  # the prepared default model of the caller's data dir (main() sets it)
 FACT_TOKENS = 20  # a taught answer is one short sentence; the key comes early
+FROM_ACTIVE = (
+    False  # --from-active: a later round continues the active adapter (`loopbot train --from-active`)
+)
 
 
 def _ask(loop: Loop, question: str) -> Any:
@@ -116,7 +119,7 @@ class Loop:
         parts = build_training_parts(
             self.settings, self.log, guild_id=GUILD, runtime=self.runtime, embeddings=self.embeddings
         )
-        report = run_training_cycle(self.settings, parts, show_progress=True)
+        report = run_training_cycle(self.settings, parts, show_progress=True, from_active=FROM_ACTIVE)
         train_s = report.train_metrics.get("train_seconds", 0.0)
         if report.gate is not None and report.gate.report_path is not None:
             shutil.copyfile(report.gate.report_path, RESULTS / f"learning_proof_{label}.csv")
@@ -256,12 +259,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5,10,20,40", help="corrections per one-round run ('': none)")
     parser.add_argument("--no-rounds", action="store_true", help="skip the two-round run (20 + 20)")
+    parser.add_argument("--from-active", action="store_true", help="round 2 continues round 1's adapter")
     args = parser.parse_args()
     from bot.settings import load_settings
     from bot.wiring import resolve_model_base
 
-    global BASE
+    global BASE, FROM_ACTIVE
     BASE = resolve_model_base(load_settings())
+    FROM_ACTIVE = args.from_active
     load = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     result: dict[str, Any] = {"machine": machine(), "load_average_before": load, "rounds": []}

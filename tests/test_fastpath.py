@@ -128,6 +128,7 @@ def test_the_runtime_installs_the_fast_paths_unless_told_not_to(tiny_gptq_dir: P
             "dense_prompt_layers": 14,
             "fused_groups": 4,
             "int8_output": True,
+            "decode_step": "written out",
         }
     with ModelRuntime.load(tiny_gptq_dir, device="cpu", dtype="bfloat16", fast_paths=False) as runtime:
         assert runtime.info()["fast_paths"] == {}
@@ -221,3 +222,66 @@ def test_int8_logits_follow_the_full_output_projection(tiny_gptq_dir: Path) -> N
     scale = float(full.abs().max())
     assert float((ours - full).abs().max()) < 0.02 * scale
     assert float((ours - full).abs().max()) > 0  # it is the int8 path that answered
+
+
+def test_the_written_out_decode_step_gives_the_models_logits(
+    tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter
+) -> None:
+    """Rows of different lengths (one left-padded), one with an adapter: the decode step written out
+    (LlamaDecode) gives the logits of the model's own forward, step after step."""
+    from adapters._cache import growing_cache
+    from adapters._loading import check_adapter_dir, load_base_model, module_shapes
+    from adapters._lora import LoraBank, read_adapter
+
+    model, tokenizer = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
+    _fastpath.install(model)
+    decode = _fastpath.LlamaDecode.for_model(model)
+    assert decode is not None
+    path = make_lora_adapter(tiny_model_dir, seed=4)
+    bank = LoraBank(model)
+    bank.add("a", read_adapter(path, check_adapter_dir(path, module_shapes(model), str(tiny_gptq_dir))))
+    bank.use([("a",), ()])
+    ids = tokenizer(["Mochi sneezes in the morning", "Luna eats"], return_tensors="pt", padding=True)
+    ids, mask = ids["input_ids"], ids["attention_mask"]
+    if bool(mask.all()):  # left-pad the shorter row by hand when the tokenizer pads right or not at all
+        ids = torch.cat([torch.zeros(2, 3, dtype=ids.dtype), ids], 1)
+        mask = torch.cat([torch.tensor([[1, 1, 1], [0, 0, 0]]), mask], 1)
+    results = []
+    with torch.inference_mode():
+        for written_out in (True, False):
+            cache = growing_cache(model.config)
+            step_mask = mask.clone()
+            positions = (step_mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(
+                input_ids=ids, attention_mask=step_mask, position_ids=positions, use_cache=True, cache=cache
+            )
+            tokens = out.logits[:, -1].argmax(-1, keepdim=True)
+            logits = []
+            for _ in range(6):
+                step_mask = torch.cat([step_mask, step_mask.new_ones(2, 1)], 1)
+                positions = step_mask.sum(-1, keepdim=True) - 1
+                if written_out:
+                    step = decode(tokens, positions, step_mask, cache)
+                else:
+                    step = model(
+                        input_ids=tokens,
+                        attention_mask=step_mask,
+                        position_ids=positions,
+                        use_cache=True,
+                        cache=cache,
+                    ).logits[:, -1]
+                logits.append(step.float())
+                tokens = step.argmax(-1, keepdim=True)
+            results.append(torch.stack(logits))
+    torch.testing.assert_close(results[0], results[1], atol=1e-3, rtol=1e-3)
+
+
+def test_only_a_llama_served_by_the_fast_paths_decodes_written_out(tiny_gptq_dir: Path) -> None:
+    from adapters._loading import load_base_model
+
+    model, _ = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
+    assert _fastpath.LlamaDecode.for_model(model) is None  # fast paths not installed
+    _fastpath.install(model)
+    assert _fastpath.LlamaDecode.for_model(model) is not None
+    model.config.model_type = "mistral"
+    assert _fastpath.LlamaDecode.for_model(model) is None
