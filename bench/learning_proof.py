@@ -15,7 +15,7 @@ runtime (fast kernel) is asked, without retrieval, each question routed as the b
 
 Runs: N = 5, 10, 20, 40 corrections in one round each (fresh data), and two rounds of 20.
 
-    python bench/learning_proof.py [--sizes 5,10,20,40] [--no-rounds] [--from-active]
+    python bench/learning_proof.py [--sizes 5,10,20,40] [--no-rounds] [--fresh]
 
 Writes bench/results/learning_proof.json and bench/results/learning_proof.png.
 """
@@ -40,9 +40,7 @@ FACTS = [
 GUILD = "1000000000000000001"
 BASE = ""  # the prepared default model of the caller's data dir (main() sets it)
 FACT_TOKENS = 20  # a taught answer is one short sentence; the key comes early
-FROM_ACTIVE = (
-    False  # --from-active: a later round continues the active adapter (`loopbot train --from-active`)
-)
+FROM_ACTIVE: bool | None = None  # round 2 continues round 1's adapter as settings say; --fresh: it does not
 
 
 def _ask(loop: Loop, question: str) -> Any:
@@ -259,14 +257,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5,10,20,40", help="corrections per one-round run ('': none)")
     parser.add_argument("--no-rounds", action="store_true", help="skip the two-round run (20 + 20)")
-    parser.add_argument("--from-active", action="store_true", help="round 2 continues round 1's adapter")
+    parser.add_argument("--fresh", action="store_true", help="round 2 trains a fresh adapter, not round 1's")
     args = parser.parse_args()
     from bot.settings import load_settings
     from bot.wiring import resolve_model_base
 
     global BASE, FROM_ACTIVE
     BASE = resolve_model_base(load_settings())
-    FROM_ACTIVE = args.from_active
+    FROM_ACTIVE = False if args.fresh else None
     load = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     result: dict[str, Any] = {"machine": machine(), "load_average_before": load, "rounds": []}

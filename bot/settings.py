@@ -167,6 +167,12 @@ class TrainSettings(BaseSettings):
         description="Larger runs replay more anchors: at least this many per trained pair (up to 46), "
         "so that many pairs do not drown the anchors and erode general answers round after round.",
     )
+    continue_from_active: bool = Field(
+        True,
+        description="A run continues the active adapter's LoRA weights instead of starting a fresh one "
+        "(a fresh one when the active holds forgotten pairs): two rounds of 20 corrections kept 19 of "
+        "the first round's 20 this way, 17 fresh (bench/learning_proof.py).",
+    )
     rephrase_corrections: bool = Field(
         True,
         description="Also train on the base model's own rewording of each correction's question, so a "

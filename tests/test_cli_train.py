@@ -141,6 +141,8 @@ def test_train_list_forget_promote_rollback(data_dir: Path, capsys: pytest.Captu
     assert cache.stat().st_mtime_ns == cached_at  # reused, not regenerated
     meta = json.loads((registry_dir / "v0002" / "loopbot.json").read_text())
     assert not set(meta["pair_ids"]) & set(ids["alice"]) and meta["pair_ids"]
+    # By default a run continues the active adapter, unless that one holds forgotten pairs.
+    assert meta["parent"] == ("v0001" if first["promoted"] and not stale else None)
     rows = {r["version"]: r for r in json.loads(_run(capsys, "adapters", "list", "--json")[1])}
     assert rows["v0002"]["forgotten_pairs"] == 0
     with (registry_dir / "v0002" / "gate_report.csv").open(encoding="utf-8") as handle:
@@ -165,6 +167,12 @@ def test_train_list_forget_promote_rollback(data_dir: Path, capsys: pytest.Captu
         assert code == 0 and "v0002 is now active" in out
     code, _, err = _run(capsys, "adapters", "promote", "v0009")
     assert code == 2 and "Known versions: v0001, v0002" in err
+    # v0002 is active and holds no forgotten pairs: the next run continues it, unless told not to
+    for flag, parent in ((), "v0002"), (("--no-from-active",), None):
+        code, out, err = _run(capsys, "train", "--json", "--no-progress", "--no-promote", *flag)
+        assert code == 0, err
+        version = json.loads(out)["version"]
+        assert json.loads((registry_dir / version / "loopbot.json").read_text())["parent"] == parent
     log.close()
 
 

@@ -29,7 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="only if there are enough new pairs and the minimum interval has passed (for cron)",
     )
     train.add_argument(
-        "--from-active", action="store_true", help="continue from the active adapter instead of a fresh LoRA"
+        "--from-active",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="continue from the active adapter, or (--no-from-active) train a fresh LoRA "
+        "(default: LOOPBOT_TRAIN_CONTINUE_FROM_ACTIVE, on)",
     )
     train.add_argument("--no-promote", action="store_true", help="train and gate, but never promote")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")

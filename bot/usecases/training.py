@@ -342,7 +342,7 @@ def run_training_cycle(
     *,
     progress: Callable[[dict[str, Any]], None] | None = None,
     if_needed: bool = False,
-    from_active: bool = False,
+    from_active: bool | None = None,
     show_progress: bool = False,
     promote: bool = True,
 ) -> CycleReport:
@@ -353,8 +353,9 @@ def run_training_cycle(
     Without it a temporary runtime is loaded with ``parts.load_runtime`` when the anchors or the
     rephrasings need the base model, closed while training runs, and loaded again for the gate.
     Personal pairs never train a shared adapter and forgotten members' pairs are never used
-    (``FeedbackLog.pairs`` leaves both out); a parent adapter that still holds forgotten pairs is not
-    continued from. ``progress`` receives the training process's events.
+    (``FeedbackLog.pairs`` leaves both out). ``from_active`` (default: the settings'
+    ``continue_from_active``) continues the active adapter's weights, unless it still holds forgotten
+    pairs. ``progress`` receives the training process's events.
     """
     from adapters.evaluation import load_regression_questions
     from adapters.gate import GateThresholds, Served, run_gate, stack_names
@@ -387,6 +388,8 @@ def run_training_cycle(
     system_prompt = settings.model.system_prompt
     base_model = parts.base_model()
     parent = None
+    if from_active is None:
+        from_active = settings.train.continue_from_active
     if from_active and active is not None and not active.forgotten_pairs(forgotten):
         parent = active
     own_runtime = parts.runtime is None
