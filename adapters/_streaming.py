@@ -51,15 +51,20 @@ class _Streamer:
         self.ids.extend(ids)
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         ends = [index for index in (self.text.find(s) for s in self.stop) if index != -1]
-        if len(self.ids) % LOOP_CHECK_TOKENS == 0:  # a looping answer stops after its first repeat
-            loop = loop_start(self.text, tail_only=True)
-            ends += [loop] if loop is not None else []
-        if ends and (self.stopped_at is None or min(ends) < self.stopped_at):
-            self.stopped_at = min(ends)
+        self._stop_at(ends, loop=len(self.ids) % LOOP_CHECK_TOKENS == 0)
         self._emit(final=False)
 
     def end(self) -> None:
+        self._stop_at([], loop=True)  # the tokens since the last check: the text ends where it did
         self._emit(final=True)
+
+    def _stop_at(self, ends: list[int], *, loop: bool) -> None:
+        """Stop at the first of ``ends`` or, when ``loop``, where the text starts looping (a looping
+        answer stops after its first round)."""
+        start = loop_start(self.text, tail_only=True) if loop else None
+        ends = [*ends, start] if start is not None else ends
+        if ends and (self.stopped_at is None or min(ends) < self.stopped_at):
+            self.stopped_at = min(ends)
 
     def _emit(self, *, final: bool) -> None:
         safe = len(self.text) if self.stopped_at is None else self.stopped_at

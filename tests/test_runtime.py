@@ -244,6 +244,27 @@ def test_a_looping_answer_stops_generating(tiny_tokenizer_dir: Path) -> None:
     assert not plain.should_stop()
 
 
+def test_a_loop_the_last_checks_missed_is_cut_at_the_end(
+    tiny_tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop check runs every few tokens; whatever came after the last one is checked at the end."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    import adapters._streaming
+    from adapters._streaming import _Streamer
+
+    monkeypatch.setattr(adapters._streaming, "LOOP_CHECK_TOKENS", 10**9)  # no check until the end
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+    streamer = _Streamer(tokenizer, (), None, threading.Event())
+    for token in tokenizer("Prizes: The Purrsuit  The Purrsuit  The Purrsuit  The Purrsuit").input_ids:
+        streamer.put_ids([token])
+    assert not streamer.should_stop()
+    streamer.end()
+    assert streamer.final_text() == "Prizes: The Purrsuit"
+
+
 def test_a_closed_runtime_lets_go_of_its_model(tiny_gptq_dir: Path) -> None:
     """In a fresh process (the leak came from the first import of gptqmodel, during the first load):
     once a runtime is closed and dropped, its model is freed, so a CLI can make room for training."""
