@@ -129,7 +129,26 @@ def serve_quantized_layers(model: Any, min_rows: int = DENSE_MIN_ROWS) -> dict[s
                 _Linears(group, dtype, min_rows)
                 served.update(id(m) for m in group)
                 fused += len(group) > 1
+            for module in children.values():  # e.g. act-order: gptqmodel's kernel, dense weights for prompts
+                if isinstance(module, TorchAtenLinear) and id(module) not in served and not module.training:
+                    if module.linear_mode is None:
+                        dense = module.dequantize_weight().t().to(dtype).contiguous()  # (out, in)
+                        module.forward = _dense_forward(module, module.forward, dense, min_rows)
+                        served.add(id(module))
     return {"dense_prompt_layers": len(served), "fused_groups": fused}
+
+
+def _dense_forward(module: Any, kernel_forward: Any, weight: Any, min_rows: int) -> Any:
+    """gptqmodel's forward, or the dense weight for calls of ``min_rows`` rows or more."""
+    import torch.nn.functional as F
+
+    def forward(x: Any) -> Any:
+        if x.numel() < min_rows * x.shape[-1] or x.dtype != weight.dtype or x.requires_grad:
+            return kernel_forward(x)
+        return F.linear(x, weight, module.bias)
+
+    forward.dense_weight = weight  # type: ignore[attr-defined]  # tests and benchmarks read it
+    return forward
 
 
 def _servable(module: Any, kind: Any) -> bool:

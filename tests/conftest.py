@@ -93,6 +93,16 @@ def tiny_gptq_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     return dest
 
 
+@pytest.fixture(scope="session")
+def tiny_act_order_gptq_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny Llama quantized with act-order (``desc_act``): its layers' input columns are permuted."""
+    from adapters.default_model import quantize
+
+    dest = tmp_path_factory.mktemp("tiny-llama-gptq-act-order")
+    quantize(tiny_model_dir, dest, TINY_CALIBRATION, group_size=32, desc_act=True)
+    return dest
+
+
 @pytest.fixture
 def tiny_runtime(tiny_gptq_dir: Path) -> Iterator[object]:
     """A fresh ``ModelRuntime`` on the tiny GPTQ model (closed after the test), short answers.

@@ -285,3 +285,24 @@ def test_only_a_llama_served_by_the_fast_paths_decodes_written_out(tiny_gptq_dir
     assert _fastpath.LlamaDecode.for_model(model) is not None
     model.config.model_type = "mistral"
     assert _fastpath.LlamaDecode.for_model(model) is None
+
+
+def test_an_act_order_checkpoint_keeps_dense_weights_for_prompts(tiny_act_order_gptq_dir: Path) -> None:
+    """Layers whose input columns are permuted (desc_act) cannot be fused or called directly: they keep
+    gptqmodel's kernel for decode steps and dense weights for prompts, as before."""
+    from adapters._loading import load_base_model
+
+    model, _ = load_base_model(tiny_act_order_gptq_dir, device="cpu", dtype="bfloat16")
+    served = _fastpath.serve_quantized_layers(model, min_rows=16)
+    assert served["dense_prompt_layers"] == 14
+    layer = model.model.layers[0].mlp.down_proj
+    assert not hasattr(layer.forward, "linears") and layer.forward.dense_weight.shape == (
+        layer.out_features,
+        layer.in_features,
+    )
+    torch.manual_seed(2)
+    x = torch.randn(20, layer.in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        dense = layer(x)
+        kernel = torch.cat([layer(row[None]) for row in x])
+    assert torch.allclose(dense.float(), kernel.float(), atol=0.02 * float(kernel.float().abs().max()))
