@@ -130,11 +130,13 @@ def serve_quantized_layers(model: Any, min_rows: int = DENSE_MIN_ROWS) -> dict[s
                 served.update(id(m) for m in group)
                 fused += len(group) > 1
             for module in children.values():  # e.g. act-order: gptqmodel's kernel, dense weights for prompts
-                if isinstance(module, TorchAtenLinear) and id(module) not in served and not module.training:
-                    if module.linear_mode is None:
-                        dense = module.dequantize_weight().t().to(dtype).contiguous()  # (out, in)
-                        module.forward = _dense_forward(module, module.forward, dense, min_rows)
-                        served.add(id(module))
+                fresh = (
+                    isinstance(module, TorchAtenLinear) and not module.training and module.linear_mode is None
+                )
+                if fresh and id(module) not in served:
+                    dense = module.dequantize_weight().t().to(dtype).contiguous()  # (out, in)
+                    module.forward = _dense_forward(module, module.forward, dense, min_rows)
+                    served.add(id(module))
     return {"dense_prompt_layers": len(served), "fused_groups": fused}
 
 
