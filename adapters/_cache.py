@@ -2,7 +2,7 @@
 
 transformers' ``DynamicLayer`` appends each decode step's keys and values with ``torch.cat``: every
 step copies the whole cache, 30 layers x rows x context. With a ~1,000-token RAG prompt that copy is a
-tenth of a step (one row: 14.0 -> 12.7 ms a step; eight rows: 57.6 -> 44.9 ms, bench/decode_overhead.py).
+tenth of a step (one row: 14.6 -> 13.5 ms a step; eight rows: 58.0 -> 52.7 ms, bench/decode_overhead.py).
 :class:`GrowingLayer` keeps each layer's keys and values in a buffer with room for more tokens and
 writes a step's token in place; ``keys`` and ``values`` are views of the filled part, so code that
 reads or assigns them (the engine pads, joins and drops rows by assigning new tensors) works as with
@@ -52,9 +52,7 @@ class GrowingLayer(DynamicLayer):
         return value
 
     def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        if (
-            self._keys is None or self._keys.dim() < 3
-        ):  # the first update (a prompt): its tensors are the buffer
+        if self._keys is None or self._keys.dim() < 3:  # the first update (a prompt): the buffer is its own
             self.is_initialized = True
             self.device = key_states.device
             self.keys, self.values = key_states, value_states

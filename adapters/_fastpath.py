@@ -15,11 +15,14 @@
   gptqmodel from the same packed integers, scales and zero points (equal to bf16 rounding).
 - **Projections served directly, siblings together** (:class:`_Linears`). Below ``DENSE_MIN_ROWS``
   the int4 kernel is called without gptqmodel's per-call checks, and layers that read the same input
-  (q/k/v, gate/up) are multiplied as one matrix: a layer's seven projections 146 -> 117 us at one
-  row, the same integers and the same bits out.
+  (q/k/v, gate/up) are multiplied as one matrix: a block's seven projections 154 -> 122 us at one
+  row, the same integers and the same bits out. Act-order layers (permuted input columns) keep
+  gptqmodel's kernel and get only the dense weights.
 - **int8 vocabulary logits** (:func:`add_int8_output`): the output projection, the largest single
-  matmul of a decode step (2.9 ms of ~13 at one row), from int8 weights on every thread: 0.4 ms.
+  matmul of a decode step (3.0 ms of ~13 at one row), from int8 weights on every thread: 0.4-0.6 ms.
   Divergence from the fp32 model unchanged (agreement 0.902, KL 0.087 vs 0.087).
+- **A decode step written out** (:class:`LlamaDecode`, Llama models): the model's operations without
+  transformers' per-module machinery: one row 88.9 -> 108.3 tok/s (with the growing cache).
 
 Only the serving runtime installs them (:func:`install`); training runs its own kernel.
 """
@@ -101,7 +104,8 @@ def serve_quantized_layers(model: Any, min_rows: int = DENSE_MIN_ROWS) -> dict[s
     """Serve every ``TorchAtenLinear`` layer of ``model`` through :class:`_Linears`: a dense bf16
     weight for calls of ``min_rows`` rows or more, the int4 kernel called directly below that, and
     sibling layers (:data:`SIBLINGS`) multiplied together. Returns how many layers got a dense weight
-    and how many sibling groups were fused. Call it before the model's first forward: gptqmodel
+    and how many sibling groups were fused; layers it cannot serve so (act-order) keep gptqmodel's
+    forward with a dense weight for prompts. Call it before the model's first forward: gptqmodel
     dequantizes from the checkpoint's packing (0.4 s for the default model), then repacks for its
     kernel here."""
     import torch
@@ -171,7 +175,7 @@ class _Linears:
     """Quantized linear layers that read the same input (one, or siblings such as q, k and v),
     multiplied as one: their int4-packed weights and scales concatenated by output feature, their
     dense bf16 weights likewise. Fewer, larger matmuls and no gptqmodel per-call checks: a block's seven
-    projections take 117-122 us instead of 146 at one row (bench/decode_overhead.py).
+    projections take 122 us instead of 154 at one row (bench/decode_overhead.py).
 
     Each layer's ``forward`` asks :meth:`output` for its share: the first sibling called with an input
     computes every sibling's output, the others take theirs (same input object) without computing.
@@ -246,7 +250,7 @@ class _Linears:
 def add_int8_output(model: Any, threads: int) -> bool:
     """Serve the output projection (vocabulary logits) of a bf16/fp16 model from int8 weights, one
     scale per vocabulary row, on ``threads`` threads: it reads 28 MB instead of 57 per token for the
-    default model, 0.4 ms instead of 2.9 on one thread (bench/decode_overhead.py). The input
+    default model, 0.4-0.6 ms instead of 3.0-3.2 in bf16 on one thread (bench/decode_overhead.py). The input
     embedding it may be tied to keeps its own weights. False (nothing changed) for an fp32 model."""
     import torch
 
@@ -267,9 +271,8 @@ def add_int8_output(model: Any, threads: int) -> bool:
             return full_forward(x)
         flat = x.reshape(-1, x.shape[-1]).contiguous()
         before = torch.get_num_threads()
-        torch.set_num_threads(
-            threads
-        )  # one large matmul: worth waking every thread (decode steps run on one)
+        # one large matmul: worth waking every thread (decode steps run on one)
+        torch.set_num_threads(threads)
         try:
             out = torch._weight_int8pack_mm(flat, codes, scales)
         finally:
@@ -286,7 +289,7 @@ class LlamaDecode:
     """One decode step (one new token per row) of a Llama model served with the fast paths, written out
     instead of run through transformers' modules: the same operations in the same order (logits equal
     to the model's own forward, tested), without the per-module calls, wrappers and mask building that
-    cost ~1.6 ms of a ~10 ms one-row step (bench/decode_overhead.py). Prompts still run the model's
+    cost ~2 ms of an ~11 ms one-row step (bench/decode_overhead.py). Prompts still run the model's
     forward. :meth:`for_model` says whether a model can be served this way."""
 
     def __init__(self, model: Any):
