@@ -118,6 +118,12 @@ class AdminCog(commands.Cog):
         adapters, registry_for = self.services.adapters, self.services.registry_for
         serving = await asyncio.to_thread(adapters.adapter_for, guild) if adapters is not None else None
         lines = [f"**Adapter**: {serving or 'none (base model)'}"]
+        threshold = self.services.settings.model.adapter_min_similarity
+        if serving and threshold > 0:  # adapters/routing.py: only questions close to what it was taught
+            lines.append(
+                "It answers questions close to the ones it was corrected on (similarity ≥ "
+                f"{threshold:g}); the base model answers the others."
+            )
         if registry_for is not None:
             versions = await asyncio.to_thread(registry_for(guild).list)
             for version in versions[-10:]:

@@ -43,6 +43,7 @@ async def test_curators_see_stats_and_status_but_cannot_change_the_adapter(world
 
     assert stats.ephemeral and "answers 1" in stats.response.content and "👍 1" in stats.response.content
     assert "none (base model)" in status.response.content
+    assert "corrected on" not in status.response.content  # no adapter: nothing routed
     assert "loopbot-admin" in promote.response.content
 
 
@@ -68,6 +69,7 @@ async def test_admin_promotes_and_rolls_back_a_real_adapter(
     assert bot_services["feedback_log"].answer_for_message(str(world.bot_messages()[-1].id)).adapter == served
     status = await world.dave.slash(world.channel, "adapter status")
     assert f"`{version}` (active)" in status.response.content
+    assert "close to the ones it was corrected on" in status.response.content  # routing, said
 
     rolled = await world.dave.slash(world.channel, "adapter rollback")
     assert "base model" in rolled.response.content
