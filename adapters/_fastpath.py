@@ -62,14 +62,7 @@ def decode_attention(
     batch, heads, q_len, dim = query.shape
     if q_len != 1 or module.training or dropout or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(
-            module,
-            query,
-            key.to(query.dtype),  # a no-op unless the cache keeps keys and values in fp32
-            value.to(query.dtype),
-            attention_mask,
-            dropout=dropout,
-            scaling=scaling,
-            **kwargs,
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     kv_heads = key.shape[1]
     scale = scaling if scaling is not None else dim**-0.5
