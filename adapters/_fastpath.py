@@ -315,45 +315,30 @@ class LlamaDecode:
     def __call__(self, ids: Any, positions: Any, mask: Any, cache: Any) -> Any:
         """Logits ``(rows, vocabulary)`` of the next token after ``ids`` ``(rows, 1)`` at ``positions``
         ``(rows, 1)``; ``mask`` ``(rows, cache length + 1)`` is 0 on each row's padding; ``cache`` (one
-        layer per decoder layer) gets the step's keys and values."""
+        layer per decoder layer) gets the step's keys and values. The norms and the rotary embedding
+        are the model's own code, called without the module machinery."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
         rows = ids.shape[0]
         h = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(h, position_ids=positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         keep = None if bool(mask.all()) else mask.bool()[:, None, None, :]
         for index, layer in enumerate(self.layers):
             attention, mlp = layer.self_attn, layer.mlp
             qkv = attention.q_proj.forward.linears
-            q, k, v = qkv.multiply(_rms_norm(layer.input_layernorm, h)).split(qkv.sizes, dim=-1)
+            q, k, v = qkv.multiply(layer.input_layernorm.forward(h)).split(qkv.sizes, dim=-1)
             dim = attention.head_dim
-            q = _rotary(q.view(rows, 1, -1, dim).transpose(1, 2), cos, sin)
-            k = _rotary(k.view(rows, 1, -1, dim).transpose(1, 2), cos, sin)
-            k, v = cache.layers[index].update(k, v.view(rows, 1, -1, dim).transpose(1, 2))
+            q, k, v = (t.view(rows, 1, -1, dim).transpose(1, 2) for t in (q, k, v))
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k, v = cache.layers[index].update(k, v)
             out, _ = decode_attention(attention, q, k, v, keep, scaling=attention.scaling)
             h = h + attention.o_proj.forward.linears.multiply(out.reshape(rows, 1, -1))
             gate_up = mlp.gate_proj.forward.linears
-            gate, up = gate_up.multiply(_rms_norm(layer.post_attention_layernorm, h)).split(
+            gate, up = gate_up.multiply(layer.post_attention_layernorm.forward(h)).split(
                 gate_up.sizes, dim=-1
             )
             h = h + mlp.down_proj.forward.linears.multiply(mlp.act_fn(gate) * up)
-        return self.model.lm_head(_rms_norm(self.inner.norm, h))[:, -1, :]
-
-
-def _rms_norm(norm: Any, h: Any) -> Any:
-    """``LlamaRMSNorm.forward``, operation for operation."""
-    import torch
-
-    x = h.to(torch.float32)
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * x.to(h.dtype)
-
-
-def _rotary(x: Any, cos: Any, sin: Any) -> Any:
-    """transformers' ``apply_rotary_pos_emb`` for one tensor."""
-    import torch
-
-    half = x.shape[-1] // 2
-    return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
+        return self.model.lm_head(self.inner.norm.forward(h))[:, -1, :]
 
 
 def install(model: Any) -> dict[str, Any]:

@@ -97,6 +97,7 @@ def _step_ms(model: Any, rows: int, dense: bool, context: int = 100, growing: bo
     from transformers import DynamicCache
 
     from adapters._cache import growing_cache
+    from adapters._fastpath import DENSE_MIN_ROWS
 
     linears = {id(f.linears): f.linears for m in model.modules() if hasattr(f := m.forward, "linears")}
     for group in linears.values():
@@ -113,7 +114,7 @@ def _step_ms(model: Any, rows: int, dense: bool, context: int = 100, growing: bo
               position_ids=torch.full((rows, 1), context + step), use_cache=True)  # fmt: skip
         times.append(time.perf_counter() - started)
     for group in linears.values():
-        group.min_rows = _min_rows()
+        group.min_rows = DENSE_MIN_ROWS
     return round(statistics.median(times[4:]) * 1000, 2)
 
 
@@ -158,12 +159,6 @@ def _streaming_ms(tokenizer: Any) -> dict[str, float]:
         loop_start(text, tail_only=True)
     check = (time.perf_counter() - started) / len(ids)
     return {"decode_so_far_ms": round(decode * 1000, 3), "loop_check_ms": round(check * 1000, 3)}
-
-
-def _min_rows() -> int:
-    from adapters._fastpath import DENSE_MIN_ROWS
-
-    return DENSE_MIN_ROWS
 
 
 def main() -> int:
