@@ -67,6 +67,24 @@ class GrowingLayer(DynamicLayer):
         self._lengths = [end, end]
         return self.keys, self.values
 
+    def room(self, tokens: int) -> tuple[Any, Any, int]:
+        """Make room for ``tokens`` more tokens in contiguous buffers (for code that writes them itself,
+        the native decode step); returns the key and value buffers ``(rows, heads, capacity, dim)``
+        and the filled length. :meth:`advance` then counts the written tokens as filled."""
+        length = self._lengths[0]
+        if self._lengths[1] != length:
+            raise ValueError("keys and values of a cache layer differ in length: assign both first")
+        end = length + tokens
+        if end > self._keys.shape[2] or not (self._keys.is_contiguous() and self._values.is_contiguous()):
+            room = max(end + max(HEADROOM_MIN, length // 4), self._keys.shape[2])
+            self._keys, self._values = self._grown(self._keys, room), self._grown(self._values, room)
+        return self._keys, self._values, length
+
+    def advance(self, tokens: int) -> None:
+        """Count ``tokens`` more tokens, written into the buffers :meth:`room` returned, as filled."""
+        end = self._lengths[0] + tokens
+        self._lengths = [end, end]
+
     def _grown(self, buffer: Any, room: int) -> Any:
         batch, heads, _, dim = buffer.shape
         length = self._lengths[0]

@@ -30,7 +30,10 @@ Only the serving runtime installs them (:func:`install`); training runs its own 
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
+
+from adapters import _native
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +220,10 @@ class _Linears:
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if self.lora is None else self.lora(x, out)
 
+    def adapted(self) -> bool:
+        """Whether the next forward adds a LoRA delta to this group's output (a row has an adapter)."""
+        return self.lora is not None and self.lora.in_use()
+
     def output(self, index: int, x: Any) -> Any:
         """Layer ``index``'s output for ``x``."""
         if len(self.sizes) == 1:
@@ -283,15 +290,54 @@ class LlamaDecode:
     instead of run through transformers' modules: the same operations in the same order (logits equal
     to the model's own forward, tested), without the per-module calls, wrappers and mask building that
     cost ~2 ms of an ~11 ms one-row step (bench/decode_overhead.py). Prompts still run the model's
-    forward. :meth:`for_model` says whether a model can be served this way."""
+    forward. :meth:`for_model` says whether a model can be served this way.
 
-    def __init__(self, model: Any):
+    With the native kernels (:mod:`adapters._native`, a bf16 model, the engine's growing cache) a layer
+    whose rows have no LoRA delta is one native call, and a layer with deltas five native calls around
+    the Python projections (which add the deltas); logits agree with the Python step to rounding."""
+
+    def __init__(self, model: Any, native: bool = True):
+        import torch
+
         self.model = model
         self.inner = model.model
         self.layers = list(self.inner.layers[: model.config.num_hidden_layers])
+        self.native = native and model.dtype == torch.bfloat16 and _native.load() is None
+        # threads a native step is split across (from one row on: bench/decode_overhead.py)
+        self.threads = max(1, torch.get_num_threads())
+        self._handle = self._register() if self.native else None
+        if self._handle is not None:  # the kernels drop their references to the weights with this decoder
+            weakref.finalize(self, torch.ops.loopbot.release_model, self._handle)
+
+    def _register(self) -> int:
+        """Hand the layers' weights to the native kernels once (views, no copies but the scales)."""
+        import torch
+
+        tensors = []
+        for layer in self.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            tensors.append(layer.input_layernorm.weight)
+            for linears in (attention.q_proj.forward.linears, attention.o_proj.forward.linears):
+                tensors += [linears.packed, linears.scales]
+            tensors.append(layer.post_attention_layernorm.weight)
+            for linears in (mlp.gate_proj.forward.linears, mlp.down_proj.forward.linears):
+                tensors += [linears.packed, linears.scales]
+        config, first = self.model.config, self.layers[0]
+        return int(
+            torch.ops.loopbot.register_model(
+                [t.detach() for t in tensors],
+                config.num_attention_heads,
+                config.num_key_value_heads,
+                first.self_attn.head_dim,
+                first.self_attn.q_proj.forward.linears.group_size,
+                first.input_layernorm.variance_epsilon,
+                first.self_attn.scaling,
+                self.threads,
+            )
+        )
 
     @classmethod
-    def for_model(cls, model: Any) -> LlamaDecode | None:
+    def for_model(cls, model: Any, native: bool = True) -> LlamaDecode | None:
         """A decoder for ``model``: a Llama whose every projection :class:`_Linears` serves, its
         attention ours (:func:`use_decode_attention`); None for anything else."""
         if (
@@ -310,19 +356,26 @@ class LlamaDecode:
                 or len(mlp.gate_proj.forward.linears.sizes) != 2
             ):
                 return None
-        return cls(model) if inner is not None and len(inner.layers) else None
+        return cls(model, native) if inner is not None and len(inner.layers) else None
 
     def __call__(self, ids: Any, positions: Any, mask: Any, cache: Any) -> Any:
         """Logits ``(rows, vocabulary)`` of the next token after ``ids`` ``(rows, 1)`` at ``positions``
         ``(rows, 1)``; ``mask`` ``(rows, cache length + 1)`` is 0 on each row's padding; ``cache`` (one
         layer per decoder layer) gets the step's keys and values. The norms and the rotary embedding
         are the model's own code, called without the module machinery."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        rows = ids.shape[0]
         h = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(h, position_ids=positions)
-        keep = None if bool(mask.all()) else mask.bool()[:, None, None, :]
+        everything = bool(mask.all())
+        if self.native and all(hasattr(layer, "room") for layer in cache.layers[: len(self.layers)]):
+            h = self._native_layers(h, cos, sin, None if everything else mask.bool(), cache)
+        else:
+            h = self._python_layers(h, cos, sin, None if everything else mask.bool()[:, None, None, :], cache)
+        return self.model.lm_head(self.inner.norm.forward(h))[:, -1, :]
+
+    def _python_layers(self, h: Any, cos: Any, sin: Any, keep: Any, cache: Any) -> Any:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        rows = h.shape[0]
         for index, layer in enumerate(self.layers):
             attention, mlp = layer.self_attn, layer.mlp
             qkv = attention.q_proj.forward.linears
@@ -338,7 +391,38 @@ class LlamaDecode:
                 gate_up.sizes, dim=-1
             )
             h = h + mlp.down_proj.forward.linears.multiply(mlp.act_fn(gate) * up)
-        return self.model.lm_head(self.inner.norm.forward(h))[:, -1, :]
+        return h
+
+    def _native_layers(self, h: Any, cos: Any, sin: Any, keep: Any, cache: Any) -> Any:
+        import torch
+
+        ops = torch.ops.loopbot
+        layers = cache.layers[: len(self.layers)]
+        rooms = [layer.room(1) for layer in layers]
+        length, rows = rooms[0][2], h.shape[0]
+        groups = [
+            (m.self_attn.q_proj, m.self_attn.o_proj, m.mlp.gate_proj, m.mlp.down_proj) for m in self.layers
+        ]
+        if not any(layer.forward.linears.adapted() for group in groups for layer in group):
+            keys, values = [room[0] for room in rooms], [room[1] for room in rooms]
+            h = ops.decode(h, self._handle, keys, values, length, cos, sin, keep, self.threads)
+        else:  # a row has a LoRA delta: the projections in Python (they add the deltas), the rest native
+            config = self.model.config
+            heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+            for layer, (keys, values, _), group in zip(self.layers, rooms, groups, strict=True):
+                qkv, o, gate_up, down = (m.forward.linears for m in group)
+                first, second = layer.input_layernorm, layer.post_attention_layernorm
+                projected = qkv.multiply(ops.norm(h, first.weight, first.variance_epsilon))
+                attended = ops.attend(
+                    projected.reshape(rows, -1), keys, values, length, cos, sin, keep,
+                    heads, kv_heads, layer.self_attn.scaling,
+                )  # fmt: skip
+                h = h + o.multiply(attended.view(rows, 1, -1))
+                projected = gate_up.multiply(ops.norm(h, second.weight, second.variance_epsilon))
+                h = h + down.multiply(ops.silu_mul(projected))
+        for layer in layers:
+            layer.advance(1)
+        return h
 
 
 def install(model: Any) -> dict[str, Any]:

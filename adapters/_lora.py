@@ -201,4 +201,5 @@ class LoraBank:
                     )
             return total.to(output.dtype)
 
+        apply.in_use = lambda: bool(self._plan)  # type: ignore[attr-defined]  # any row with an adapter
         return apply

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from adapters import _fastpath
+from adapters import _fastpath, _native
 from adapters._batching import (
     BACKGROUND,
     INTERACTIVE,
@@ -192,7 +192,13 @@ class ModelRuntime(_AdapterChoice):
         self._fast_paths = _fastpath.install(model) if cpu_fast else {}
         decode_step = _fastpath.LlamaDecode.for_model(model) if cpu_fast else None
         if cpu_fast:
-            self._fast_paths["decode_step"] = "written out" if decode_step else "the model's forward"
+            self._fast_paths["decode_step"] = (
+                "the model's forward"
+                if decode_step is None
+                else "native kernels"
+                if decode_step.native
+                else f"written out in Python (native kernels: {_native.load() or 'not for this model'})"
+            )
         # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
         self._engine = BatchEngine(
             model,

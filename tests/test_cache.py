@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import DynamicCache
 
@@ -52,3 +53,25 @@ def test_rows_assigned_as_the_engine_does_keep_their_tokens() -> None:
     assert torch.equal(k, torch.cat([before_k[index, :, 3:], step_k], dim=2))
     assert torch.equal(v, torch.cat([before_v[index, :, 3:], step_v], dim=2))
     assert layer.get_seq_length() == 9
+
+
+def test_room_gives_contiguous_buffers_and_advance_counts_what_was_written() -> None:
+    """Code that writes a step's token itself (the native decode step) asks for room, writes at the
+    filled length, then advances: the cache reads as if ``update`` had appended the token."""
+    layer = GrowingLayer()
+    prompt_k = torch.randn(2, 5, 3, 4).transpose(1, 2)  # (rows, heads, tokens, dim), not contiguous
+    prompt_v = torch.randn(2, 5, 3, 4).transpose(1, 2)
+    layer.update(prompt_k, prompt_v)
+    keys, values, length = layer.room(1)
+    assert length == 5 and keys.is_contiguous() and values.is_contiguous() and keys.shape[2] > 5
+    step_k, step_v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+    keys[:, :, length : length + 1] = step_k
+    values[:, :, length : length + 1] = step_v
+    layer.advance(1)
+    assert torch.equal(layer.keys, torch.cat([prompt_k, step_k], dim=2))
+    assert torch.equal(layer.values, torch.cat([prompt_v, step_v], dim=2))
+    assert layer.room(1)[0] is keys  # room left: the same buffer
+    layer.keys = layer.keys[:1]  # the engine dropped a row: values not yet assigned
+    layer.values = layer.values[:, :, :4]
+    with pytest.raises(ValueError, match="differ in length"):
+        layer.room(1)

@@ -128,7 +128,7 @@ def test_the_runtime_installs_the_fast_paths_unless_told_not_to(tiny_gptq_dir: P
             "dense_prompt_layers": 14,
             "fused_groups": 4,
             "int8_output": True,
-            "decode_step": "written out",
+            "decode_step": "native kernels",
         }
     with ModelRuntime.load(tiny_gptq_dir, device="cpu", dtype="bfloat16", fast_paths=False) as runtime:
         assert runtime.info()["fast_paths"] == {}
@@ -224,23 +224,37 @@ def test_int8_logits_follow_the_full_output_projection(tiny_gptq_dir: Path) -> N
     assert float((ours - full).abs().max()) > 0  # it is the int8 path that answered
 
 
+@pytest.mark.parametrize(
+    "native,adapters,threads",
+    [
+        (False, [("a",), ()], 1),
+        (True, [("a",), ()], 1),
+        (True, [(), ()], 1),
+        (True, [(), ()], 2),
+    ],
+    ids=["python", "native-with-lora", "native-one-thread", "native-two-threads"],
+)
 def test_the_written_out_decode_step_gives_the_models_logits(
-    tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter
+    tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter, native: bool, adapters: list, threads: int
 ) -> None:
-    """Rows of different lengths (one left-padded), one with an adapter: the decode step written out
-    (LlamaDecode) gives the logits of the model's own forward, step after step."""
+    """Rows of different lengths (one left-padded), one with an adapter or none: the decode step
+    written out (LlamaDecode), in Python or with the native kernels (every layer in one call when no
+    row has a delta, on one thread or split across two; five calls a layer around the projections when
+    a row has one), gives the logits of the model's own forward, step after step."""
     from adapters._cache import growing_cache
     from adapters._loading import check_adapter_dir, load_base_model, module_shapes
     from adapters._lora import LoraBank, read_adapter
 
     model, tokenizer = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
     _fastpath.install(model)
-    decode = _fastpath.LlamaDecode.for_model(model)
-    assert decode is not None
+    decode = _fastpath.LlamaDecode.for_model(model, native=native)
+    assert decode is not None and decode.native is native
+    decode.threads = threads
     path = make_lora_adapter(tiny_model_dir, seed=4)
     bank = LoraBank(model)
     bank.add("a", read_adapter(path, check_adapter_dir(path, module_shapes(model), str(tiny_gptq_dir))))
-    bank.use([("a",), ()])
+    bank.use(adapters)
+    assert model.model.layers[0].self_attn.q_proj.forward.linears.adapted() is any(adapters)
     ids = tokenizer(["Mochi sneezes in the morning", "Luna eats"], return_tensors="pt", padding=True)
     ids, mask = ids["input_ids"], ids["attention_mask"]
     if bool(mask.all()):  # left-pad the shorter row by hand when the tokenizer pads right or not at all
@@ -306,3 +320,63 @@ def test_an_act_order_checkpoint_keeps_dense_weights_for_prompts(tiny_act_order_
         dense = layer(x)
         kernel = torch.cat([layer(row[None]) for row in x])
     assert torch.allclose(dense.float(), kernel.float(), atol=0.02 * float(kernel.float().abs().max()))
+
+
+def _native_ops() -> object:
+    from adapters import _native
+
+    assert _native.load() is None  # CI has a compiler: the kernels must build
+    return torch.ops.loopbot
+
+
+def test_native_norm_and_gate_round_as_the_model_does() -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    ops = _native_ops()
+    torch.manual_seed(0)
+    h = (torch.randn(3, 1, 576) * 4).bfloat16()
+    norm = LlamaRMSNorm(576, eps=1e-5)
+    norm.weight.data = (torch.rand(576) + 0.5).bfloat16()
+    assert torch.equal(ops.norm(h, norm.weight, 1e-5), norm(h))
+    gate_up = (torch.randn(3, 1, 2 * 96) * 3).bfloat16()
+    expected = torch.nn.functional.silu(gate_up[..., :96]) * gate_up[..., 96:]
+    assert torch.equal(ops.silu_mul(gate_up), expected)
+
+
+def test_native_attention_writes_the_step_into_the_cache_and_attends_like_python() -> None:
+    """One decode step's attention from fused q/k/v: the rotated key and the value land in the cache
+    buffer at ``length`` (the rest untouched), and the output is the Python step's (rotary embedding,
+    grouped queries, a left-padded row masked) to bf16 rounding."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    ops = _native_ops()
+    rows, heads, kv, dim, length = 3, 9, 3, 64, 40
+    torch.manual_seed(1)
+    qkv = (torch.randn(rows, (heads + 2 * kv) * dim) * 2).bfloat16()
+    keys = torch.randn(rows, kv, length + 10, dim).bfloat16()
+    values = torch.randn(rows, kv, length + 10, dim).bfloat16()
+    before_k, before_v = keys.clone(), values.clone()
+    angles = (torch.arange(rows)[:, None, None] + length) / (10000 ** (torch.arange(0, dim, 2) / dim))
+    emb = torch.cat([angles, angles], -1).float()
+    cos, sin = emb.cos().bfloat16(), emb.sin().bfloat16()
+    keep = torch.ones(rows, length + 1, dtype=torch.bool)
+    keep[1, :5] = False
+    q, k, v = (
+        t.view(rows, 1, -1, dim).transpose(1, 2) for t in qkv.split([heads * dim, kv * dim, kv * dim], -1)
+    )
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    all_k = torch.cat([before_k[:, :, :length], k], 2)
+    all_v = torch.cat([before_v[:, :, :length], v], 2)
+    expected, _ = _fastpath.decode_attention(
+        MODULE, q, all_k, all_v, keep[:, None, None, :], scaling=dim**-0.5
+    )
+    out = ops.attend(qkv, keys, values, length, cos, sin, keep, heads, kv, dim**-0.5)
+    assert torch.equal(keys[:, :, length], k[:, :, 0]) and torch.equal(values[:, :, length], v[:, :, 0])
+    assert torch.equal(keys[:, :, :length], before_k[:, :, :length])
+    assert torch.equal(keys[:, :, length + 1 :], before_k[:, :, length + 1 :])
+    expected = expected.reshape(rows, -1).float()
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
+    # the masked keys count: unmasking row 1 changes its output
+    again = ops.attend(qkv, keys, values, length, cos, sin, None, heads, kv, dim**-0.5)
+    assert not torch.allclose(again[1].float(), out[1].float(), atol=1e-3)
+    assert torch.equal(again[0], out[0])

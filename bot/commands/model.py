@@ -50,7 +50,25 @@ def prepare_handler(args: argparse.Namespace, settings: Settings) -> int:
         print(f"default model already prepared: {path}")
     else:
         print(f"default model prepared in {time.perf_counter() - started:.0f} s: {path}")
+    _prepare_native_kernels()
     return 0
+
+
+def _prepare_native_kernels() -> None:
+    """Build the native decode kernels now (once per machine) rather than at the bot's first answer."""
+    from adapters import _native
+
+    started = time.perf_counter()
+    built = _native.build_dir()
+    fresh = not built.exists()
+    if fresh:
+        print("building the native decode kernels (once, about 20 s)")
+    problem = _native.load()
+    if problem is None:
+        took = f" in {time.perf_counter() - started:.0f} s" if fresh else ""
+        print(f"native decode kernels ready{took}: {built}")
+    else:
+        print(f"native decode kernels unavailable ({problem}): answers use the Python decode step")
 
 
 def info_handler(args: argparse.Namespace, settings: Settings) -> int:
