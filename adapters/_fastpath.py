@@ -292,9 +292,9 @@ class LlamaDecode:
     cost ~2 ms of an ~11 ms one-row step (bench/decode_overhead.py). Prompts still run the model's
     forward. :meth:`for_model` says whether a model can be served this way.
 
-    With the native kernels (:mod:`adapters._native`, a bf16 model, the engine's growing cache) a layer
-    whose rows have no LoRA delta is one native call, and a layer with deltas five native calls around
-    the Python projections (which add the deltas); logits agree with the Python step to rounding."""
+    With the native kernels (:mod:`adapters._native`, a bf16 model, the engine's growing cache) every
+    layer of a step is one native call, split across :attr:`threads` threads, each row's LoRA deltas
+    added there from the LoRA bank's stacks; logits agree with the Python step to rounding."""
 
     def __init__(self, model: Any, native: bool = True):
         import torch
@@ -396,30 +396,26 @@ class LlamaDecode:
     def _native_layers(self, h: Any, cos: Any, sin: Any, keep: Any, cache: Any) -> Any:
         import torch
 
-        ops = torch.ops.loopbot
         layers = cache.layers[: len(self.layers)]
         rooms = [layer.room(1) for layer in layers]
-        length, rows = rooms[0][2], h.shape[0]
         groups = [
             (m.self_attn.q_proj, m.self_attn.o_proj, m.mlp.gate_proj, m.mlp.down_proj) for m in self.layers
         ]
-        if not any(layer.forward.linears.adapted() for group in groups for layer in group):
-            keys, values = [room[0] for room in rooms], [room[1] for room in rooms]
-            h = ops.decode(h, self._handle, keys, values, length, cos, sin, keep, self.threads)
-        else:  # a row has a LoRA delta: the projections in Python (they add the deltas), the rest native
-            config = self.model.config
-            heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-            for layer, (keys, values, _), group in zip(self.layers, rooms, groups, strict=True):
-                qkv, o, gate_up, down = (m.forward.linears for m in group)
-                first, second = layer.input_layernorm, layer.post_attention_layernorm
-                projected = qkv.multiply(ops.norm(h, first.weight, first.variance_epsilon))
-                attended = ops.attend(
-                    projected.reshape(rows, -1), keys, values, length, cos, sin, keep,
-                    heads, kv_heads, layer.self_attn.scaling,
-                )  # fmt: skip
-                h = h + o.multiply(attended.view(rows, 1, -1))
-                projected = gate_up.multiply(ops.norm(h, second.weight, second.variance_epsilon))
-                h = h + down.multiply(ops.silu_mul(projected))
+        stacks: list[Any] = []
+        slots = None
+        adapted = [
+            layer.forward.linears for group in groups for layer in group if layer.forward.linears.adapted()
+        ]
+        if adapted:  # the rows' LoRA deltas, added by the native step: A^T and B^T stacks per group
+            for group in groups:
+                for layer in group:
+                    lora = layer.forward.linears.lora
+                    stacks += list(lora.stack()) if lora is not None else [None, None]
+            slots = adapted[0].lora.slots(h.shape[0])
+        keys, values = [room[0] for room in rooms], [room[1] for room in rooms]
+        h = torch.ops.loopbot.decode(
+            h, self._handle, keys, values, rooms[0][2], cos, sin, keep, self.threads, stacks, slots
+        )
         for layer in layers:
             layer.advance(1)
         return h

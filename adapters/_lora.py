@@ -201,5 +201,19 @@ class LoraBank:
                     )
             return total.to(output.dtype)
 
+        # for the native decode step (adapters/_fastpath.py), which adds the deltas itself
         apply.in_use = lambda: bool(self._plan)  # type: ignore[attr-defined]  # any row with an adapter
+        apply.stack = lambda: self._stacks[key]  # type: ignore[attr-defined]
+        apply.slots = self.slots  # type: ignore[attr-defined]
         return apply
+
+    def slots(self, rows: int) -> Any:
+        """The next forward's adapter slots ``(depth, rows)``: row ``i``'s adapters, 0 where none."""
+        import torch
+
+        return torch.stack(
+            [
+                torch.full((rows,), slots, dtype=torch.long) if isinstance(slots, int) else slots.cpu()
+                for slots in self._plan
+            ]
+        )

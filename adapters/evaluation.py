@@ -193,10 +193,14 @@ def divergence_from_reference(
     conversations: Sequence[list[dict[str, str]]],
     *,
     max_new_tokens: int = 48,
+    score: Callable[[Any, int], Any] | None = None,
 ) -> Divergence:
     """Compare ``model`` with ``reference`` (both Hugging Face causal LMs, same tokenizer).
 
     The reference answers each conversation greedily; both models then score prompt + answer.
+    ``score(ids, prompt_length)``, when given, replaces ``model``'s scoring: the logits
+    ``(answer length, vocabulary)`` that predict the answer tokens (e.g. a prompt forward, then one
+    decode step per answer token, as the runtime serves).
     """
     import torch
 
@@ -215,7 +219,12 @@ def divergence_from_reference(
                 continue
             span = slice(prompt.shape[1] - 1, out.shape[1] - 1)  # positions that predict the answer
             ref_lp = torch.log_softmax(reference(out).logits[0, span].float(), -1)
-            lp = torch.log_softmax(model(out.to(model.device)).logits[0, span].float().to(ref_lp.device), -1)
+            logits = (
+                model(out.to(model.device)).logits[0, span]
+                if score is None
+                else score(out.to(model.device), prompt.shape[1])
+            )
+            lp = torch.log_softmax(logits.float().to(ref_lp.device), -1)
             agree += int((lp.argmax(-1) == answer).sum())
             kl += float((ref_lp.exp() * (ref_lp - lp)).sum())
             tokens += answer.numel()

@@ -14,7 +14,10 @@ One row, one thread (as the engine runs small decode steps), the default model i
 * with the fast paths, a decode step of 1 and 8 rows after ~1,000 tokens with transformers'
   ``DynamicCache`` (appends by copying) and with the engine's growing cache (appends in place);
 * with the fast paths, a whole decode step of 1-32 rows (100 tokens of context each) through the int4
-  kernel and through the dense bf16 weights: where ``DENSE_MIN_ROWS`` belongs.
+  kernel and through the dense bf16 weights: where ``DENSE_MIN_ROWS`` belongs;
+* the runtime's decode step (logits included) of 1-16 rows after 100 and 1,050 tokens: written out in
+  Python on one thread, and with the native kernels (``adapters/csrc/decode.cpp``) on one and on two
+  threads; and the one-row greedy decode speed of each.
 
     python bench/decode_overhead.py
 
@@ -56,16 +59,26 @@ def _layer_calls(layer: Any, x: Any, x_down: Any) -> Any:
     return call
 
 
-def _decode_tok_s(model: Any, tokenizer: Any, steps: int = 64, written_out: bool = False) -> float:
+def _decode_tok_s(
+    model: Any,
+    tokenizer: Any,
+    steps: int = 64,
+    written_out: bool = False,
+    native: bool = False,
+    threads: int = 1,
+) -> float:
     """Greedy one-row decode speed after a short question: the model's forward and transformers' cache,
-    or (``written_out``) the runtime's decode step (``LlamaDecode``) and growing cache."""
+    or (``written_out``) the runtime's decode step (``LlamaDecode``, in Python or ``native`` on
+    ``threads`` threads) and growing cache."""
     import torch
     from transformers import DynamicCache
 
     from adapters._cache import growing_cache
     from adapters._fastpath import LlamaDecode
 
-    decode = LlamaDecode.for_model(model) if written_out else None
+    decode = LlamaDecode.for_model(model, native=native) if written_out else None
+    if decode is not None:
+        decode.threads = threads
     text = tokenizer.apply_chat_template(SHORT, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     runs = []
@@ -115,6 +128,32 @@ def _step_ms(model: Any, rows: int, dense: bool, context: int = 100, growing: bo
         times.append(time.perf_counter() - started)
     for group in linears.values():
         group.min_rows = DENSE_MIN_ROWS
+    return round(statistics.median(times[4:]) * 1000, 2)
+
+
+def _written_out_step_ms(model: Any, rows: int, context: int, native: bool, threads: int) -> float:
+    """Median milliseconds of the runtime's decode step (``LlamaDecode``, growing cache, logits
+    included) of ``rows`` rows after ``context`` tokens: native kernels split across ``threads``, or
+    the Python step on one thread."""
+    import torch
+
+    from adapters._cache import growing_cache
+    from adapters._fastpath import LlamaDecode
+
+    decode = LlamaDecode.for_model(model, native=native)
+    assert decode is not None and decode.native is native
+    decode.threads = threads
+    torch.set_num_threads(2)
+    cache = growing_cache(model.config)
+    model(input_ids=torch.randint(100, 1000, (rows, context)), cache=cache, use_cache=True, logits_to_keep=1)
+    torch.set_num_threads(1)
+    mask = torch.ones(rows, context, dtype=torch.long)
+    times = []
+    for step in range(24):
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+        started = time.perf_counter()
+        decode(torch.randint(100, 1000, (rows, 1)), torch.full((rows, 1), context + step), mask, cache)
+        times.append(time.perf_counter() - started)
     return round(statistics.median(times[4:]) * 1000, 2)
 
 
@@ -187,6 +226,21 @@ def main() -> int:
             }
             if fast:
                 row["decode_tok_s_one_thread_written_out"] = _decode_tok_s(model, tokenizer, written_out=True)
+                for threads in (1, 2):
+                    row[f"decode_tok_s_native_{threads}_threads"] = _decode_tok_s(
+                        model, tokenizer, written_out=True, native=True, threads=threads
+                    )
+                row["written_out_step_ms"] = {
+                    f"{context}_context": {
+                        rows: {
+                            "python_1_thread": _written_out_step_ms(model, rows, context, False, 1),
+                            "native_1_thread": _written_out_step_ms(model, rows, context, True, 1),
+                            "native_2_threads": _written_out_step_ms(model, rows, context, True, 2),
+                        }
+                        for rows in (1, 2, 4, 8, 16)
+                    }
+                    for context in (100, 1050)
+                }
                 row["step_ms_by_rows"] = {
                     rows: {"int4": _step_ms(model, rows, False), "dense": _step_ms(model, rows, True)}
                     for rows in (1, 2, 4, 8, 16, 24, 32)

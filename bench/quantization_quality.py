@@ -60,19 +60,53 @@ def divergence(models) -> dict:
     conversations = regression_conversations(DEFAULT_SYSTEM_PROMPT)
     reference, tokenizer = load_base_model(plain_model_dir(models), device="cpu", dtype="float32")
     out = {}
-    for label, path, dtype, fast in (
-        ("plain_bf16", plain_model_dir(models), "bfloat16", False),
-        ("gptq_4bit_bf16 (served)", default_model_dir(models), "auto", True),
-        ("gptq_4bit_bf16 int4 kernel only", default_model_dir(models), "auto", False),
-        ("gptq_4bit_fp32", default_model_dir(models), "float32", False),
+    for label, path, dtype, fast, steps in (
+        ("plain_bf16", plain_model_dir(models), "bfloat16", False, None),
+        ("gptq_4bit_bf16 (served: prompt forward)", default_model_dir(models), "auto", True, None),
+        ("gptq_4bit_bf16 (served: decode steps, native)", default_model_dir(models), "auto", True, "native"),
+        (
+            "gptq_4bit_bf16 (decode steps written out in Python)",
+            default_model_dir(models),
+            "auto",
+            True,
+            "python",
+        ),
+        ("gptq_4bit_bf16 int4 kernel only", default_model_dir(models), "auto", False, None),
+        ("gptq_4bit_fp32", default_model_dir(models), "float32", False, None),
     ):
         model, _ = load_base_model(path, device="cpu", dtype=dtype)
         if fast:  # as the runtime serves it (adapters/_fastpath.py)
             install(model)
-        d = divergence_from_reference(model, reference, tokenizer, conversations)
+        score = decode_steps(model, native=steps == "native") if steps else None
+        d = divergence_from_reference(model, reference, tokenizer, conversations, score=score)
         out[label] = {"agreement": round(d.agreement, 4), "kl": round(d.kl, 4), "tokens": d.tokens}
         del model
     return out
+
+
+def decode_steps(model, native: bool):
+    """Scores answers as the runtime generates them: the prompt in one forward, then one decode step
+    per answer token (``LlamaDecode``, native kernels or Python, the engine's growing cache)."""
+    import torch
+
+    from adapters._cache import growing_cache
+    from adapters._fastpath import LlamaDecode
+
+    decode = LlamaDecode.for_model(model, native=native)
+    assert decode is not None and decode.native is native
+
+    def score(ids, prompt_length: int):
+        cache = growing_cache(model.config)
+        out = model(input_ids=ids[:, :prompt_length], cache=cache, use_cache=True, logits_to_keep=1)
+        logits = [out.logits[0, -1]]
+        mask = torch.ones(1, prompt_length, dtype=torch.long)
+        for position in range(prompt_length, ids.shape[1] - 1):
+            mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
+            step = decode(ids[:, position : position + 1], torch.tensor([[position]]), mask, cache)
+            logits.append(step[0])
+        return torch.stack(logits)
+
+    return score
 
 
 def main() -> None:

@@ -72,22 +72,56 @@ def single_stream(
 
 
 def llama_cpp(prompts: dict[str, list[dict[str, str]]], new_tokens: int, render: Any) -> dict[str, Any]:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
+    """llama.cpp on the wheel's own GGUF, in a process of its own: it runs its own OpenMP threads,
+    which spin-wait by default (this process sets passive waiting for torch, which would make every
+    one of llama.cpp's parallel regions pay a wake-up: 49 instead of 190 tok/s, measured)."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llama_cpp") is None:
         return {"skipped": "llama_cpp is not installed (pip install llama-cpp-python: builds ~12 min)"}
+    rendered = {name: render(messages) for name, messages in prompts.items()}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--llama-cpp",
+            json.dumps({"prompts": rendered, "new_tokens": new_tokens}),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, row in out.items():
+        print("llama.cpp", name, row, flush=True)
+    return out
+
+
+def llama_cpp_child(job: dict[str, Any]) -> dict[str, Any]:
+    """The llama.cpp measurement (run by :func:`llama_cpp` in a child process): each run from an empty
+    key/value cache (llama-cpp-python otherwise reuses the previous run's prompt)."""
+    os.environ.pop("OMP_WAIT_POLICY", None)  # set by _common; read when llama.cpp's OpenMP loads
+    from llama_cpp import Llama
+
     from adapters.default_model import gguf_path
 
     llm = Llama(model_path=str(gguf_path()), n_threads=2, n_ctx=2048, verbose=False)
     out = {}
-    for name, messages in prompts.items():
-        prompt = render(messages)
+    for name, prompt in job["prompts"].items():
         runs = []
         for i in range(RUNS + 1):
+            llm.reset()
             started = time.perf_counter()
             first = None
             count = 0
-            for _ in llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0, stream=True):
+            for _ in llm.create_completion(
+                prompt, max_tokens=job["new_tokens"], temperature=0.0, stream=True
+            ):
                 first = first or time.perf_counter()
                 count += 1
             ended = time.perf_counter()
@@ -98,7 +132,6 @@ def llama_cpp(prompts: dict[str, list[dict[str, str]]], new_tokens: int, render:
             "decode_tok_s": round(statistics.median(r[1] for r in runs), 1),
             "note": "stops at end-of-sequence (llama-cpp-python has no ignore-eos in create_completion)",
         }
-        print("llama.cpp", name, out[name], flush=True)
     return out
 
 
@@ -206,7 +239,13 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="models dir (default: settings)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--llama-cpp", default=None, help=argparse.SUPPRESS)  # the child process's job
     args = parser.parse_args()
+    if args.llama_cpp:
+        import json
+
+        print(json.dumps(llama_cpp_child(json.loads(args.llama_cpp))))
+        return
     models = models_dir()
     n = args.new_tokens
     prompts = {"short_question": SHORT, "rag_1000_tokens": rag_messages(0, 5)}

@@ -229,18 +229,25 @@ def test_int8_logits_follow_the_full_output_projection(tiny_gptq_dir: Path) -> N
     [
         (False, [("a",), ()], 1),
         (True, [("a",), ()], 1),
+        (True, [("a",), ("a", "b")], 2),
         (True, [(), ()], 1),
         (True, [(), ()], 2),
     ],
-    ids=["python", "native-with-lora", "native-one-thread", "native-two-threads"],
+    ids=[
+        "python",
+        "native-lora-1-thread",
+        "native-stacked-lora-2-threads",
+        "native-1-thread",
+        "native-2-threads",
+    ],
 )
 def test_the_written_out_decode_step_gives_the_models_logits(
     tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter, native: bool, adapters: list, threads: int
 ) -> None:
-    """Rows of different lengths (one left-padded), one with an adapter or none: the decode step
-    written out (LlamaDecode), in Python or with the native kernels (every layer in one call when no
-    row has a delta, on one thread or split across two; five calls a layer around the projections when
-    a row has one), gives the logits of the model's own forward, step after step."""
+    """Rows of different lengths (one left-padded) with an adapter, two stacked, or none: the decode
+    step written out (LlamaDecode), in Python or with the native kernels (every layer in one call, on
+    one thread or split across two, LoRA deltas added there), gives the logits of the model's own
+    forward, step after step."""
     from adapters._cache import growing_cache
     from adapters._loading import check_adapter_dir, load_base_model, module_shapes
     from adapters._lora import LoraBank, read_adapter
@@ -250,9 +257,10 @@ def test_the_written_out_decode_step_gives_the_models_logits(
     decode = _fastpath.LlamaDecode.for_model(model, native=native)
     assert decode is not None and decode.native is native
     decode.threads = threads
-    path = make_lora_adapter(tiny_model_dir, seed=4)
     bank = LoraBank(model)
-    bank.add("a", read_adapter(path, check_adapter_dir(path, module_shapes(model), str(tiny_gptq_dir))))
+    for name, seed in (("a", 4), ("b", 5)):
+        path = make_lora_adapter(tiny_model_dir, seed=seed)
+        bank.add(name, read_adapter(path, check_adapter_dir(path, module_shapes(model), str(tiny_gptq_dir))))
     bank.use(adapters)
     assert model.model.layers[0].self_attn.q_proj.forward.linears.adapted() is any(adapters)
     ids = tokenizer(["Mochi sneezes in the morning", "Luna eats"], return_tensors="pt", padding=True)

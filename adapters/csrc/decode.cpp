@@ -9,15 +9,16 @@
 // the gate product rounded to bf16 as torch does. Sums run in another order than torch's vectorised
 // ones, so results agree to rounding (tests compare logits with the Python path's).
 //
-// Ops (torch.ops.loopbot.*): norm, attend, silu_mul (the LoRA path calls them between the Python
-// projections, which add each row's LoRA delta); register_model and decode (every layer of a step
-// whose rows have no LoRA delta in one call, on one thread or split across helper threads).
+// Ops (torch.ops.loopbot.*): register_model, then decode: every layer of a step in one call, each
+// row's LoRA deltas included, on one thread or split across helper threads. norm, attend and silu_mul
+// expose decode's own building blocks one by one (tests check their rounding against torch's).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -509,14 +510,57 @@ void copy_columns(BFloat16* out, int64_t width_out, const Tensor& src, int64_t b
   for (int64_t r = 0; r < rows; ++r) std::copy(s + r * width, s + (r + 1) * width, out + r * width_out + begin);
 }
 
-// Every decoder layer of a registered model for one decode step of rows with no LoRA delta: hidden
-// states h (rows, 1, hidden) in, new hidden states out; each layer's step key and value written into
-// keys[i] / values[i] (cache buffers with room) at `length`. With `threads` > 1 each projection's
-// output columns and the attention's query heads are split across threads (helpers that spin between
-// the step's phases), the norms computed by each thread for itself.
+// The LoRA deltas of one projection group for a step: each row's adapters (`slots`: depth x rows,
+// 0 = none) as stacked by adapters/_lora.py LoraBank: A^T (slots, in, r) and (scale * B)^T (slots, r, out),
+// in fp32, slot 0 all zeros.
+struct Lora {
+  const float* a = nullptr;  // null: the group has no delta
+  const float* b = nullptr;
+  int64_t in = 0, rank = 0, out = 0;
+};
+
+// out (rows x width, columns [begin, begin + width) of the group's output) += each row's deltas, added in
+// fp32 to the bf16 output and rounded once (as LoraBank adds them); x (rows x in, bf16) is the group's input.
+void add_lora(const Lora& lora, const int64_t* slots, int64_t depth, const BFloat16* x, int64_t rows,
+              BFloat16* out, int64_t begin, int64_t width, std::vector<float>& u, std::vector<float>& total) {
+  if (!lora.a) return;
+  u.resize(lora.rank);
+  total.resize(width);
+  for (int64_t r = 0; r < rows; ++r) {
+    bool any = false;
+    for (int64_t d = 0; d < depth; ++d) any |= slots[d * rows + r] != 0;
+    if (!any) continue;
+    for (int64_t k = 0; k < width; ++k) total[k] = f32(out[r * width + k]);
+    for (int64_t d = 0; d < depth; ++d) {
+      int64_t slot = slots[d * rows + r];
+      if (!slot) continue;
+      const float* a = lora.a + slot * lora.in * lora.rank;
+      const float* b = lora.b + slot * lora.rank * lora.out + begin;
+      std::fill(u.begin(), u.end(), 0.0f);
+      for (int64_t i = 0; i < lora.in; ++i) {
+        float xi = f32(x[r * lora.in + i]);
+        for (int64_t j = 0; j < lora.rank; ++j) u[j] += xi * a[i * lora.rank + j];
+      }
+      for (int64_t j = 0; j < lora.rank; ++j) {
+        float uj = u[j];
+        const float* bj = b + j * lora.out;
+        for (int64_t k = 0; k < width; ++k) total[k] += uj * bj[k];
+      }
+    }
+    for (int64_t k = 0; k < width; ++k) out[r * width + k] = to_bf16(total[k]);
+  }
+}
+
+// Every decoder layer of a registered model for one decode step: hidden states h (rows, 1, hidden) in,
+// new hidden states out; each layer's step key and value written into keys[i] / values[i] (cache
+// buffers with room) at `length`. `lora_stacks` (8 a layer: A^T and B^T of q/k/v, o, gate/up, down, or
+// none) and `lora_slots` (depth, rows) give each row's LoRA deltas (see Lora). With `threads` > 1 each
+// projection's output columns and the attention's query heads are split across threads (helpers that
+// spin between the step's phases), the norms computed by each thread for itself.
 Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, const std::vector<Tensor>& values,
               int64_t length, const Tensor& cos, const Tensor& sin, const std::optional<Tensor>& keep,
-              int64_t threads) {
+              int64_t threads, const c10::List<std::optional<Tensor>>& lora_stacks,
+              const std::optional<Tensor>& lora_slots) {
   std::shared_ptr<Model> model;
   {
     std::lock_guard<std::mutex> lock(registry_mutex);
@@ -538,6 +582,37 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
   std::vector<Tensor> attended(layers.size());
   for (size_t i = 0; i < layers.size(); ++i)  // every check before any thread starts
     args.push_back(attend_args(qkv, keys[i], values[i], length, c, s, mask, heads, kv, model->scaling, attended[i]));
+  // LoRA: per layer and group (q/k/v, o, gate/up, down) A^T and B^T stacks, or none
+  std::vector<std::array<Lora, 4>> loras(layers.size());
+  std::vector<Tensor> held;  // keeps contiguous copies alive
+  Tensor slots_tensor;
+  int64_t depth = 0;
+  if (lora_slots.has_value() && lora_slots->defined()) {
+    slots_tensor = lora_slots->to(at::kLong).contiguous();
+    TORCH_CHECK(slots_tensor.dim() == 2 && slots_tensor.size(1) == rows, "loopbot decode: slots (depth, rows)");
+    depth = slots_tensor.size(0);
+    TORCH_CHECK(lora_stacks.size() == layers.size() * 8, "loopbot decode: 8 LoRA stacks per layer (or none)");
+    const int64_t inputs[4] = {hidden, heads * dim, hidden, inter};
+    const int64_t outputs[4] = {qkv_width, hidden, 2 * inter, hidden};
+    int64_t slot_count = -1;
+    for (size_t i = 0; i < layers.size(); ++i)
+      for (int g = 0; g < 4; ++g) {
+        std::optional<Tensor> a = lora_stacks.get(i * 8 + 2 * g), b = lora_stacks.get(i * 8 + 2 * g + 1);
+        if (!a.has_value() || !a->defined()) continue;
+        TORCH_CHECK(b.has_value() && b->defined(), "loopbot decode: a LoRA stack without its B");
+        Tensor at_ = a->to(at::kFloat).contiguous(), bt = b->to(at::kFloat).contiguous();
+        TORCH_CHECK(at_.dim() == 3 && bt.dim() == 3 && at_.size(1) == inputs[g] && bt.size(2) == outputs[g] &&
+                        at_.size(2) == bt.size(1) && at_.size(0) == bt.size(0),
+                    "loopbot decode: LoRA stack shapes");
+        slot_count = at_.size(0);
+        held.push_back(at_), held.push_back(bt);
+        loras[i][g] = Lora{at_.data_ptr<float>(), bt.data_ptr<float>(), at_.size(1), at_.size(2), bt.size(2)};
+      }
+    TORCH_CHECK(slot_count < 0 || (slots_tensor.min().item<int64_t>() >= 0 &&
+                                   slots_tensor.max().item<int64_t>() < slot_count),
+                "loopbot decode: a row's adapter slot is out of range");
+  }
+  const int64_t* slots = depth ? slots_tensor.data_ptr<int64_t>() : nullptr;
   BFloat16* xp = x.data_ptr<BFloat16>();
   BFloat16* qkvp = qkv.data_ptr<BFloat16>();
   BFloat16* actp = act.data_ptr<BFloat16>();
@@ -551,6 +626,15 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
     AttendScratch scratch(dim, length + 1);
     Tensor normed = at::empty({rows, hidden}, h.options());
     BFloat16* np = normed.data_ptr<BFloat16>();
+    std::vector<float> lora_u, lora_total;
+    // the int4 product of x with a part of a group's columns, plus its rows' LoRA deltas
+    auto project = [&](const Tensor& in, const Tensor& packed, const Tensor& scales, const Lora& lora,
+                       int64_t begin) {
+      Tensor out = int4(in, packed, scales, gs);
+      add_lora(lora, slots, depth, in.data_ptr<BFloat16>(), rows, out.data_ptr<BFloat16>(), begin, out.size(1),
+               lora_u, lora_total);
+      return out;
+    };
     bool failed = false;
     auto guarded = [&](auto&& phase) {  // a failure is kept, the thread still meets every barrier
       if (failed) return;
@@ -567,10 +651,10 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
       guarded([&] {
         rms_norm_rows(xp, l.input_norm.data_ptr<BFloat16>(), np, rows, hidden, eps);
         if (n == 1) {
-          copy_columns(qkvp, qkv_width, int4(normed, l.qkv_packed, l.qkv_scales, gs), 0);
+          copy_columns(qkvp, qkv_width, project(normed, l.qkv_packed, l.qkv_scales, loras[i][0], 0), 0);
         } else if (t < static_cast<int>(l.qkv.size())) {
           const Part& p = l.qkv[t];
-          copy_columns(qkvp, qkv_width, int4(normed, p.packed, p.scales, gs), p.begin);
+          copy_columns(qkvp, qkv_width, project(normed, p.packed, p.scales, loras[i][0], p.begin), p.begin);
         }
       });
       if (n > 1) barrier.wait();
@@ -580,9 +664,10 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
       if (n > 1) barrier.wait();
       guarded([&] {
         if (n == 1)
-          add_columns(xp, hidden, int4(attended[i], l.o_packed, l.o_scales, gs), 0);
+          add_columns(xp, hidden, project(attended[i], l.o_packed, l.o_scales, loras[i][1], 0), 0);
         else if (t < static_cast<int>(l.o.size()))
-          add_columns(xp, hidden, int4(attended[i], l.o[t].packed, l.o[t].scales, gs), l.o[t].begin);
+          add_columns(xp, hidden, project(attended[i], l.o[t].packed, l.o[t].scales, loras[i][1], l.o[t].begin),
+                      l.o[t].begin);
       });
       if (n > 1) barrier.wait();
       guarded([&] {
@@ -590,11 +675,13 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
         Tensor gate, up;
         int64_t begin = 0;
         if (n == 1) {
-          Tensor both = int4(normed, l.gate_up_packed, l.gate_up_scales, gs);
+          Tensor both = project(normed, l.gate_up_packed, l.gate_up_scales, loras[i][2], 0);
           gate = both.narrow(1, 0, inter).contiguous(), up = both.narrow(1, inter, inter).contiguous();
         } else if (t < static_cast<int>(l.mlp.size())) {
           const auto& [g, u] = l.mlp[t];
-          gate = int4(normed, g.packed, g.scales, gs), up = int4(normed, u.packed, u.scales, gs), begin = g.begin;
+          gate = project(normed, g.packed, g.scales, loras[i][2], g.begin);
+          up = project(normed, u.packed, u.scales, loras[i][2], u.begin);
+          begin = g.begin;
         } else {
           return;
         }
@@ -606,9 +693,10 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
       if (n > 1) barrier.wait();
       guarded([&] {
         if (n == 1)
-          add_columns(xp, hidden, int4(act, l.down_packed, l.down_scales, gs), 0);
+          add_columns(xp, hidden, project(act, l.down_packed, l.down_scales, loras[i][3], 0), 0);
         else if (t < static_cast<int>(l.down.size()))
-          add_columns(xp, hidden, int4(act, l.down[t].packed, l.down[t].scales, gs), l.down[t].begin);
+          add_columns(xp, hidden, project(act, l.down[t].packed, l.down[t].scales, loras[i][3], l.down[t].begin),
+                      l.down[t].begin);
       });
       if (n > 1) barrier.wait();
     }
@@ -641,6 +729,6 @@ TORCH_LIBRARY(loopbot, m) {
   m.def("release_model(int handle) -> ()", release_model);
   m.def(
       "decode(Tensor h, int handle, Tensor(a!)[] keys, Tensor(b!)[] values, int length, Tensor cos, Tensor sin, "
-      "Tensor? keep, int threads) -> Tensor",
+      "Tensor? keep, int threads, Tensor?[] lora_stacks, Tensor? lora_slots) -> Tensor",
       decode);
 }
