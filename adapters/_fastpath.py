@@ -30,6 +30,7 @@ Only the serving runtime installs them (:func:`install`); training runs its own 
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from typing import Any
 
@@ -285,6 +286,68 @@ def add_int8_output(model: Any, threads: int) -> bool:
     return True
 
 
+class SplitChoice:
+    """Whether a native decode step is split across threads, kept right by measurement. Split, a step's
+    threads meet at ~150 barriers, waiting for each other by spinning: 1.3-1.6x faster than one thread
+    on an idle machine, but with a retrain's threads on the same cores a descheduled partner can hold
+    every barrier up (bench/split_under_load.py).
+
+    A probe step runs the other way; it wins when it is :data:`SWITCH_GAIN` faster than the median of
+    the last :data:`BASELINE` steps (same rows: steps of one batch cost alike, and single slow steps
+    happen), and two wins in a row flip the choice. While split, a probe (one step on one thread: it
+    costs at most the split's gain) runs once a batch's baseline is known, after a step
+    :data:`SLOWDOWN` times slower than the fastest recent one (the machine got busy: the median follows
+    after three such steps) and every :data:`SPLIT_CHECK`
+    steps; on one thread, a probe runs every :data:`ONE_CHECK` steps (a split step on a busy machine
+    can cost ~10 one-thread steps)."""
+
+    SWITCH_GAIN = 0.15
+    SLOWDOWN = 1.5
+    BASELINE = 5
+    SPLIT_CHECK = 32
+    ONE_CHECK = 128
+
+    def __init__(self, most: int):
+        self.most = most
+        self.split = most > 1
+        self._since = 0  # steps since the last probe
+        self._probe_next = False
+        self._probing = False
+        self._wins = 0  # probes won in a row
+        self._rows = 0
+        self._recent: list[float] = []  # seconds of the last steps with ``_rows`` rows, not probes
+
+    def threads(self) -> int:
+        """Threads for the next step (then :meth:`record` its time)."""
+        self._since += 1
+        every = self.SPLIT_CHECK if self.split else self.ONE_CHECK
+        self._probing = self.most > 1 and (self._probe_next or self._since >= every)
+        if self._probing:
+            self._since, self._probe_next = 0, False
+        return self.most if self.split != self._probing else 1
+
+    def record(self, rows: int, seconds: float) -> None:
+        if rows != self._rows:  # another batch: a new baseline
+            self._rows, self._recent, self._wins = rows, [], 0
+        baseline = sorted(self._recent)[len(self._recent) // 2] if len(self._recent) >= 3 else None
+        if self._probing:
+            won = baseline is not None and seconds < baseline * (1 - self.SWITCH_GAIN)
+            self._wins = self._wins + 1 if won else 0
+            if self._wins >= 2:
+                self.split, self._recent, self._wins = not self.split, [], 0
+                log.info(
+                    "native decode steps now %s", f"on {self.most} threads" if self.split else "on one thread"
+                )
+            elif won:
+                self._probe_next = True  # confirm
+            return
+        # while split, a probe (cheap: one step on one thread) for each new batch and on a slowdown
+        slowed = len(self._recent) >= 3 and seconds > min(self._recent) * self.SLOWDOWN
+        self._recent = [*self._recent, seconds][-self.BASELINE :]
+        if self.split and (len(self._recent) == 3 or slowed):
+            self._probe_next = True
+
+
 class LlamaDecode:
     """One decode step (one new token per row) of a Llama model served with the fast paths, written out
     instead of run through transformers' modules: the same operations in the same order (logits equal
@@ -303,8 +366,9 @@ class LlamaDecode:
         self.inner = model.model
         self.layers = list(self.inner.layers[: model.config.num_hidden_layers])
         self.native = native and model.dtype == torch.bfloat16 and _native.load() is None
-        # threads a native step is split across (from one row on: bench/decode_overhead.py)
+        # the most threads a native step is split across (from one row on: bench/decode_overhead.py)
         self.threads = max(1, torch.get_num_threads())
+        self.split = SplitChoice(self.threads)
         self._handle = self._register() if self.native else None
         if self._handle is not None:  # the kernels drop their references to the weights with this decoder
             weakref.finalize(self, torch.ops.loopbot.release_model, self._handle)
@@ -413,9 +477,13 @@ class LlamaDecode:
                     stacks += list(lora.stack()) if lora is not None else [None, None]
             slots = adapted[0].lora.slots(h.shape[0])
         keys, values = [room[0] for room in rooms], [room[1] for room in rooms]
+        self.split.most = self.threads
+        threads = self.split.threads()
+        started = time.perf_counter()
         h = torch.ops.loopbot.decode(
-            h, self._handle, keys, values, rooms[0][2], cos, sin, keep, self.threads, stacks, slots
+            h, self._handle, keys, values, rooms[0][2], cos, sin, keep, threads, stacks, slots
         )
+        self.split.record(h.shape[0], time.perf_counter() - started)
         for layer in layers:
             layer.advance(1)
         return h

@@ -50,7 +50,9 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def run(setting: dict[str, str], models: Path, busy: bool) -> dict:
+def run(setting: dict[str, str], models: Path, busy: bool, measure: str = MEASURE) -> dict:
+    """``measure`` (a script printing ``RESULT <json>``) in a fresh process with ``setting`` in its
+    environment, alone or (``busy``) beside the competitor."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     competitor = None
     if busy:
@@ -59,7 +61,7 @@ def run(setting: dict[str, str], models: Path, busy: bool) -> dict:
         )
         time.sleep(3)
     try:
-        script = MEASURE.format(bench=str(Path(__file__).parent), models=str(models))
+        script = measure.format(bench=str(Path(__file__).parent), models=str(models))
         done = subprocess.run(
             [sys.executable, "-c", script], env={**env, **setting}, capture_output=True, text=True, check=True
         )

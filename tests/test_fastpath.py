@@ -388,3 +388,38 @@ def test_native_attention_writes_the_step_into_the_cache_and_attends_like_python
     again = ops.attend(qkv, keys, values, length, cos, sin, None, heads, kv, dim**-0.5)
     assert not torch.allclose(again[1].float(), out[1].float(), atol=1e-3)
     assert torch.equal(again[0], out[0])
+
+
+def test_a_split_decode_step_falls_back_to_one_thread_when_a_probe_is_faster() -> None:
+    """Probe steps run the other way: once a batch's baseline is known, when a split step slows down
+    suddenly, and periodically; two probes in a row clearly faster than the median of the steps before
+    them (same rows) flip the choice; one slow step does not."""
+    choice = _fastpath.SplitChoice(2)
+    timing = {"split_ms": 4.0, "one_ms": 5.0, "rows": 4}
+
+    def steps(count: int) -> list[int]:
+        used = []
+        for _ in range(count):
+            threads = choice.threads()
+            used.append(threads)
+            ms = timing["split_ms"] if threads == 2 else timing["one_ms"]
+            choice.record(int(timing["rows"]), ms / 1000)
+        return used
+
+    assert steps(5) == [2, 2, 2, 1, 2] and choice.split  # idle: the early probe loses
+    assert steps(_fastpath.SplitChoice.SPLIT_CHECK).count(1) == 1 and choice.split  # one periodic probe
+    timing.update(split_ms=12.0)
+    steps(1)  # one slow split step: a probe, which wins once against the median, not twice
+    timing.update(split_ms=4.0)
+    assert steps(4) == [1, 2, 2, 2] and choice.split
+    timing.update(split_ms=40.0, one_ms=8.0)  # a retrain starts
+    # slow steps trigger probes, which win once the median has followed, twice: one thread
+    assert steps(7) == [2, 1, 2, 1, 2, 1, 1] and not choice.split
+    used = steps(_fastpath.SplitChoice.ONE_CHECK)
+    assert used.count(2) == 1 and not choice.split  # a rare split probe, which loses
+    timing.update(split_ms=4.0)  # the retrain ended
+    used = steps(2 * _fastpath.SplitChoice.ONE_CHECK)
+    assert used.count(2) >= 2 and choice.split  # split probes win twice
+    timing.update(rows=5, one_ms=1.0)
+    assert steps(3) == [2, 2, 2] and choice.split  # another batch: no probe before its baseline
+    assert _fastpath.SplitChoice(1).threads() == 1
