@@ -6,7 +6,8 @@ decoder layer (half of a one-row step); the native layer does the same arithmeti
 (``-march=native``) into ``$XDG_CACHE_HOME/loopbot/native`` (``~/.cache`` by default) under a name
 that changes with the source, torch's version and the CPU's flags, so a changed machine rebuilds:
 about 20 s on 2 cores, once (``loopbot model prepare`` does it). Without a C++ compiler the runtime
-serves the Python decode step and says so in ``info()``. ``LOOPBOT_NATIVE_DECODE=0`` turns it off.
+serves the Python decode step and says so in ``info()``; ``LOOPBOT_MODEL_NATIVE_DECODE=false`` turns
+it off.
 """
 
 from __future__ import annotations
@@ -53,9 +54,7 @@ def build_dir() -> Path:
 @functools.cache
 def load() -> str | None:
     """Build (once per machine) and load the kernels into ``torch.ops.loopbot``; None when they are
-    available, else why not (no compiler, turned off, a build error: the log has the compiler's output)."""
-    if os.environ.get("LOOPBOT_NATIVE_DECODE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return "turned off (LOOPBOT_NATIVE_DECODE=0)"
+    available, else why not (no compiler, a build error: the log has the compiler's output)."""
     import torch
 
     if hasattr(torch.ops, "loopbot") and hasattr(torch.ops.loopbot, "decode"):

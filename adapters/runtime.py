@@ -174,6 +174,7 @@ class ModelRuntime(_AdapterChoice):
         max_batch: int = 8,
         max_waiting: int = 32,
         fast_paths: bool = True,
+        native_decode: bool = True,
     ):
         self._base_model = model
         self._tokenizer = tokenizer
@@ -190,14 +191,16 @@ class ModelRuntime(_AdapterChoice):
         # before the model's first forward: gptqmodel repacks each layer's weights for its kernel then
         cpu_fast = fast_paths and device == "cpu"
         self._fast_paths = _fastpath.install(model) if cpu_fast else {}
-        decode_step = _fastpath.LlamaDecode.for_model(model) if cpu_fast else None
+        decode_step = _fastpath.LlamaDecode.for_model(model, native_decode) if cpu_fast else None
         if cpu_fast:
             self._fast_paths["decode_step"] = (
                 "the model's forward"
                 if decode_step is None
                 else "native kernels"
                 if decode_step.native
-                else f"written out in Python (native kernels: {_native.load() or 'not for this model'})"
+                else "written out in Python (native kernels: "
+                + ("turned off" if not native_decode else _native.load() or "not for this model")
+                + ")"
             )
         # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
         self._engine = BatchEngine(
@@ -229,13 +232,15 @@ class ModelRuntime(_AdapterChoice):
         max_batch: int = 8,
         max_waiting: int = 32,
         fast_paths: bool = True,
+        native_decode: bool = True,
     ) -> ModelRuntime:
         """Load a GPTQ or plain checkpoint (local path or hub id) and start the worker thread.
 
         ``dtype``: see :func:`load_base_model` (``auto``: bf16 for GPTQ on CPU, the fast path).
         ``threads`` > 0 sets torch's CPU threads (process-wide). The keyword defaults apply to
         :meth:`generate` calls that do not pass their own. ``fast_paths=False`` serves without
-        :mod:`adapters._fastpath` and decodes every step on all threads (benchmarks compare the two).
+        :mod:`adapters._fastpath` and decodes every step on all threads (benchmarks compare the two);
+        ``native_decode=False`` keeps the fast paths but decodes in Python (:mod:`adapters._native`).
         """
         import torch
 
@@ -258,6 +263,7 @@ class ModelRuntime(_AdapterChoice):
             max_batch=max_batch,
             max_waiting=max_waiting,
             fast_paths=fast_paths,
+            native_decode=native_decode,
         )
 
     def close(self) -> None:

@@ -53,6 +53,11 @@ class ModelSettings(BaseSettings):
     max_waiting: int = Field(
         32, ge=0, description="Members' questions that may wait beyond those; the next is told to retry."
     )
+    native_decode: bool = Field(
+        True,
+        description="Decode steps through the native kernels (compiled once per machine; needs a C++ "
+        "compiler), else the Python decode step.",
+    )
     adapter_min_similarity: float = Field(
         0.5,
         ge=0.0,

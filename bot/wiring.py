@@ -68,6 +68,7 @@ def build_runtime(settings: Settings, *, guild_id: str | None = None) -> Runtime
             repetition_penalty=settings.model.repetition_penalty,
             max_batch=settings.model.max_batch,
             max_waiting=settings.model.max_waiting,
+            native_decode=settings.model.native_decode,
         )
     if guild_id is not None:
         try:

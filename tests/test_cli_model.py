@@ -133,5 +133,10 @@ def test_prepare_is_idempotent(
     monkeypatch.setenv("LOOPBOT_DATA_DIR", str(default_model_path.parent.parent))
     before = sorted(p.name for p in default_model_path.iterdir())
     assert main(["model", "prepare", "--no-progress"]) == 0
-    assert "already prepared" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "already prepared" in out
+    assert "native decode kernels ready" in out  # built (or found) for this machine
     assert sorted(p.name for p in default_model_path.iterdir()) == before
+    monkeypatch.setenv("LOOPBOT_MODEL_NATIVE_DECODE", "false")
+    assert main(["model", "prepare", "--no-progress"]) == 0
+    assert "native" not in capsys.readouterr().out

@@ -130,6 +130,10 @@ def test_the_runtime_installs_the_fast_paths_unless_told_not_to(tiny_gptq_dir: P
             "int8_output": True,
             "decode_step": "native kernels",
         }
+    with ModelRuntime.load(tiny_gptq_dir, device="cpu", dtype="bfloat16", native_decode=False) as runtime:
+        info = runtime.info()["fast_paths"]
+        assert info["decode_step"] == "written out in Python (native kernels: turned off)"
+        assert runtime.generate([{"role": "user", "content": "Hi"}], max_new_tokens=3).completion_tokens
     with ModelRuntime.load(tiny_gptq_dir, device="cpu", dtype="bfloat16", fast_paths=False) as runtime:
         assert runtime.info()["fast_paths"] == {}
 

@@ -50,7 +50,8 @@ def prepare_handler(args: argparse.Namespace, settings: Settings) -> int:
         print(f"default model already prepared: {path}")
     else:
         print(f"default model prepared in {time.perf_counter() - started:.0f} s: {path}")
-    _prepare_native_kernels()
+    if settings.model.native_decode:
+        _prepare_native_kernels()
     return 0
 
 
