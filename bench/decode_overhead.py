@@ -74,11 +74,8 @@ def _decode_tok_s(
     from transformers import DynamicCache
 
     from adapters._cache import growing_cache
-    from adapters._fastpath import LlamaDecode
 
-    decode = LlamaDecode.for_model(model, native=native) if written_out else None
-    if decode is not None:
-        decode.threads = threads
+    decode = _forced(model, native, threads) if written_out else None
     text = tokenizer.apply_chat_template(SHORT, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     runs = []
@@ -131,6 +128,20 @@ def _step_ms(model: Any, rows: int, dense: bool, context: int = 100, growing: bo
     return round(statistics.median(times[4:]) * 1000, 2)
 
 
+def _forced(model: Any, native: bool, threads: int) -> Any:
+    """The runtime's decode step, native kernels registered for two threads (as the runtime does) and
+    held to ``threads`` (the runtime's ``SplitChoice`` would otherwise pick)."""
+    import torch
+
+    from adapters._fastpath import LlamaDecode
+
+    torch.set_num_threads(2)
+    decode = LlamaDecode.for_model(model, native=native)
+    assert decode is not None and decode.native is native
+    decode.split.threads = lambda: threads
+    return decode
+
+
 def _written_out_step_ms(model: Any, rows: int, context: int, native: bool, threads: int) -> float:
     """Median milliseconds of the runtime's decode step (``LlamaDecode``, growing cache, logits
     included) of ``rows`` rows after ``context`` tokens: native kernels split across ``threads``, or
@@ -138,11 +149,8 @@ def _written_out_step_ms(model: Any, rows: int, context: int, native: bool, thre
     import torch
 
     from adapters._cache import growing_cache
-    from adapters._fastpath import LlamaDecode
 
-    decode = LlamaDecode.for_model(model, native=native)
-    assert decode is not None and decode.native is native
-    decode.threads = threads
+    decode = _forced(model, native, threads)
     torch.set_num_threads(2)
     cache = growing_cache(model.config)
     model(input_ids=torch.randint(100, 1000, (rows, context)), cache=cache, use_cache=True, logits_to_keep=1)

@@ -135,6 +135,8 @@ def one_run(clone: bool) -> dict[str, Any]:
             env.pop("VIRTUAL_ENV", None)
             # A newcomer has no torch.compile cache either (torch's default is shared per user in /tmp).
             env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "torchinductor")
+            # nor the native decode kernels (prepare compiles them into $XDG_CACHE_HOME/loopbot/native)
+            env["XDG_CACHE_HOME"] = str(scratch / "cache")
             row["install"] = run(["make", "install"], checkout, env, {})
         else:
             checkout = ROOT
