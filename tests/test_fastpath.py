@@ -427,3 +427,54 @@ def test_a_split_decode_step_falls_back_to_one_thread_when_a_probe_is_faster() -
     timing.update(rows=5, one_ms=1.0)
     assert steps(3) == [2, 2, 2] and choice.split  # another batch: no probe before its baseline
     assert _fastpath.SplitChoice(1).threads() == 1
+
+
+def test_two_decoders_stepping_at_once_share_the_helper_threads_safely(tiny_gptq_dir: Path) -> None:
+    """Two runtimes in one process (the bot's and a gate's) decode at the same time: the step that
+    finds the helper threads busy runs on one thread; both get the logits they get alone."""
+    import threading
+
+    from adapters._cache import growing_cache
+    from adapters._loading import load_base_model
+
+    decoders = []
+    for _ in range(2):
+        model, tokenizer = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
+        _fastpath.install(model)
+        decode = _fastpath.LlamaDecode.for_model(model)
+        assert decode is not None and decode.native
+        decode.threads = 2
+        decode.split.threads = lambda: 2  # type: ignore[method-assign]  # always ask for the helpers
+        decoders.append(decode)
+    ids = tokenizer(["Mochi sneezes in the morning"] * 3, return_tensors="pt")["input_ids"]
+
+    def run(decode: _fastpath.LlamaDecode, out: list[torch.Tensor]) -> None:
+        with torch.inference_mode():
+            for _ in range(20):
+                cache = growing_cache(decode.model.config)
+                logits = decode.model(input_ids=ids, cache=cache, use_cache=True).logits[:, -1]
+                mask = torch.ones(ids.shape, dtype=torch.long)
+                steps = []
+                for step in range(8):
+                    mask = torch.cat([mask, mask.new_ones(3, 1)], 1)
+                    position = torch.full((3, 1), ids.shape[1] + step)
+                    logits = decode(logits.argmax(-1, keepdim=True), position, mask, cache)
+                    steps.append(logits.float())
+                out.append(torch.stack(steps))
+
+    alone: list[torch.Tensor] = []
+    run(decoders[0], alone)
+    together: list[list[torch.Tensor]] = [[], []]
+    threads = [
+        threading.Thread(target=run, args=(d, o), daemon=True)
+        for d, o in zip(decoders, together, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    for out in together:
+        assert len(out) == 20
+        for logits in out:
+            torch.testing.assert_close(logits, alone[0], atol=1e-3, rtol=1e-3)

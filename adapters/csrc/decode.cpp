@@ -441,7 +441,12 @@ class Pool {
     return *pool;
   }
 
+  // The pool for one step, or an empty lock when another thread's step holds it (two runtimes in one
+  // process): that step then runs on one thread.
+  std::unique_lock<std::mutex> claim() { return std::unique_lock<std::mutex>(busy_, std::try_to_lock); }
+
   // fn(0) on the calling thread, fn(1) ... fn(n - 1) on helpers; returns when every call returned.
+  // The caller holds claim()'s lock.
   void run(int n, const std::function<void(int)>& fn) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -483,6 +488,7 @@ class Pool {
   }
 
   static constexpr int SPIN_US = 200;
+  std::mutex busy_;  // held by the step using the pool
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<std::thread> threads_;
@@ -574,7 +580,9 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
   const int64_t hidden = h.size(-1), rows = h.numel() / hidden, dim = model->head_dim;
   const int64_t heads = model->heads, kv = model->kv_heads, qkv_width = (heads + 2 * kv) * dim;
   const int64_t inter = layers[0].gate_up_packed.size(0) / 2;
-  const int n = static_cast<int>(std::max<int64_t>(1, std::min(threads, model->threads)));
+  int n = static_cast<int>(std::max<int64_t>(1, std::min(threads, model->threads)));
+  std::unique_lock<std::mutex> pool;
+  if (n > 1 && !(pool = Pool::get().claim()).owns_lock()) n = 1;  // another step holds the helpers
   Tensor x = h.reshape({rows, hidden}).clone();
   Tensor qkv = at::empty({rows, qkv_width}, h.options()), act = at::empty({rows, inter}, h.options());
   Tensor mask = optional_mask(keep), c = cos.contiguous(), s = sin.contiguous();
