@@ -153,6 +153,16 @@ class _AdapterChoice:
         return result
 
 
+def _decode_step_info(decode_step: _fastpath.LlamaDecode | None, native_decode: bool) -> str:
+    """How decode steps run, for ``info()``: and when not natively, why not."""
+    if decode_step is None:
+        return "the model's forward"
+    if decode_step.native:
+        return "native kernels"
+    why = "turned off" if not native_decode else _native.load() or "not for this model"
+    return f"written out in Python (native kernels: {why})"
+
+
 class ModelRuntime(_AdapterChoice):
     """A loaded base model + LoRA adapters, batching generations on one worker thread.
 
@@ -193,15 +203,7 @@ class ModelRuntime(_AdapterChoice):
         self._fast_paths = _fastpath.install(model) if cpu_fast else {}
         decode_step = _fastpath.LlamaDecode.for_model(model, native_decode) if cpu_fast else None
         if cpu_fast:
-            self._fast_paths["decode_step"] = (
-                "the model's forward"
-                if decode_step is None
-                else "native kernels"
-                if decode_step.native
-                else "written out in Python (native kernels: "
-                + ("turned off" if not native_decode else _native.load() or "not for this model")
-                + ")"
-            )
+            self._fast_paths["decode_step"] = _decode_step_info(decode_step, native_decode)
         # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
         self._engine = BatchEngine(
             model,

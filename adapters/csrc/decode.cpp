@@ -1,7 +1,7 @@
-// One decode step of a Llama decoder layer (one new token per row) in a few native calls, for the
-// serving runtime's CPU path (adapters/_native.py builds and loads this file; adapters/_fastpath.py
+// One decode step of a Llama model (one new token per row, every decoder layer) in one native call, for
+// the serving runtime's CPU path (adapters/_native.py builds and loads this file; adapters/_fastpath.py
 // LlamaDecode calls it). Written out in Python a layer is ~85 small torch ops, each paying 1.5-2 us
-// of dispatch for a few hundred nanoseconds of arithmetic at one row; here it is one call.
+// of dispatch for a few hundred nanoseconds of arithmetic at one row.
 //
 // Every operation matches the model's own in dtype and rounding: bf16 activations, RMSNorm computed in
 // fp32 and rounded as LlamaRMSNorm does, the rotary embedding rounded per product as transformers'
@@ -14,8 +14,10 @@
 // expose decode's own building blocks one by one (tests check their rounding against torch's).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 #include <torch/library.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <array>
