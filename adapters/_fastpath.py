@@ -223,10 +223,6 @@ class _Linears:
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if self.lora is None else self.lora(x, out)
 
-    def adapted(self) -> bool:
-        """Whether the next forward adds a LoRA delta to this group's output (a row has an adapter)."""
-        return self.lora is not None and self.lora.in_use()
-
     def output(self, index: int, x: Any) -> Any:
         """Layer ``index``'s output for ``x``."""
         if len(self.sizes) == 1:
@@ -366,6 +362,11 @@ class LlamaDecode:
         self.model = model
         self.inner = model.model
         self.layers = list(self.inner.layers[: model.config.num_hidden_layers])
+        # each layer's projection groups (_Linears) in the native step's order: q/k/v, o, gate/up, down
+        self._groups = [
+            tuple(m.forward.linears for m in (a.q_proj, a.o_proj, p.gate_proj, p.down_proj))
+            for a, p in ((layer.self_attn, layer.mlp) for layer in self.layers)
+        ]
         self.native = native and model.dtype == torch.bfloat16 and _native.load() is None
         # the most threads a native step is split across (from one row on: bench/decode_overhead.py)
         self.threads = max(1, torch.get_num_threads())
@@ -379,14 +380,10 @@ class LlamaDecode:
         import torch
 
         tensors = []
-        for layer in self.layers:
-            attention, mlp = layer.self_attn, layer.mlp
-            tensors.append(layer.input_layernorm.weight)
-            for linears in (attention.q_proj.forward.linears, attention.o_proj.forward.linears):
-                tensors += [linears.packed, linears.scales]
-            tensors.append(layer.post_attention_layernorm.weight)
-            for linears in (mlp.gate_proj.forward.linears, mlp.down_proj.forward.linears):
-                tensors += [linears.packed, linears.scales]
+        for layer, (qkv, o, gate_up, down) in zip(self.layers, self._groups, strict=True):
+            tensors += [layer.input_layernorm.weight, qkv.packed, qkv.scales, o.packed, o.scales]
+            tensors += [layer.post_attention_layernorm.weight, gate_up.packed, gate_up.scales]
+            tensors += [down.packed, down.scales]
         config, first = self.model.config, self.layers[0]
         return int(
             torch.ops.loopbot.register_model(
@@ -394,7 +391,7 @@ class LlamaDecode:
                 config.num_attention_heads,
                 config.num_key_value_heads,
                 first.self_attn.head_dim,
-                first.self_attn.q_proj.forward.linears.group_size,
+                self._groups[0][0].group_size,
                 first.input_layernorm.variance_epsilon,
                 first.self_attn.scaling,
                 self.threads,
@@ -463,20 +460,15 @@ class LlamaDecode:
 
         layers = cache.layers[: len(self.layers)]
         rooms = [layer.room(1) for layer in layers]
-        groups = [
-            (m.self_attn.q_proj, m.self_attn.o_proj, m.mlp.gate_proj, m.mlp.down_proj) for m in self.layers
-        ]
         stacks: list[Any] = []
         slots = None
-        adapted = [
-            layer.forward.linears for group in groups for layer in group if layer.forward.linears.adapted()
-        ]
-        if adapted:  # the rows' LoRA deltas, added by the native step: A^T and B^T stacks per group
-            for group in groups:
-                for layer in group:
-                    lora = layer.forward.linears.lora
-                    stacks += list(lora.stack()) if lora is not None else [None, None]
-            slots = adapted[0].lora.slots(h.shape[0])
+        # one LoRA bank serves every group: its plan says whether any row has an adapter this step
+        lora = next((g.lora for groups in self._groups for g in groups if g.lora is not None), None)
+        if lora is not None and lora.in_use():  # A^T and B^T stacks per group, the rows' slots
+            for groups in self._groups:
+                for group in groups:
+                    stacks += list(group.lora.stack()) if group.lora is not None else [None, None]
+            slots = lora.slots(h.shape[0])
         keys, values = [room[0] for room in rooms], [room[1] for room in rooms]
         self.split.most = self.threads
         threads = self.split.threads()

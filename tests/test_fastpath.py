@@ -266,7 +266,7 @@ def test_the_written_out_decode_step_gives_the_models_logits(
         path = make_lora_adapter(tiny_model_dir, seed=seed)
         bank.add(name, read_adapter(path, check_adapter_dir(path, module_shapes(model), str(tiny_gptq_dir))))
     bank.use(adapters)
-    assert model.model.layers[0].self_attn.q_proj.forward.linears.adapted() is any(adapters)
+    assert model.model.layers[0].self_attn.q_proj.forward.linears.lora.in_use() is any(adapters)
     ids = tokenizer(["Mochi sneezes in the morning", "Luna eats"], return_tensors="pt", padding=True)
     ids, mask = ids["input_ids"], ids["attention_mask"]
     if bool(mask.all()):  # left-pad the shorter row by hand when the tokenizer pads right or not at all
@@ -478,3 +478,35 @@ def test_two_decoders_stepping_at_once_share_the_helper_threads_safely(tiny_gptq
         assert len(out) == 20
         for logits in out:
             torch.testing.assert_close(logits, alone[0], atol=1e-3, rtol=1e-3)
+
+
+def test_without_a_compiler_the_runtime_says_so_and_answers_through_python(
+    tiny_gptq_dir: Path, tmp_path: Path
+) -> None:
+    """A machine without a working C++ compiler (here: ``CXX=false``, an empty build cache): the
+    kernels cannot be built, the runtime serves the Python decode step, says why, and still answers."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from adapters.runtime import ModelRuntime\n"
+        "with ModelRuntime.load(sys.argv[1], device='cpu', dtype='bfloat16') as rt:\n"
+        "    answer = rt.generate([{'role': 'user', 'content': 'Hi'}], max_new_tokens=3)\n"
+        "    print(json.dumps({'step': rt.info()['fast_paths']['decode_step'], 'tokens': answer.completion_tokens}))\n"
+    )
+    env = {**os.environ, "CXX": "false", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_gptq_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["step"].startswith("written out in Python (native kernels: build failed")
+    assert result["tokens"] > 0
+    assert "Install a C++ compiler (g++)" in done.stderr
