@@ -682,23 +682,23 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
       if (n > 1) barrier.wait();
       guarded([&] {
         rms_norm_rows(xp, l.post_norm.data_ptr<BFloat16>(), np, rows, hidden, eps);
-        Tensor gate, up;
-        int64_t begin = 0;
+        Tensor first, second;  // the projected gate and up columns (one tensor on one thread)
+        const BFloat16 *gate, *up;
+        int64_t width, stride, begin = 0;
         if (n == 1) {
-          Tensor both = project(normed, l.gate_up_packed, l.gate_up_scales, loras[i][2], 0);
-          gate = both.narrow(1, 0, inter).contiguous(), up = both.narrow(1, inter, inter).contiguous();
+          first = project(normed, l.gate_up_packed, l.gate_up_scales, loras[i][2], 0);
+          gate = first.data_ptr<BFloat16>(), up = gate + inter, width = inter, stride = 2 * inter;
         } else if (t < static_cast<int>(l.mlp.size())) {
           const auto& [g, u] = l.mlp[t];
-          gate = project(normed, g.packed, g.scales, loras[i][2], g.begin);
-          up = project(normed, u.packed, u.scales, loras[i][2], u.begin);
-          begin = g.begin;
+          first = project(normed, g.packed, g.scales, loras[i][2], g.begin);
+          second = project(normed, u.packed, u.scales, loras[i][2], u.begin);
+          gate = first.data_ptr<BFloat16>(), up = second.data_ptr<BFloat16>();
+          width = stride = first.size(1), begin = g.begin;
         } else {
           return;
         }
-        int64_t width = gate.size(1);
         for (int64_t r = 0; r < rows; ++r)
-          silu_mul_row(gate.data_ptr<BFloat16>() + r * width, up.data_ptr<BFloat16>() + r * width,
-                       actp + r * inter + begin, width);
+          silu_mul_row(gate + r * stride, up + r * stride, actp + r * inter + begin, width);
       });
       if (n > 1) barrier.wait();
       guarded([&] {
