@@ -123,11 +123,16 @@ def fold_system(messages: Sequence[Message]) -> list[Message]:
     return chat
 
 
-# Said when the knowledge base had no passage worth using; the model's general-knowledge answer follows,
-# marked as such (a small model's guess about a community matter must not pass for the community's word).
+# Said when the knowledge base had no passage worth using. For a question about the community that is
+# all (a small model's guess about a community must not pass for the community's word); for a clearly
+# general one the model's general-knowledge answer follows, marked as such (knowledge/questions.py).
 NOTHING_FOUND = "This server's knowledge base has nothing on that."
-GENERAL_KNOWLEDGE = "From general knowledge:"
-# Said when the model's own sentence was not grounded in the passages: the best passage sentence instead.
+NO_GUESS = "I won't guess about this community: a curator can add it, or correct me when you know."
+GENERAL_KNOWLEDGE = "From general knowledge (not this server's notes):"
+# What an adapter answers from what this server taught it (routing sent the question to it).
+TAUGHT = "From what this server taught me:"
+# The notes' sentences that answer, stated plainly with where they are; or the closest ones, hedged.
+NOTES_SAY = "The notes ({where}) say:"
 CLOSEST_NOTE = "The notes don't say that exactly; the closest one says:"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
@@ -156,34 +161,58 @@ def _reaches_end(text: str, match: re.Match[str]) -> bool:
     return any(match.group(1).startswith(rest.lstrip(chars)) for chars in (" \t\n", " \t\n-–—*,;:."))
 
 
-def finish_answer(
-    text: str,
-    *,
-    max_sentences: int = 0,
-    nothing_found: bool = False,
-    evidence: str | None = None,
-    grounded: bool = True,
-) -> str:
-    """The answer as members read it.
-
-    The model's text is cut where it starts looping, then to ``max_sentences`` sentences (0: all).
-    When no passage was good enough (``nothing_found``), the note that the knowledge base has nothing
-    comes before the model's guess, marked as general knowledge. Otherwise ``evidence`` (the passage
-    sentences that best answer) is quoted under a ``grounded`` answer, or replaces one that stated
-    what the passages do not say."""
+def finish_answer(text: str, *, max_sentences: int = 0) -> str:
+    """The model's text cut where it starts looping, then to ``max_sentences`` sentences (0: all);
+    :func:`compose_answer` then puts it with the notes' words."""
     text = text.strip()
     loop = loop_start(text)
     if loop is not None:
         text = text[:loop].rstrip(" -–—*,;:")
     if max_sentences > 0:
         text = " ".join(_SENTENCE_END.split(text)[:max_sentences]).strip()
-    if nothing_found:
-        return f"{NOTHING_FOUND} {GENERAL_KNOWLEDGE} {text}" if text else NOTHING_FOUND
-    if evidence is None:
+    return text
+
+
+def compose_answer(
+    text: str,
+    *,
+    kind: str,
+    quote: str | None = None,
+    quote_answers: bool = False,
+    where: str | None = None,
+    grounded: bool = True,
+) -> str:
+    """The answer as members read it, by what it rests on (``kind``):
+
+    - ``"notes"``: passages were used. A ``quote`` that answers the question is stated plainly with
+      ``where`` it is (source › section), under the model's sentence when that is ``grounded``,
+      else alone. A quote that is only close is hedged, and the model's sentence is left out: the
+      notes do not answer, so whatever it states is not what the notes say (on the real-documents
+      set, grounded-looking sentences stated the club's course record as the women's).
+    - ``"nothing"``: nothing in the knowledge base, and the question is about the community: say so
+      and stop (``text`` is not shown).
+    - ``"general"``: nothing in the knowledge base, a clearly general question: the model's answer,
+      marked as general knowledge (none: only the note).
+    - ``"taught"``: the adapter taught on questions like this one answered: marked as such.
+    - ``"open"``: no knowledge base was searched (a DM): the model's answer as it is.
+    """
+    text = text.strip()
+    if kind == "nothing":
+        return f"{NOTHING_FOUND} {NO_GUESS}"
+    if kind == "general":
+        return f"{NOTHING_FOUND} {GENERAL_KNOWLEDGE} {text}" if text else f"{NOTHING_FOUND} {NO_GUESS}"
+    if kind == "taught":
+        return f"{TAUGHT} {text}" if text else f"{NOTHING_FOUND} {NO_GUESS}"
+    if kind == "open" or quote is None:
         return text
-    if not grounded or not text:
-        return f"{CLOSEST_NOTE} “{evidence}”"
-    return f"{text}\n> {evidence}"
+    cited = f"“{quote}” ({where})" if where else f"“{quote}”"
+    if quote_answers:
+        return (
+            f"{text}\n> {cited}"
+            if grounded and text
+            else f"{NOTES_SAY.format(where=where or 'notes')} “{quote}”"
+        )
+    return f"{CLOSEST_NOTE} {cited}"
 
 
 def plain_transcript(messages: Sequence[Message]) -> str:

@@ -97,12 +97,19 @@ class KnowledgeSettings(BaseSettings):
         0.1, ge=0.0, le=1.0, description="Passages further than this below the best one are not used."
     )
     max_passages: int = Field(2, ge=0, description="At most this many passages in a prompt (0: top_k).")
+    word_match_weight: float = Field(
+        1.0,
+        ge=0.0,
+        le=2.0,
+        description="Weight of the word (BM25) ranking fused with the dense one for Latin-script questions.",
+    )
     quote_evidence: bool = Field(
         True,
         description="Quote the passage sentence that best answers under each answer (or instead of it).",
     )
-    chunk_size: int = Field(800, ge=100, description="Characters per chunk (a CJK character counts 3).")
-    chunk_overlap: int = Field(100, ge=0)
+    chunk_size: int = Field(
+        800, ge=100, description="Most characters per chunk, cut at section and sentence ends (CJK counts 3)."
+    )
     max_file_mb: float = Field(10.0, gt=0)
     max_files: int = Field(100, ge=1)
 

@@ -209,13 +209,16 @@ def build_knowledge_base(
                 "start it, or unset LOOPBOT_KB_CHROMA_HOST to use the embedded store"
             ) from None
         lexical = settings.data_dir / f"lexical-{settings.kb.chroma_host}-{settings.kb.chroma_port}.db"
-        return KnowledgeBase(client, embeddings, lexical_path=lexical)
+        return KnowledgeBase(
+            client, embeddings, lexical_path=lexical, latin_lexical_weight=settings.kb.word_match_weight
+        )
     settings.chroma_dir.mkdir(parents=True, exist_ok=True)
     client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
     return KnowledgeBase(
         client,
         embeddings,
         lexical_path=settings.chroma_dir / "lexical.db",
+        latin_lexical_weight=settings.kb.word_match_weight,
         lock=lock,
         persist_dir=settings.chroma_dir,
     )

@@ -1,4 +1,4 @@
-"""Split loaded sections into chunks with deterministic ids and full provenance."""
+"""Cut loaded sections into chunks with deterministic ids and full provenance (section title, page)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 
 from ingest.loaders import Section
+from knowledge.text import split_sentences, starts_unit
 from knowledge.types import Chunk, Scope
 
 
@@ -32,6 +33,74 @@ def text_length(text: str) -> int:
     return len(text) + (CJK_CHAR_COST - 1) * len(_CJK.findall(text))
 
 
+def _blocks(text: str) -> list[str]:
+    """A section's blocks: paragraphs, and lists and tables each kept whole (consecutive items or
+    rows)."""
+    blocks: list[str] = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.split("\n") if line.strip()]
+        if lines and all(starts_unit(line) for line in lines):
+            blocks.append("\n".join(lines))  # a list or a table: one block
+        else:
+            blocks.extend(lines)
+    return blocks
+
+
+def _pieces(block: str, size: int) -> list[str]:
+    """A block too long for one chunk: whole sentences (or list items, table rows) packed up to
+    ``size``; a single sentence over ``size`` is cut at spaces as a last resort."""
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    units = block.split("\n") if "\n" in block else split_sentences(block)
+    joiner = "\n" if "\n" in block else " "
+    pieces: list[str] = []
+    current = ""
+    for unit in units:
+        if text_length(unit) > size:
+            if current:
+                pieces.append(current)
+                current = ""
+            splitter = RecursiveCharacterTextSplitter(
+                chunk_size=size,
+                chunk_overlap=0,
+                separators=["、", ", ", " ", ""],
+                length_function=text_length,
+            )
+            pieces += splitter.split_text(unit)
+        elif current and text_length(current) + 1 + text_length(unit) > size:
+            pieces.append(current)
+            current = unit
+        else:
+            current = f"{current}{joiner}{unit}" if current else unit
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def section_texts(section: Section, size: int) -> list[str]:
+    """The chunk texts of one section: the whole section when it fits ``size``, else its blocks
+    packed in order, a list or table kept whole while it fits, a long paragraph split between
+    sentences. Each begins with the section's heading (``## Title``), which the embedder reads with
+    the text; the prompt drops the ``#`` marks."""
+    heading = f"## {section.title}\n\n" if section.title else ""
+    budget = max(size - text_length(heading), size // 2)
+    body = section.text.strip()
+    if text_length(body) <= budget:
+        return [heading + body] if body else []
+    texts: list[str] = []
+    current = ""
+    for block in _blocks(body):
+        for piece in _pieces(block, budget) if text_length(block) > budget else [block]:
+            if current and text_length(current) + 2 + text_length(piece) > budget:
+                texts.append(current)
+                current = piece
+            else:
+                current = f"{current}\n\n{piece}" if current else piece
+    if current:
+        texts.append(current)
+    return [heading + text for text in texts]
+
+
 def chunk_sections(
     sections: Sequence[Section],
     *,
@@ -40,27 +109,15 @@ def chunk_sections(
     guild_id: str,
     owner_id: str | None = None,
     chunk_size: int = 800,
-    chunk_overlap: int = 100,
 ) -> list[Chunk]:
-    """Split every section with a recursive character splitter and wrap the pieces as chunks.
+    """Cut every section into chunks (:func:`section_texts`) and wrap them with their provenance.
 
-    ``chunk_size`` and ``chunk_overlap`` are in :func:`text_length` units (characters, CJK weighted)."""
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-    splitter = RecursiveCharacterTextSplitter(
-        chunk_size=chunk_size,
-        chunk_overlap=min(chunk_overlap, chunk_size // 2),
-        # CJK text has no spaces: let it break at its own sentence marks before falling back to chars.
-        separators=["\n\n", "\n", "。", ". ", "、", " ", ""],
-        keep_separator="end",
-        length_function=text_length,
-    )
+    A section is never joined to another: a small one is one chunk. ``chunk_size`` is in
+    :func:`text_length` units (characters, CJK weighted). Chunks do not overlap: they end at a
+    sentence, item or paragraph end and each carries its heading, so no sentence is cut in two."""
     chunks: list[Chunk] = []
     for section in sections:
-        for piece in splitter.split_text(section.text):
-            text = piece.strip()
-            if not text:
-                continue
+        for text in section_texts(section, chunk_size):
             chunks.append(
                 Chunk(
                     id=chunk_id(scope, guild_id, owner_id, source, len(chunks), text),
@@ -71,6 +128,8 @@ def chunk_sections(
                     owner_id=owner_id,
                     author=section.author,
                     timestamp=section.timestamp,
+                    section=section.title,
+                    page=section.page,
                 )
             )
     return chunks

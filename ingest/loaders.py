@@ -1,5 +1,8 @@
 """Turn one file's bytes into text sections: .txt .md .pdf .html .csv .jsonl and Discord exports.
 
+Documents (.md, .txt, .pdf, .html) become one section per heading (:mod:`ingest.structure`), their
+hard-wrapped lines rejoined into paragraphs; records (.csv, .jsonl, exports) one section each.
+
 A loader either returns sections (plus per-record problems it skipped, e.g. a malformed JSONL
 line) or raises :class:`IngestError` when the whole file is unusable. Nothing here touches disk,
 so the bot can feed Discord uploads (bytes) through the same code as the CLI.
@@ -16,6 +19,7 @@ from pathlib import PurePath
 from typing import Any
 
 from ingest.errors import IngestError
+from ingest.structure import Part, html_parts, markdown_parts, pdf_parts, plain_parts
 
 TEXT_TYPES = (".txt", ".md", ".markdown")
 SUPPORTED = (*TEXT_TYPES, ".pdf", ".html", ".htm", ".csv", ".jsonl", ".json")
@@ -32,6 +36,8 @@ class Section:
     text: str
     author: str | None = None
     timestamp: str | None = None
+    title: str | None = None  # the heading the text is under (cited with it)
+    page: int | None = None  # a PDF's page number
 
 
 @dataclass
@@ -55,8 +61,14 @@ def decode_text(name: str, data: bytes) -> str:
         ) from None
 
 
+def _sections(parts: list[Part]) -> list[Section]:
+    return [Section(part.text, title=part.title, page=part.page) for part in parts]
+
+
 def _load_text(name: str, data: bytes) -> Loaded:
-    return Loaded([Section(decode_text(name, data))])
+    text = decode_text(name, data)
+    markdown = PurePath(name).suffix.lower() in (".md", ".markdown")
+    return Loaded(_sections(markdown_parts(text) if markdown else plain_parts(text)))
 
 
 def _load_pdf(name: str, data: bytes) -> Loaded:
@@ -70,20 +82,13 @@ def _load_pdf(name: str, data: bytes) -> Loaded:
         raise IngestError(
             f"{name}: not a readable PDF ({error}); re-export it or convert it to text"
         ) from None
-    text = "\n\n".join(page.strip() for page in pages if page.strip())
-    if not text:
+    if not any(page.strip() for page in pages):
         raise IngestError(f"{name}: the PDF has no extractable text (a scan?); OCR it or give a text file")
-    return Loaded([Section(text)])
+    return Loaded(_sections(pdf_parts(pages)))
 
 
 def _load_html(name: str, data: bytes) -> Loaded:
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(decode_text(name, data), "html.parser")
-    for tag in soup(["script", "style", "noscript", "template"]):
-        tag.decompose()
-    lines = (line.strip() for line in soup.get_text("\n").splitlines())
-    return Loaded([Section("\n".join(line for line in lines if line))])
+    return Loaded(_sections(html_parts(decode_text(name, data))))
 
 
 def _load_csv(name: str, data: bytes) -> Loaded:

@@ -24,7 +24,6 @@ class IngestLimits:
     max_file_mb: float = 10.0
     max_files: int = 100
     chunk_size: int = 800
-    chunk_overlap: int = 100
 
 
 @dataclass
@@ -124,7 +123,6 @@ def _add_file(
         guild_id=guild_id,
         owner_id=owner_id,
         chunk_size=limits.chunk_size,
-        chunk_overlap=limits.chunk_overlap,
     )
     if not chunks:
         report.problems.append(f"{name}: no text found; skipped")
@@ -209,7 +207,6 @@ def text_chunks(
         guild_id=guild_id,
         owner_id=owner_id,
         chunk_size=limits.chunk_size,
-        chunk_overlap=limits.chunk_overlap,
     )
 
 

@@ -12,11 +12,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from adapters.prompt import (
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_VERSION,
+    compose_answer,
     finish_answer,
     format_context,
     passage_block,
@@ -27,8 +28,10 @@ from adapters.prompt import (
 from adapters.routing import chosen
 from adapters.runtime import ACTIVE
 from knowledge.errors import KnowledgeError
-from knowledge.evidence import best_sentences, is_grounded, is_japanese, passage_scores, repeats_question
-from knowledge.types import Hit
+from knowledge.evidence import is_grounded, is_japanese, passage_scores, repeats_question
+from knowledge.questions import general_only, is_general, missing_names
+from knowledge.quoting import Quote, choose_quote, correction_answer
+from knowledge.types import Chunk, Hit
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,23 @@ class Source:
     source: str
     scope: str
     text: str
+    section: str | None = None  # the heading the passage is under
+    page: int | None = None  # a PDF's page
 
-    def to_dict(self) -> dict[str, str]:
-        """``{"id", "source", "scope", "text"}``."""
-        return asdict(self)
+    @classmethod
+    def of(cls, chunk: Chunk) -> Source:
+        """The source a retrieved chunk is cited as."""
+        return cls(chunk.id, chunk.source, chunk.scope, chunk.text, chunk.section, chunk.page)
+
+    def citation(self) -> str:
+        """Where the passage is: ``wiki.md › Membership`` (source, page, section)."""
+        return Chunk(
+            self.id, self.text, self.source, "community", "", section=self.section, page=self.page
+        ).citation()
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"id", "source", "scope", "text"}``, plus ``section`` and ``page`` when the passage has them."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,16 @@ class Answer:
             "sources": [s.to_dict() for s in self.sources],
             "adapter": self.adapter,
         }
+
+
+class _Prepared(NamedTuple):
+    """A question made ready to answer: the passages used, the chat, the context block, the quote."""
+
+    question: str
+    used: list[Hit]
+    messages: list[dict[str, str]]
+    context: str
+    quote: Quote | None
 
 
 class AnswerService:
@@ -125,10 +151,16 @@ class AnswerService:
         if kept and self.relevance_margin is not None:
             best = max((h.similarity or 0.0) for h in kept)
             kept = [h for h in kept if h.lexical or (h.similarity or 0.0) >= best - self.relevance_margin]
+        similarity = getattr(self.kb, "similarities", None)
         if question and self.max_passages and len(kept) > self.max_passages and not is_japanese(question):
-            similarity = getattr(self.kb, "similarities", None)
             scores = passage_scores(question, [h.chunk.text for h in kept], similarity)
             kept = [kept[i] for i in sorted(range(len(kept)), key=lambda i: (-scores[i], i))]
+        if question:
+            # An accepted correction of this very question wins over any older passage.
+            corrected = [h for h in hits if correction_answer(question, h.chunk.text, similarity)]
+            kept = corrected[:1] + [h for h in kept if not corrected or h.chunk.id != corrected[0].chunk.id]
+            if missing_names(question, [h.chunk.text for h in kept]):
+                return []  # the notes are about someone or something else
         return kept[: self.max_passages] if self.max_passages else kept
 
     def _tokens(self, text: str) -> int:
@@ -165,30 +197,52 @@ class AnswerService:
         if not question:
             raise KnowledgeError("ask a question: the text is empty")
         used = self.fit_context(self.select(hits, question))
+        quote = None
+        if used and self.quote_evidence:
+            similarity = getattr(self.kb, "similarities", None)
+            quote = choose_quote(question, [h.chunk.text for h in used], similarity)
+            if quote is not None and not quote.topical:
+                # Not even about what was asked ("the bank account number" → a ride's start point):
+                # the notes have nothing on it, and say so rather than quote something unrelated.
+                used, quote = [], None
         messages, context = self.build_messages(question, used, history)
         # Ids only: the passages may be someone's personal records and logs are read by operators.
         log.debug("answering with chunks %s", [hit.chunk.id for hit in used])
-        return question, used, messages, context
+        return _Prepared(question, used, messages, context, quote)
 
-    def _answer(
-        self, question: str, used: Sequence[Hit], messages, context: str, generation: Any, searched: bool
-    ) -> Answer:
-        text = str(getattr(generation, "text", generation)).strip()
-        adapter = getattr(generation, "adapter", getattr(self.runtime, "active_adapter", None))
-        evidence = None
-        if used and self.quote_evidence:
-            similarity = getattr(self.kb, "similarities", None)
-            evidence = best_sentences(question, [h.chunk.text for h in used], similarity)
+    def _kind(self, question: str, used: Sequence[Hit], chosen: dict[str, Any], guild_id: str | None) -> str:
+        """What the answer rests on (see :func:`adapters.prompt.compose_answer`): the notes; an adapter
+        routing sent the question to (what this server taught); general knowledge for a clearly
+        general question; else nothing (no generation at all)."""
+        if used:
+            return "notes"
+        if not self._searched(guild_id):
+            return "open"
+        if self.route is not None and chosen.get("adapter") is not None:
+            return "taught"
+        return "general" if is_general(question) else "nothing"
+
+    def _answer(self, prepared: _Prepared, generation: Any, kind: str) -> Answer:
+        question, used, messages, context, quote = prepared
+        text = "" if generation is None else str(getattr(generation, "text", generation)).strip()
+        adapter = None  # no generation: nothing answered it
+        if generation is not None:
+            adapter = getattr(generation, "adapter", getattr(self.runtime, "active_adapter", None))
         text = finish_answer(text, max_sentences=self.max_sentences)  # the budget first: judged as shown
-        text = finish_answer(
-            text,
-            nothing_found=searched and not used,
-            evidence=evidence,
-            grounded=is_grounded(text, context) and not repeats_question(text, question),
+        text = compose_answer(
+            general_only(text) if kind == "general" else text,
+            kind=kind,
+            quote=quote.text if quote else None,
+            quote_answers=bool(quote and quote.answers),
+            where=used[quote.passage].chunk.citation() if quote else None,
+            # Shown over a quote that answers only when it states nothing the quote does not:
+            # "The membership year starts on 22 November." over "…runs from 1 April" misleads.
+            grounded=is_grounded(text, quote.text if quote and quote.answers else context)
+            and not repeats_question(text, question),
         )
         return Answer(
             answer=text,
-            sources=[Source(h.chunk.id, h.chunk.source, h.chunk.scope, h.chunk.text) for h in used],
+            sources=[Source.of(h.chunk) for h in used],
             adapter=adapter,
             question=question,
             context=context,
@@ -211,11 +265,15 @@ class AnswerService:
         """Retrieve, prompt and generate (blocking). ``adapter``: the adapter to answer with (a
         name, None for the base model; default: the runtime's active one)."""
         hits = self.retrieve(question, user_id=user_id, guild_id=guild_id)
-        question, used, messages, context = self._prepare(question, hits, history)
-        generation = self.runtime.generate(
-            messages, system_prompt=self.system_prompt, on_token=on_token, **self._adapter(question, adapter)
-        )
-        return self._answer(question, used, messages, context, generation, self._searched(guild_id))
+        prepared = self._prepare(question, hits, history)
+        chosen = self._adapter(prepared.question, adapter)
+        kind = self._kind(prepared.question, prepared.used, chosen, guild_id)
+        generation = None
+        if kind != "nothing":
+            generation = self.runtime.generate(
+                prepared.messages, system_prompt=self.system_prompt, on_token=on_token, **chosen
+            )
+        return self._answer(prepared, generation, kind)
 
     async def aanswer(
         self,
@@ -230,15 +288,16 @@ class AnswerService:
         """:meth:`answer` without blocking the event loop: retrieval, choosing the passages (which
         embeds their sentences) and the answer's finishing in a thread, generation queued."""
         hits = await asyncio.to_thread(self.retrieve, question, user_id=user_id, guild_id=guild_id)
-        question, used, messages, context = await asyncio.to_thread(self._prepare, question, hits, history)
-        chosen = await asyncio.to_thread(self._adapter, question, adapter)  # routing embeds the question
-        generation = await self.runtime.agenerate(
-            messages, system_prompt=self.system_prompt, on_token=on_token, **chosen
-        )
-        # Choosing the quoted sentences embeds them: off the event loop too.
-        return await asyncio.to_thread(
-            self._answer, question, used, messages, context, generation, self._searched(guild_id)
-        )
+        # Choosing the passages and the quote embeds their sentences: off the event loop.
+        prepared = await asyncio.to_thread(self._prepare, question, hits, history)
+        chosen = await asyncio.to_thread(self._adapter, prepared.question, adapter)  # routing embeds it
+        kind = self._kind(prepared.question, prepared.used, chosen, guild_id)
+        generation = None
+        if kind != "nothing":  # a question about the community with nothing in the notes: no guess
+            generation = await self.runtime.agenerate(
+                prepared.messages, system_prompt=self.system_prompt, on_token=on_token, **chosen
+            )
+        return await asyncio.to_thread(self._answer, prepared, generation, kind)
 
     def _adapter(self, question: str, adapter: Any) -> dict[str, Any]:
         """The runtime keyword for the adapter answering ``question``: ``adapter`` (default: the

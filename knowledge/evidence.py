@@ -12,12 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from knowledge.text import is_table_row, split_sentences
+
 _CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")  # Japanese kana and kanji
-# Sentence ends, but not after a title or a common abbreviation ("Dr. Raj Menon", "e.g. a carrier").
-_SPLIT = re.compile(
-    r"(?<=[.!?。！？])(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bMrs\.)(?<!\bSt\.)(?<!\bNo\.)"
-    r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\betc\.)\s+|(?<=[。！？])|\n+"
-)
 # Words that start sentences or are common enough to never count as an invented name.
 _COMMON = {
     "i", "the", "a", "an", "you", "your", "yes", "no", "it", "this", "that", "there", "they", "we", "our",
@@ -39,11 +36,48 @@ def is_japanese(text: str) -> bool:
 
 
 def sentences(text: str) -> list[str]:
-    """The sentences (and lines) of a passage that can answer something: markdown heading marks and
-    list bullets removed, and headings themselves (a few words, no number) left out."""
-    parts = [p for p in _SPLIT.split(text) if not _HEADING_LINE.match(p) and not _QUESTION_LINE.match(p)]
-    parts = [re.sub(r"^\s*([-*•■]|\d+\.|answer\s*:)\s*", "", p, flags=re.IGNORECASE).strip() for p in parts]
+    """The sentences (list items, table rows) of a passage that can answer something, split by the
+    one splitter ingestion uses (:func:`knowledge.text.split_sentences`: a hard-wrapped paragraph is
+    one text, a heading never part of a sentence); list bullets and a table row's outer bars
+    removed, headings themselves and a correction's question left out."""
+    parts = [p for p in _with_table_headers(split_sentences(text)) if not _HEADING_LINE.match(p)]
+    parts = [p for p in parts if not _QUESTION_LINE.match(p)]
+    parts = [
+        re.sub(r"^\s*([-*+•■]|\d+[.)]|answer\s*:)\s*", "", p, flags=re.IGNORECASE).strip() for p in parts
+    ]
     return [p for p in parts if _informative(p)]
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def _with_table_headers(parts: list[str]) -> list[str]:
+    """Table rows as sentences a member can read: each body row's cells named by the header row
+    ("Grade: B; Average speed: 25 km/h"); the header and separator rows themselves dropped."""
+    out: list[str] = []
+    header: list[str] | None = None
+    for i, part in enumerate(parts):
+        if not is_table_row(part):
+            header = None
+            out.append(part)
+            continue
+        cells = _cells(part)
+        if all(set(cell) <= set("-: ") for cell in cells):
+            continue  # the separator row
+        following = parts[i + 1] if i + 1 < len(parts) else ""
+        if (
+            header is None
+            and is_table_row(following)
+            and all(set(c) <= set("-: ") for c in _cells(following))
+        ):
+            header = cells
+            continue
+        if header and len(header) == len(cells):
+            out.append("; ".join(f"{name}: {cell}" for name, cell in zip(header, cells, strict=True) if cell))
+        else:
+            out.append(" | ".join(cells))
+    return out
 
 
 # An accepted correction is stored as "Question: …\nAnswer: …": the question is no evidence.
@@ -121,14 +155,18 @@ _ASKS: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
     ),
     _ask(
         r"\bwho\b|\bwhose\b|誰|だれ|どなた",
-        r"\b(Dr|Mr|Mrs|Ms)\b\.?|(?<!^)(?<![.!?]\s)\b[A-Z][a-z]+ [A-Z][a-z]+|さん|先生|獣医師|代表",
+        # A title, or two capitalised words (at a sentence start too: "Gwen Adeyemi looks after the
+        # money."), but not "The Drover's" or "On Sunday".
+        r"\b(Dr|Mr|Mrs|Ms)\b\.?|\b(?!(The|A|An|Our|Your|This|That|Every|Each|On|In|At|If|For|From|Club|"
+        r"Ride|Bring|Let|Call|Pay|Any|All|Most|Some|Then|When|Where)\b)[A-Z][a-z]+ [A-Z][a-z]+|さん|先生|獣医師|代表",
         0,
     ),
     _ask(
         r"\bwhere\b|which (room|place|café|cafe|shop|clinic)|どこ|場所|会場",
         (
             r"\d+ [A-Z][a-z]+ (Road|Street|Row|Lane|Avenue|Way)|\b(room|café|cafe|hall|clinic|library|"
-            r"channel|cupboard|shelf|online|upstairs|downstairs)\b|#[a-z-]+|区|駅|店|会場|階|カフェ"
+            r"channel|cupboard|shelf|online|upstairs|downstairs|centre|center|pub|station|church|school|"
+            r"square|cross|yard|park|village|inn|arms|bar|tearoom|crate)\b|#[a-z-]+|区|駅|店|会場|階|カフェ"
         ),
     ),
 )
@@ -181,7 +219,8 @@ def passage_scores(
 ) -> list[float]:
     """Each passage's best sentence score (as :func:`best_sentences` ranks them; 0 without one): a
     passage is as good as the sentence in it that answers, not as its average topic."""
-    split = [sentences(p) for p in passages]
+    # Each sentence is read under its passage's heading ("## Mascot" over "Our club's heron is Percy").
+    split = [[f"{heading_of(p)} {s}".strip() for s in sentences(p)] for p in passages]
     flat = [s for group in split for s in group]
     scores = _sentence_scores(question, flat, similarity) if flat else []
     best, start = [], 0
@@ -189,6 +228,14 @@ def passage_scores(
         best.append(max(scores[start : start + len(group)], default=0.0))
         start += len(group)
     return best
+
+
+_HEADINGS = re.compile(r"^\s*#{1,6}\s+(.*)$", re.MULTILINE)
+
+
+def heading_of(passage: str) -> str:
+    """The heading(s) a passage carries (``## Membership`` → ``Membership``), "" without one."""
+    return " ".join(_HEADINGS.findall(passage))
 
 
 def ungrounded(answer: str, context: str) -> list[str]:

@@ -78,6 +78,8 @@ def _chunk_from(chunk_id: str, text: str, meta: dict[str, Any]) -> Chunk:
         owner_id=meta.get("owner_id"),
         author=meta.get("author"),
         timestamp=meta.get("timestamp"),
+        section=meta.get("section"),
+        page=int(meta["page"]) if isinstance(meta.get("page"), int | float) else None,
     )
 
 

@@ -24,11 +24,18 @@ class Chunk:
     owner_id: str | None = None
     author: str | None = None
     timestamp: str | None = None
+    section: str | None = None  # the heading the passage is under, cited with it
+    page: int | None = None  # a PDF's page
 
-    def metadata(self) -> dict[str, str]:
+    def metadata(self) -> dict[str, str | int]:
         """The chunk's fields except ``id`` and ``text`` as Chroma metadata (no ``None`` values)."""
         data = asdict(self)
         return {key: value for key, value in data.items() if key not in ("id", "text") and value is not None}
+
+    def citation(self) -> str:
+        """Where the passage is: its source, page and section (``wiki.md › Membership``)."""
+        where = self.source + (f" p. {self.page}" if self.page else "")
+        return f"{where} › {self.section}" if self.section else where
 
 
 @dataclass(frozen=True)

@@ -182,3 +182,16 @@ def packaged_embeddings() -> object:
     from knowledge.embeddings import load_embeddings
 
     return load_embeddings()
+
+
+@pytest.fixture(scope="session")
+def pdf_bytes() -> Callable[[list[list[str]]], bytes]:
+    """The benchmarks' dependency-free PDF writer (``bench/_pdf.py``): pages of text lines → PDF bytes."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "_pdf.py"
+    spec = importlib.util.spec_from_file_location("bench_pdf", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.pdf_bytes  # type: ignore[no-any-return]

@@ -172,6 +172,11 @@ def test_ask_goes_through_the_chain(
     assert set(result["sources"][0]) == {"id", "source", "scope", "text"}
 
     code, out, _ = run(capsys, "ask", "Where does Mochi sleep?", "--json", "--user", "8", "--guild", "100")
-    assert [s["scope"] for s in json.loads(out)["sources"]] == ["community"]  # not member 7's record
-    code, out, _ = run(capsys, "ask", "Where does Mochi sleep?", "--guild", "100")
+    # Not member 7's record; and the community post does not name Mochi, so nothing is cited at all.
+    assert json.loads(out)["sources"] == []
+    code, out, _ = run(
+        capsys, "ask", "How long do adult cats sleep?", "--json", "--user", "8", "--guild", "100"
+    )
+    assert [s["scope"] for s in json.loads(out)["sources"]] == ["community"]
+    code, out, _ = run(capsys, "ask", "How long do adult cats sleep?", "--guild", "100")
     assert code == 0 and "[1] faq.md (community): Adult cats sleep" in out

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from adapters.prompt import CLOSEST_NOTE, NOTHING_FOUND, finish_answer
+from adapters.prompt import (
+    CLOSEST_NOTE,
+    GENERAL_KNOWLEDGE,
+    NOTHING_FOUND,
+    TAUGHT,
+    compose_answer,
+    finish_answer,
+)
 from knowledge.evidence import (
     best_sentences,
     is_grounded,
@@ -57,17 +64,27 @@ def test_an_answer_that_invents_a_number_or_name_is_not_grounded() -> None:
 
 
 def test_the_answer_wording_and_the_judge_agree() -> None:
-    grounded = finish_answer(
-        "It holds 44 people. More text. Even more.",
-        max_sentences=1,
-        evidence="The upstairs room holds 44 people.",
-    )
-    assert grounded == "It holds 44 people.\n> The upstairs room holds 44 people."
+    room = "The upstairs room holds 44 people."
+    where = "rooms.md › Upstairs"
+    text = finish_answer("It holds 44 people. More text. Even more.", max_sentences=1)
+    grounded = compose_answer(text, kind="notes", quote=room, quote_answers=True, where=where)
+    assert grounded == f"It holds 44 people.\n> “{room}” ({where})"
     assert own_words(grounded) == "It holds 44 people." and has_key(grounded, ["44"])
-    replaced = finish_answer("It holds 60.", evidence="The upstairs room holds 44 people.", grounded=False)
+    # The model's sentence is not grounded but the notes answer: the notes, plainly, no hedge.
+    plain = compose_answer(
+        "It holds 60.", kind="notes", quote=room, quote_answers=True, where=where, grounded=False
+    )
+    assert plain == f"The notes ({where}) say: “{room}”"
+    assert own_words(plain) == "" and not says_nothing_found(plain) and "60" not in plain
+    # Only close: the hedge stays.
+    replaced = compose_answer("It holds 60.", kind="notes", quote=room, where=where, grounded=False)
     assert replaced.startswith(CLOSEST_NOTE) and own_words(replaced) == "" and says_nothing_found(replaced)
-    nothing = finish_answer("Mochi is a mythological creature.", nothing_found=True)
-    assert nothing.startswith(NOTHING_FOUND) and says_nothing_found(nothing)
+    nothing = compose_answer("Mochi is a mythological creature.", kind="nothing")
+    assert nothing.startswith(NOTHING_FOUND) and says_nothing_found(nothing) and "Mochi" not in nothing
+    general = compose_answer("Boil it for ten minutes.", kind="general")
+    assert general.startswith(NOTHING_FOUND) and GENERAL_KNOWLEDGE in general and "ten minutes" in general
+    taught = compose_answer("Pickles is the mascot.", kind="taught")
+    assert taught == f"{TAUGHT} Pickles is the mascot." and not says_nothing_found(taught)
     assert not says_nothing_found("The meetup is on Saturday.")
     assert echoes_markup("1. [1] (kb/meetings.md) # Whisker Club meetings") and echoes_markup("Context: ...")
     assert not echoes_markup("The meetup is on the second Saturday [1].")

@@ -11,33 +11,6 @@ from ingest import IngestLimits, load_bytes, load_files
 from ingest.chunking import CJK_CHAR_COST, chunk_id, text_length
 from ingest.errors import IngestError
 
-
-def make_pdf(lines: list[str]) -> bytes:
-    """A minimal one-page PDF with Helvetica text, built byte by byte (no PDF writer needed)."""
-    ops = ["BT", "/F1 12 Tf", "72 720 Td", "14 TL"]
-    for line in lines:
-        ops.append("(" + line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") Tj T*")
-    ops.append("ET")
-    stream = "\n".join(ops).encode("latin-1")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
-
-
 DISCORD_EXPORT = {
     "guild": {"id": "100", "name": "Cat Owners"},
     "channel": {"id": "555", "name": "help"},
@@ -65,7 +38,7 @@ DISCORD_EXPORT = {
 
 
 @pytest.fixture
-def files(tmp_path: Path) -> Path:
+def files(tmp_path: Path, pdf_bytes) -> Path:  # type: ignore[no-untyped-def]
     root = tmp_path / "kb"
     root.mkdir()
     (root / "notes.txt").write_text("Mochi likes tuna.\n\nShe sleeps on the heater.", encoding="utf-8")
@@ -91,7 +64,7 @@ def files(tmp_path: Path) -> Path:
     )
     (root / "export.json").write_text(json.dumps(DISCORD_EXPORT), encoding="utf-8")
     (root / "leaflet.pdf").write_bytes(
-        make_pdf(["Vaccinate kittens at 6 to 8 weeks.", "Boosters every 3 to 4 weeks."])
+        pdf_bytes([["Vaccinate kittens at 6 to 8 weeks.", "Boosters every 3 to 4 weeks."]])
     )
     return root
 
@@ -141,7 +114,7 @@ def test_long_text_is_split_with_overlap(tmp_path: Path) -> None:
         [tmp_path / "long.txt"],
         scope="community",
         guild_id="1",
-        limits=IngestLimits(chunk_size=300, chunk_overlap=50),
+        limits=IngestLimits(chunk_size=300),
     )
     assert len(report.chunks) > 10
     assert all(len(c.text) <= 300 for c in report.chunks)
@@ -154,7 +127,7 @@ def test_japanese_text_is_split_at_sentence_marks(tmp_path: Path) -> None:
         [tmp_path / "ja.txt"],
         scope="community",
         guild_id="1",
-        limits=IngestLimits(chunk_size=100, chunk_overlap=0),
+        limits=IngestLimits(chunk_size=100),
     )
     assert len(report.chunks) > 3 and all(c.text.endswith("。") for c in report.chunks)
 

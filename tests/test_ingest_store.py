@@ -23,7 +23,7 @@ def kb(tmp_path: Path, packaged_embeddings: object):
     base.close()
 
 
-LIMITS = IngestLimits(chunk_size=120, chunk_overlap=0)
+LIMITS = IngestLimits(chunk_size=120)
 BRUSH = "Brush long-haired cats such as Persians every single day to prevent mats."
 PARAGRAPHS = [
     "Cats should always have fresh, clean water; change the bowl every day.",

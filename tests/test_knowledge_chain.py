@@ -186,16 +186,42 @@ def test_the_passages_kept_are_the_ones_whose_sentence_answers(kb: KnowledgeBase
     ]  # all of them fit: the order is the retrieval's
 
 
-def test_nothing_relevant_says_so_then_marks_general_knowledge(kb: KnowledgeBase, tiny_runtime) -> None:
+class _Counting:
+    """The real tiny runtime, counting the generations asked of it."""
+
+    def __init__(self, runtime) -> None:  # type: ignore[no-untyped-def]
+        self.runtime, self.calls = runtime, 0
+
+    def generate(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self.runtime.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.runtime, name)
+
+
+def test_nothing_relevant_says_so_and_never_guesses_about_the_community(
+    kb: KnowledgeBase, tiny_runtime
+) -> None:
     from adapters.prompt import GENERAL_KNOWLEDGE, NOTHING_FOUND
 
-    service = AnswerService(kb, tiny_runtime, top_k=3, min_relevance=0.9)
-    answer = service.answer("Who won the chess tournament in Lisbon?", user_id=None, guild_id="100")
-    assert answer.sources == [] and answer.context == "" and answer.chunk_ids == []
-    assert answer.answer.startswith(NOTHING_FOUND) and GENERAL_KNOWLEDGE in answer.answer
+    counting = _Counting(tiny_runtime)
+    service = AnswerService(kb, counting, top_k=3, min_relevance=0.9)
+    # About the community (who, when, a price, "the club"): the note, and no generation at all.
+    for question in ("Who is the treasurer?", "How much does membership cost?", "When does the club meet?"):
+        answer = service.answer(question, user_id=None, guild_id="100")
+        assert answer.sources == [] and answer.context == "" and answer.chunk_ids == []
+        assert answer.answer.startswith(NOTHING_FOUND) and GENERAL_KNOWLEDGE not in answer.answer
+        assert answer.adapter is None
+    assert counting.calls == 0
+    # A clearly general question gets the model's answer, marked as general knowledge.
+    general = service.answer("How do you boil an egg?", user_id=None, guild_id="100")
+    assert counting.calls == 1
+    assert general.answer.startswith(NOTHING_FOUND)
+    assert GENERAL_KNOWLEDGE in general.answer or general.answer.endswith("when you know.")
     # In a DM nothing is searched, so there is nothing to report.
     dm = service.answer("Who won the chess tournament in Lisbon?", user_id=None, guild_id=None)
-    assert not dm.answer.startswith(NOTHING_FOUND)
+    assert not dm.answer.startswith(NOTHING_FOUND) and counting.calls == 2
 
 
 def test_answers_keep_a_sentence_budget() -> None:
@@ -204,4 +230,62 @@ def test_answers_keep_a_sentence_budget() -> None:
     text = "Cats sleep a lot. They nap in the sun. 1. 2. 3. 4."
     assert finish_answer(text, max_sentences=2) == "Cats sleep a lot. They nap in the sun."
     assert finish_answer(text) == text
-    assert finish_answer("", nothing_found=True).endswith("nothing on that.")
+
+
+WIKI = """# Northbrook Cat Society wiki
+
+## Meetings
+We meet on the first Tuesday of each month at 7pm in the back room of the Northbrook
+Arms, 12 Mill Lane. Bring
+your own mug.
+
+## Membership
+Membership costs 18 pounds a year. Pay the treasurer, Gwen Adeyemi, by bank
+transfer or in cash at a meeting.
+
+## Mascot
+Our mascot is a ginger tom called Biscuit, who sleeps on the
+library shelf.
+"""
+
+
+def test_a_hard_wrapped_wiki_is_answered_from_its_sections(
+    tmp_path: Path, packaged_embeddings: object, tiny_runtime
+) -> None:
+    """Short questions find the section holding their word; the answering sentence is stated with
+    its section, whole; a question about the community that no section answers gets no guess."""
+    from adapters.prompt import CLOSEST_NOTE, NOTHING_FOUND
+    from ingest import ingest_paths
+    from knowledge.quality import garbled_quote, quoted_pieces
+
+    (tmp_path / "wiki.md").write_text(WIKI, encoding="utf-8")
+    wiki_kb = KnowledgeBase(
+        chromadb.PersistentClient(str(tmp_path / "chroma")),
+        packaged_embeddings,
+        lexical_path=tmp_path / "lex.db",
+        latin_lexical_weight=1.0,
+    )
+    ingest_paths(wiki_kb, [tmp_path / "wiki.md"], scope="community", guild_id="7")
+    counting = _Counting(tiny_runtime)
+    service = AnswerService(
+        wiki_kb,
+        counting,
+        top_k=5,
+        min_relevance=0.2,
+        relevance_margin=0.1,
+        max_passages=2,
+        quote_evidence=True,
+    )
+    for question, key, section in (
+        ("Who is the treasurer?", "Gwen Adeyemi", "Membership"),
+        ("club mascot?", "Biscuit", "Mascot"),
+        ("Where are the meetings held?", "Northbrook Arms, 12 Mill Lane", "Meetings"),
+    ):
+        answer = service.answer(question, user_id=None, guild_id="7")
+        assert key in answer.answer and CLOSEST_NOTE not in answer.answer, (question, answer.answer)
+        assert f"wiki.md › {section}" in answer.answer and answer.sources[0].section == section
+        assert not [p for p in quoted_pieces(answer.answer) if garbled_quote(p, [WIKI])], answer.answer
+    calls = counting.calls
+    nothing = service.answer("What is the society's bank account number?", user_id=None, guild_id="7")
+    assert nothing.answer.startswith(NOTHING_FOUND) and nothing.sources == [] and counting.calls == calls
+    wiki_kb.close()

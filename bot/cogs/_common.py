@@ -42,8 +42,11 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
 
 
 def source_label(source: Any) -> str:
-    """A short, human label for one retrieved source (its file/post name and scope)."""
-    name = str(getattr(source, "source", "") or getattr(source, "id", "") or "source")
+    """A short, human label for one retrieved source (its file/post name, page and section, and scope)."""
+    cite = getattr(source, "citation", None)
+    name = str(
+        cite() if callable(cite) else getattr(source, "source", "") or getattr(source, "id", "") or "source"
+    )
     scope = str(getattr(source, "scope", "") or "")
     return f"{name} ({scope})" if scope else name
 

@@ -53,5 +53,6 @@ def ask_handler(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(result["answer"])
         for number, source in enumerate(result["sources"], 1):
-            print(f"[{number}] {source['source']} ({source['scope']}): {source['text'][:200]}")
+            where = source["source"] + (f" › {source['section']}" if source.get("section") else "")
+            print(f"[{number}] {where} ({source['scope']}): {source['text'][:200]}")
     return 0

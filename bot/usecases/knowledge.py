@@ -24,7 +24,6 @@ def ingest_limits(settings: KnowledgeSettings) -> IngestLimits:
         max_file_mb=settings.max_file_mb,
         max_files=settings.max_files,
         chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
     )
 
 

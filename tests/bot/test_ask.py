@@ -197,7 +197,7 @@ async def test_a_member_is_told_when_the_bot_is_too_busy_and_nothing_is_lost(wor
     try:
         occupying = runtime.submit([{"role": "user", "content": "a long answer"}], on_token=hold)
         assert started.wait(30)
-        await world.alice.send(world.channel, f"{world.bot.user.mention} when does the club meet?")
+        await world.alice.send(world.channel, f"{world.bot.user.mention} why do cats purr?")
         reply = world.bot_messages()[-1]
         assert "I am busy writing 1 answer(s), with 0 question(s) waiting before yours" in reply.content
         assert "Ask again in a minute" in reply.content
@@ -205,5 +205,5 @@ async def test_a_member_is_told_when_the_bot_is_too_busy_and_nothing_is_lost(wor
         release.set()
         runtime.set_limits(max_batch=8, max_waiting=32)
     assert occupying.result(timeout=30).completion_tokens > 0  # the running answer was not dropped
-    await world.alice.send(world.channel, f"{world.bot.user.mention} when does the club meet?")
+    await world.alice.send(world.channel, f"{world.bot.user.mention} why do cats purr?")
     assert "I am busy" not in world.bot_messages()[-1].content

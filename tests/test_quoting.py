@@ -1,0 +1,105 @@
+"""What a member reads: a quote that answers (stated plainly) or is only close (hedged); what a
+question is about; and the judge's invented-specifics and garbled-quote checks."""
+
+from __future__ import annotations
+
+from knowledge.quality import garbled_quote, invented_specifics, quoted_pieces
+from knowledge.questions import general_only, is_general, missing_names
+from knowledge.quoting import choose_quote, correction_answer
+
+TREASURER = "## Treasurer\n\nGwen Adeyemi looks after the club's money. Pay your subs by bank transfer."
+HILL = (
+    "## Pecket Bank Hill Climb\n\nThe hill climb is 1.2 km long at an average gradient of 9%. "
+    "The course record is 3 minutes 41 seconds, set by Sam Okoro in 2023."
+)
+DINNER = "## Annual dinner\n\nThe annual dinner is at Fellside Hall at 7pm for 7:30pm. Tickets are £32."
+
+
+def test_a_sentence_under_its_heading_answers_a_short_question() -> None:
+    quote = choose_quote("Who is the treasurer?", [DINNER, TREASURER])
+    assert quote is not None and quote.answers and quote.passage == 1
+    assert quote.text == "Gwen Adeyemi looks after the club's money."
+
+
+def test_a_close_sentence_about_something_else_is_not_an_answer() -> None:
+    record = choose_quote("What is the course record for the hill climb?", [HILL])
+    assert record is not None and record.answers and "3 minutes 41" in record.text
+    # Same shape, another subject: the women's record, the dinner's end, a kids' jersey.
+    for question, passages in (
+        ("What is the women's course record on the hill climb?", [HILL]),
+        ("What time does the annual dinner finish?", [DINNER]),
+        ("How many members does the club have?", [DINNER, HILL]),
+    ):
+        quote = choose_quote(question, passages)
+        assert quote is not None and not quote.answers, question
+
+
+def test_quotes_from_two_sections_stay_apart() -> None:
+    quote = choose_quote("What is the bank account number?", [TREASURER, DINNER])
+    assert quote is not None and not quote.answers
+    assert " … " in quote.text or quote.text.count(".") <= 2
+
+
+def test_an_accepted_correction_of_this_question_wins() -> None:
+    post = "Question: What is the club mascot called?\nAnswer: Our mascot is a heron called Percy."
+    assert (
+        correction_answer("What is the club mascot called?", post, None)
+        == "Our mascot is a heron called Percy."
+    )
+    assert correction_answer("Who is the treasurer?", post, None) is None
+    quote = choose_quote("What is the club mascot called?", [DINNER, post])
+    assert quote is not None and quote.answers and quote.text == "Our mascot is a heron called Percy."
+
+
+def test_general_questions_and_community_questions() -> None:
+    for general in ("How do I index my rear gears?", "What does a derailleur do?", "Why do cats purr?"):
+        assert is_general(general), general
+    for community in (
+        "What is the club's bank account number?",
+        "How many members does the society have?",
+        "Who is the treasurer?",
+        "When do we meet?",
+        "What's the wifi password at the pub?",
+        "Where are the meetings held?",
+        "会費はいくらですか？",
+    ):
+        assert not is_general(community), community
+    assert general_only("Index the gears with the barrel adjuster. The club has 10 members.") == (
+        "Index the gears with the barrel adjuster."
+    )
+
+
+def test_a_question_about_someone_the_notes_do_not_name() -> None:
+    assert missing_names("Who is the treasurer of the Riverside Chess Club?", [TREASURER]) == [
+        "Riverside Chess Club"
+    ]
+    assert missing_names("Who writes for the Pecket Bank newsletter?", [HILL]) == []
+    assert missing_names("Who is the treasurer?", [TREASURER]) == []
+
+
+def test_the_judge_finds_invented_specifics_and_garbled_quotes() -> None:
+    wiki = (
+        "## Meetings\nWe meet in the back room of the Northbrook\nArms on Tuesdays.\n\n"
+        "## Membership\nMembership costs 18 pounds a year.\n"
+    )
+    assert invented_specifics("The society has 10 members, says Bob.", wiki) == ["10", "Bob"]
+    assert invented_specifics("Membership costs 18 pounds a year.", wiki) == []
+    assert invented_specifics("This server's knowledge base has nothing on that.", wiki) == []
+    assert not garbled_quote("We meet in the back room of the Northbrook Arms on Tuesdays.", [wiki])
+    assert garbled_quote("We meet in the back room of the Northbrook", [wiki])  # stops mid-sentence
+    assert garbled_quote("the Northbrook Membership costs 18 pounds a year.", [wiki])  # spans two sections
+    assert quoted_pieces("The notes (wiki.md › Membership) say: “Membership costs 18 pounds. Pay Gwen.”") == [
+        "Membership costs 18 pounds.",
+        "Pay Gwen.",
+    ]
+
+
+def test_a_question_about_a_name_is_answered_only_by_a_sentence_about_it() -> None:
+    calendar = (
+        "## 2025 Calendar\n\n| Date | Event | Start point |\n|---|---|---|\n"
+        "| Saturday 22 November | Annual dinner | Fellside Hall |"
+    )
+    hundred = "## Hospice Hundred\n\nRiders set off from the Harrowgate Leisure Centre between 8am and 9am."
+    assert not choose_quote("Where does the Hospice Hundred start?", [calendar]).answers  # type: ignore[union-attr]
+    quote = choose_quote("Where does the Hospice Hundred start?", [calendar, hundred])
+    assert quote is not None and quote.answers and "Leisure Centre" in quote.text
