@@ -233,13 +233,12 @@ def build_answer_service(
 
     kb = kb if kb is not None else build_knowledge_base(settings)
     runtime = runtime if runtime is not None else build_runtime(settings)
+    routing = build_routing(settings, getattr(kb, "embeddings", None), getattr(kb, "embed_query", None))
     return AnswerService(
         kb,
         runtime,
-        route=routed(
-            runtime,
-            build_routing(settings, getattr(kb, "embeddings", None), getattr(kb, "embed_query", None)),
-        ),
+        # Without routing the active adapter answers everything, and nothing is labelled as taught.
+        route=routed(runtime, routing) if routing is not None else None,
         top_k=settings.kb.top_k,
         system_prompt=settings.model.system_prompt,
         max_context_tokens=settings.kb.max_context_tokens,

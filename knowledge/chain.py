@@ -28,10 +28,10 @@ from adapters.prompt import (
 from adapters.routing import chosen
 from adapters.runtime import ACTIVE
 from knowledge.errors import KnowledgeError
-from knowledge.evidence import is_grounded, is_japanese, passage_scores, repeats_question
+from knowledge.evidence import is_grounded, is_japanese, is_non_answer, passage_scores, repeats_question
 from knowledge.questions import general_only, is_general, missing_names
 from knowledge.quoting import Quote, choose_quote, correction_answer
-from knowledge.types import Chunk, Hit
+from knowledge.types import Chunk, Hit, citation
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ class Source:
 
     def citation(self) -> str:
         """Where the passage is: ``wiki.md › Membership`` (source, page, section)."""
-        return Chunk(
-            self.id, self.text, self.source, "community", "", section=self.section, page=self.page
-        ).citation()
+        return citation(self.source, self.section, self.page)
 
     def to_dict(self) -> dict[str, Any]:
         """``{"id", "source", "scope", "text"}``, plus ``section`` and ``page`` when the passage has them."""
@@ -129,7 +127,8 @@ class AnswerService:
         # Quote the passage sentence that best answers under the model's own (or instead of it,
         # when the model states what the passages do not say): see knowledge/evidence.py.
         self.quote_evidence = quote_evidence
-        # What of the chosen adapter (stack) answers a question: see adapters/routing.py.
+        # What of the chosen adapter (stack) answers a question: see adapters/routing.py. With routing,
+        # an adapter it sends a question to was taught on questions like it: its answer is labelled so.
         self.route = route
 
     # --- steps ------------------------------------------------------------------------------
@@ -229,8 +228,10 @@ class AnswerService:
         if generation is not None:
             adapter = getattr(generation, "adapter", getattr(self.runtime, "active_adapter", None))
         text = finish_answer(text, max_sentences=self.max_sentences)  # the budget first: judged as shown
+        if kind == "general":  # no community facts, and "I'm sorry, I'm not a chatbot" is no answer
+            text = "" if is_non_answer(text) else general_only(text, question)
         text = compose_answer(
-            general_only(text) if kind == "general" else text,
+            text,
             kind=kind,
             quote=quote.text if quote else None,
             quote_answers=bool(quote and quote.answers),

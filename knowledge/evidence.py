@@ -158,7 +158,10 @@ _ASKS: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
         # A title, or two capitalised words (at a sentence start too: "Gwen Adeyemi looks after the
         # money."), but not "The Drover's" or "On Sunday".
         r"\b(Dr|Mr|Mrs|Ms)\b\.?|\b(?!(The|A|An|Our|Your|This|That|Every|Each|On|In|At|If|For|From|Club|"
-        r"Ride|Bring|Let|Call|Pay|Any|All|Most|Some|Then|When|Where)\b)[A-Z][a-z]+ [A-Z][a-z]+|さん|先生|獣医師|代表",
+        r"Ride|Bring|Let|Call|Pay|Any|All|Most|Some|Then|When|Where)\b)"
+        # ... and a place or an organisation is no person ("Whisker Club", "Fellside Hall").
+        r"[A-Z][a-z]+ (?!(Club|Society|Hall|Road|Street|Lane|Fund|Centre|Center|Clinic|Cafe|Café|Hospital)\b)"
+        r"[A-Z][a-z]+|さん|先生|獣医師|代表",
         0,
     ),
     _ask(
@@ -182,25 +185,6 @@ def answer_type_match(question: str, sentence: str) -> float:
     return sum(1 for looks in wanted if looks.search(sentence)) / len(wanted)
 
 
-def best_sentences(
-    question: str,
-    passages: Sequence[str],
-    similarity: Callable[[str, list[str]], list[float]] | None = None,
-    count: int = 2,
-) -> str | None:
-    """The ``count`` passage sentences that best answer ``question``, in passage order: dense
-    similarity (when given) plus character n-gram overlap (weighted fully for Japanese, where the
-    embedder is weak, half for other scripts) plus whether it holds what the question asks for
-    (:func:`answer_type_match`). On bench/answer_quality.py's questions the best two held the expected
-    answer for 74 % of answerable questions (63 % without the question-type hint)."""
-    candidates = [s for p in passages for s in sentences(p)]
-    if not candidates:
-        return None
-    scores = _sentence_scores(question, candidates, similarity)
-    ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
-    return " ".join(candidates[i] for i in sorted(ranked[:count]))
-
-
 def _sentence_scores(
     question: str, candidates: list[str], similarity: Callable[[str, list[str]], list[float]] | None
 ) -> list[float]:
@@ -217,7 +201,7 @@ def passage_scores(
     passages: Sequence[str],
     similarity: Callable[[str, list[str]], list[float]] | None = None,
 ) -> list[float]:
-    """Each passage's best sentence score (as :func:`best_sentences` ranks them; 0 without one): a
+    """Each passage's best sentence score (as :mod:`knowledge.quoting` ranks them; 0 without one): a
     passage is as good as the sentence in it that answers, not as its average topic."""
     # Each sentence is read under its passage's heading ("## Mascot" over "Our club's heron is Percy").
     split = [[f"{heading_of(p)} {s}".strip() for s in sentences(p)] for p in passages]

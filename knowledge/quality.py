@@ -70,7 +70,7 @@ def _judged_text(answer: str) -> str:
 
 
 _SPECIFIC_NUMBER = re.compile(r"[£$€]?\d+(?:[.,:]\d+)*")
-_SPECIFIC_NAME = re.compile(r"(?<![.!?“]\s)(?<![.!?]”\s)(?<!^)(?<!“)\b[A-Z][a-z][a-zA-Z'-]*")
+_SPECIFIC_NAME = re.compile(r"(?<![.!?“]\s)(?<![.!?]”\s)(?<!^)(?<!“)\b[A-Z][^\W\d_][\w'-]*")
 _NOT_SPECIFIC = {"I", "The", "This", "That", "These", "It", "You", "Your", "We", "Our", "If", "In", "On", "At",
                  "For", "To", "And", "Or", "But", "Please", "Yes", "No", "A", "An"}  # fmt: skip
 
@@ -82,7 +82,11 @@ def invented_specifics(answer: str, corpus: str, question: str = "") -> list[str
     known = (corpus + " " + question).casefold()
     found = [m.group(0).lstrip("£$€") for m in _SPECIFIC_NUMBER.finditer(text)]
     found += [m.group(0) for m in _SPECIFIC_NAME.finditer(text) if m.group(0) not in _NOT_SPECIFIC]
-    return [fact for fact in found if not re.search(rf"(?<![\w.]){re.escape(fact.casefold())}(?!\w)", known)]
+    # A fact is known when the documents hold it as a whole number ("7:30" in "7:30pm", "25" in
+    # "700x25c"; not "10" in "110" or "1.10") or a word start ("Caf" of "Café" is never split off).
+    return [
+        fact for fact in found if not re.search(rf"(?<![\d.]){re.escape(fact.casefold())}(?![\d])", known)
+    ]
 
 
 _QUOTE = re.compile(r"“([^”]+)”|^> (.+)$", re.MULTILINE)

@@ -60,10 +60,23 @@ def is_general(question: str) -> bool:
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def general_only(text: str) -> str:
-    """A general answer without its sentences about a community ("The society has 10 members."):
-    those would be invented, since the notes had nothing."""
-    kept = [s for s in _SENTENCE.split(text.strip()) if s and not _COMMUNITY.search(s)]
+def general_only(text: str, question: str = "") -> str:
+    """A general answer without its sentences about a community ("The society has 10 members."),
+    and, when the question asks who, when, where or how many, without the sentences that state a
+    number or a name the question does not ("The bakery opens at 8am."): those would be invented,
+    since the notes had nothing. What is left may be nothing."""
+    specific = bool(_SPECIFIC.search(question))
+    asked = question.casefold()
+
+    def invents(sentence: str) -> bool:
+        facts = re.findall(r"\d+", sentence) + [m.group(0) for m in _NAME.finditer(sentence)]
+        return any(fact.casefold() not in asked for fact in facts if fact not in _NOT_NAMES)
+
+    kept = [
+        s
+        for s in _SENTENCE.split(text.strip())
+        if s and not _COMMUNITY.search(s) and not (specific and invents(s))
+    ]
     return " ".join(kept)
 
 
@@ -106,7 +119,7 @@ def missing_names(question: str, passages: list[str]) -> list[str]:
     folded = " ".join(passages).casefold()
     names = []
     for match in _NAME.finditer(question.strip()):
-        words = [w for w in match.group(1).split() if w not in _NOT_NAMES]
+        words = [w for w in match.group(1).split() if w not in _NOT_NAMES and not w.startswith("I'")]
         words = [re.sub(r"'s$", "", w) for w in words]
         distinctive = [w for w in words if w.casefold() not in _GENERIC] or words
         if words and not all(w.casefold() in folded for w in distinctive):

@@ -34,8 +34,13 @@ class Chunk:
 
     def citation(self) -> str:
         """Where the passage is: its source, page and section (``wiki.md › Membership``)."""
-        where = self.source + (f" p. {self.page}" if self.page else "")
-        return f"{where} › {self.section}" if self.section else where
+        return citation(self.source, self.section, self.page)
+
+
+def citation(source: str, section: str | None = None, page: int | None = None) -> str:
+    """How a passage is cited: ``wiki.md › Membership``, ``handbook.pdf p. 2 › Winter Riding``."""
+    where = source + (f" p. {page}" if page else "")
+    return f"{where} › {section}" if section else where
 
 
 @dataclass(frozen=True)

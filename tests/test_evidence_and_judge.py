@@ -11,7 +11,6 @@ from adapters.prompt import (
     finish_answer,
 )
 from knowledge.evidence import (
-    best_sentences,
     is_grounded,
     is_non_answer,
     passage_scores,
@@ -20,6 +19,7 @@ from knowledge.evidence import (
     ungrounded,
 )
 from knowledge.quality import echoes_markup, has_key, own_words, says_nothing_found
+from knowledge.quoting import best_sentences
 
 PASSAGE = (
     "## Monthly meetup\nThe monthly meetup is on the second Saturday, 2:00 pm to 5:00 pm.\n"

@@ -18,7 +18,8 @@ DINNER = "## Annual dinner\n\nThe annual dinner is at Fellside Hall at 7pm for 7
 def test_a_sentence_under_its_heading_answers_a_short_question() -> None:
     quote = choose_quote("Who is the treasurer?", [DINNER, TREASURER])
     assert quote is not None and quote.answers and quote.passage == 1
-    assert quote.text == "Gwen Adeyemi looks after the club's money."
+    # The answering sentence first, with the next best of its section.
+    assert quote.text == "Gwen Adeyemi looks after the club's money. Pay your subs by bank transfer."
 
 
 def test_a_close_sentence_about_something_else_is_not_an_answer() -> None:
@@ -67,6 +68,11 @@ def test_general_questions_and_community_questions() -> None:
     assert general_only("Index the gears with the barrel adjuster. The club has 10 members.") == (
         "Index the gears with the barrel adjuster."
     )
+    # Who / when / where / how many: no number or name the question does not hold.
+    assert general_only("It opens at 8am. Bread is baked daily.", "When does the bakery open?") == (
+        "Bread is baked daily."
+    )
+    assert general_only("A cat has four legs.", "How many legs does a cat have?") == "A cat has four legs."
 
 
 def test_a_question_about_someone_the_notes_do_not_name() -> None:
@@ -103,3 +109,19 @@ def test_a_question_about_a_name_is_answered_only_by_a_sentence_about_it() -> No
     assert not choose_quote("Where does the Hospice Hundred start?", [calendar]).answers  # type: ignore[union-attr]
     quote = choose_quote("Where does the Hospice Hundred start?", [calendar, hundred])
     assert quote is not None and quote.answers and "Leisure Centre" in quote.text
+
+
+def test_the_name_asked_about_must_be_in_the_answering_sentence() -> None:
+    events = (
+        "## Online events\n\nPurr Hour is our weekly voice chat, every Thursday at 8 pm.\n\n"
+        "Dr. Raj Menon of Hollybank hosts Ask a Vet on the last Wednesday of each month."
+    )
+    quote = choose_quote("Who hosts Purr Hour?", [events])
+    assert quote is not None and not quote.answers
+    assert choose_quote("Who hosts Ask a Vet?", [events]).answers  # type: ignore[union-attr]
+
+
+def test_a_japanese_quote_is_shown_as_the_closest_never_as_the_answer() -> None:
+    faq = "## 東京支部\n\n代表は森 愛子さんで、現在のメンバーは約180人です。"
+    quote = choose_quote("東京支部の副代表は誰ですか？", [faq])
+    assert quote is not None and not quote.answers and quote.topical

@@ -179,3 +179,29 @@ def test_the_bots_answer_service_embeds_a_question_once(scoped, packaged_embeddi
         assert embeddings.queries == [TAUGHT[0]]  # ...on one embedding
     finally:
         kb.close()
+
+
+def test_what_the_server_taught_is_labelled_and_nothing_else_is(
+    scoped, packaged_embeddings, tmp_path: Path
+) -> None:
+    """With nothing in the knowledge base: a question the adapter was taught is answered by it, shown
+    as what this server taught; a general one gets the base, marked general; a question about the
+    community that nobody taught gets no guess at all."""
+    import chromadb
+
+    from adapters.prompt import GENERAL_KNOWLEDGE, NOTHING_FOUND
+    from adapters.prompt import TAUGHT as TAUGHT_LABEL
+    from knowledge.chain import AnswerService
+    from knowledge.store import KnowledgeBase
+
+    scoped.set_active_adapter("a")
+    kb = KnowledgeBase(chromadb.PersistentClient(str(tmp_path / "chroma")), packaged_embeddings)
+    service = AnswerService(kb, scoped, route=routed(scoped, _routing(packaged_embeddings)))
+    taught = service.answer(TAUGHT[0], user_id="1", guild_id="5")
+    assert taught.adapter == "a" and taught.answer.startswith(TAUGHT_LABEL)
+    general = service.answer(GENERAL[0], user_id="1", guild_id="5")
+    assert general.adapter is None and not general.answer.startswith(TAUGHT_LABEL)
+    assert general.answer.startswith(NOTHING_FOUND)
+    local = service.answer("What is the wifi password of the bakery?", user_id="1", guild_id="5")
+    assert local.answer.startswith(NOTHING_FOUND) and GENERAL_KNOWLEDGE not in local.answer
+    assert not local.answer.startswith(TAUGHT_LABEL)

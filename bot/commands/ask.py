@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from bot.settings import Settings
+from knowledge.types import citation
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,6 +54,6 @@ def ask_handler(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(result["answer"])
         for number, source in enumerate(result["sources"], 1):
-            where = source["source"] + (f" › {source['section']}" if source.get("section") else "")
+            where = citation(source["source"], source.get("section"), source.get("page"))
             print(f"[{number}] {where} ({source['scope']}): {source['text'][:200]}")
     return 0
