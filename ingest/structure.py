@@ -78,10 +78,15 @@ def mark_plain_headings(text: str, *, paragraph_ends: bool = False) -> str:
     gets one after a line that ends a sentence well short of the page's line width."""
     lines = text.replace("\r\n", "\n").split("\n")
     width = max((len(line.rstrip()) for line in lines), default=0)
+    # The next line with text after each line (one pass from the end: documents can be long).
+    following_text = [""] * len(lines)
+    for i in range(len(lines) - 2, -1, -1):
+        below = lines[i + 1].strip()
+        following_text[i] = below or following_text[i + 1]
     out: list[str] = []
     for i, raw in enumerate(lines):
         line = raw.strip()
-        following = next((rest.strip() for rest in lines[i + 1 :] if rest.strip()), "")
+        following = following_text[i]
         if _UNDERLINE.match(line) and out and out[-1].strip() and not is_heading(out[-1]):
             out[-1] = f"## {out[-1].strip()}"
             continue
