@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ingest.loaders import Section
 from knowledge.text import split_sentences, starts_unit
@@ -46,35 +46,37 @@ def _blocks(text: str) -> list[str]:
     return blocks
 
 
+def _pack(items: Iterable[str], size: int, joiner: str) -> list[str]:
+    """``items`` in order, as few texts of at most ``size`` as fit (an item over ``size`` alone)."""
+    packed: list[str] = []
+    current = ""
+    for item in items:
+        if current and text_length(current) + len(joiner) + text_length(item) > size:
+            packed.append(current)
+            current = item
+        else:
+            current = f"{current}{joiner}{item}" if current else item
+    if current:
+        packed.append(current)
+    return packed
+
+
 def _pieces(block: str, size: int) -> list[str]:
     """A block too long for one chunk: whole sentences (or list items, table rows) packed up to
     ``size``; a single sentence over ``size`` is cut at spaces as a last resort."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-    units = block.split("\n") if "\n" in block else split_sentences(block)
-    joiner = "\n" if "\n" in block else " "
-    pieces: list[str] = []
-    current = ""
-    for unit in units:
-        if text_length(unit) > size:
-            if current:
-                pieces.append(current)
-                current = ""
-            splitter = RecursiveCharacterTextSplitter(
-                chunk_size=size,
-                chunk_overlap=0,
-                separators=["、", ", ", " ", ""],
-                length_function=text_length,
-            )
-            pieces += splitter.split_text(unit)
-        elif current and text_length(current) + 1 + text_length(unit) > size:
-            pieces.append(current)
-            current = unit
-        else:
-            current = f"{current}{joiner}{unit}" if current else unit
-    if current:
-        pieces.append(current)
-    return pieces
+    lines = "\n" in block
+    units: list[str] = []
+    for unit in block.split("\n") if lines else split_sentences(block):
+        if text_length(unit) <= size:
+            units.append(unit)
+            continue
+        splitter = RecursiveCharacterTextSplitter(
+            chunk_size=size, chunk_overlap=0, separators=["、", ", ", " ", ""], length_function=text_length
+        )
+        units += splitter.split_text(unit)
+    return _pack(units, size, "\n" if lines else " ")
 
 
 def section_texts(section: Section, size: int) -> list[str]:
@@ -87,18 +89,12 @@ def section_texts(section: Section, size: int) -> list[str]:
     body = section.text.strip()
     if text_length(body) <= budget:
         return [heading + body] if body else []
-    texts: list[str] = []
-    current = ""
-    for block in _blocks(body):
-        for piece in _pieces(block, budget) if text_length(block) > budget else [block]:
-            if current and text_length(current) + 2 + text_length(piece) > budget:
-                texts.append(current)
-                current = piece
-            else:
-                current = f"{current}\n\n{piece}" if current else piece
-    if current:
-        texts.append(current)
-    return [heading + text for text in texts]
+    pieces = [
+        p
+        for block in _blocks(body)
+        for p in (_pieces(block, budget) if text_length(block) > budget else [block])
+    ]
+    return [heading + text for text in _pack(pieces, budget, "\n\n")]
 
 
 def chunk_sections(

@@ -236,9 +236,10 @@ class AnswerService:
             quote=quote.text if quote else None,
             quote_answers=bool(quote and quote.answers),
             where=used[quote.passage].chunk.citation() if quote else None,
-            # Shown over a quote that answers only when it states nothing the quote does not:
-            # "The membership year starts on 22 November." over "…runs from 1 April" misleads.
-            grounded=is_grounded(text, quote.text if quote and quote.answers else context)
+            # Shown over a quote that answers only when it states nothing its answering sentences do
+            # not: "The membership year starts on 22 November." over "…runs from 1 April" misleads, and
+            # so does "Ollie Brennan writes the rota." over "Priya Lal … writes the rota. Ollie Brennan …".
+            grounded=is_grounded(text, quote.answer if quote and quote.answers else context)
             and not repeats_question(text, question),
         )
         return Answer(

@@ -99,6 +99,7 @@ class Quote:
     answers: bool
     passage: int
     topical: bool = True  # about what was asked at all (else the notes have nothing on it)
+    answer: str = ""  # of an answering quote, the sentences that answer (the text may hold more)
 
 
 def correction_answer(question: str, passage: str, similarity: Similarity | None) -> str | None:
@@ -152,7 +153,7 @@ def choose_quote(
     for index, passage in enumerate(passages):
         corrected = correction_answer(question, passage, similarity)
         if corrected:
-            return Quote(corrected, True, index)
+            return Quote(corrected, True, index, answer=corrected)
     candidates, dense, ranked = _ranked(question, passages, similarity)
     if not candidates:
         return None
@@ -164,7 +165,8 @@ def choose_quote(
         # The answering sentence with the other best ones of its passage (a fee and its exception).
         best = answering[0]
         shown = sorted(i for i in ranked if candidates[i][0] == candidates[best][0])
-        return Quote(_joined(texts[i] for i in shown), True, candidates[best][0])
+        answer = _joined(texts[i] for i in sorted(answering) if candidates[i][0] == candidates[best][0])
+        return Quote(_joined(texts[i] for i in shown), True, candidates[best][0], answer=answer)
     closest = sorted(ranked)
     topical = any(_about(question, texts[i], headings[candidates[i][0]], dense[i]) for i in closest)
     groups = [

@@ -125,3 +125,13 @@ def test_a_japanese_quote_is_shown_as_the_closest_never_as_the_answer() -> None:
     faq = "## 東京支部\n\n代表は森 愛子さんで、現在のメンバーは約180人です。"
     quote = choose_quote("東京支部の副代表は誰ですか？", [faq])
     assert quote is not None and not quote.answers and quote.topical
+
+
+def test_an_answering_quote_says_which_of_its_sentences_answer() -> None:
+    committee = (
+        "## Committee\n\n- Ride coordinator: Priya Lal, who writes the monthly ride-leader rota.\n"
+        "- Club mechanic: Ollie Brennan, who runs the workshop."
+    )
+    quote = choose_quote("Who writes the ride-leader rota?", [committee])
+    assert quote is not None and quote.answers and "Ollie Brennan" in quote.text
+    assert "Priya Lal" in quote.answer and "Ollie Brennan" not in quote.answer
