@@ -7,8 +7,10 @@ no one and nothing of this server (no "we", "our", "the club", no role such as t
 nothing only a community knows (a password, an address, a price, a fee), and does not ask who, when,
 where or how many about something it names ("Who runs the Pecket Bank climb?"; "How many legs does a
 cat have?" is general). Anything else is about the community, and the answer says the notes have
-nothing and stops. Measured in ``bench/answer_quality.py`` (README, "Answers from documents as
-communities write them").
+nothing and stops. Measured: of the unanswerable community questions, all 14 of the real-documents set
+and 23 of the classic set's 24 are taken as about the community; all 6 general questions of the real
+set, and 10 of the product's 15 regression questions, as general (the other 5 ask who / name someone:
+"Who painted the Mona Lisa?" gets "nothing on that" when the notes have nothing).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What a member reads under (or instead of) the model's sentence: the notes' own words, cited.
 
-:func:`choose_quote` picks the passage sentences that best answer (:mod:`knowledge.evidence` ranks
-them) and says whether they *answer* the question, or are only the closest thing the notes hold. An
+:func:`choose_quote` picks the passage sentences that best answer (each read under its heading, scored
+as :mod:`knowledge.evidence` scores sentences) and says whether they *answer* the question, or are only the closest thing the notes hold. An
 answering quote is stated plainly with its section and source; a close one keeps the "the notes don't
 say that exactly" hedge. An accepted correction whose question is the member's question answers
 with its answer, over any older passage.
@@ -41,7 +41,6 @@ _CONTENT = re.compile(r"[a-z][a-z'-]{2,}|\d+")
 # Capitalised words past a question's first: names, which carry no meaning to match on as words.
 _NAMES = re.compile(r"(?<!^)(?<![.!?]\s)\b[A-Z][a-zA-Z'-]*")
 CORRECTION_MATCH = 0.8  # cosine of the member's question with a correction's question (MiniLM)
-DENSE_ANSWERS = 0.6  # a sentence this close to the question in meaning carries its subject
 # A sentence this close is about the question even in other words ("the name of the club mascot cat"
 # → "Captain Biscuit is the club's cat"): on the classic set every answerable question whose quote held
 # the key scored 0.48 or more; the real set's bank account and general questions 0.24-0.43.
@@ -68,11 +67,10 @@ def _covered(stems: Sequence[str], text: str) -> float:
     return len(found) / len(stems)
 
 
-def answers(question: str, sentence: str, heading: str = "", dense: float = 0.0) -> bool:
+def answers(question: str, sentence: str, heading: str = "") -> bool:
     """Whether ``sentence`` (under ``heading``) answers ``question`` rather than being merely close:
-    it holds every kind of thing the question asks for, and every word that says what the question
-    is about (names aside: :func:`knowledge.questions.missing_names` checks those) is in the sentence
-    or its heading. "What is the women's course record?" is not answered by "The course record is 3
+    it holds every kind of thing the question asks for, and every name and every other word that says
+    what the question is about is in the sentence or its heading. "What is the women's course record?" is not answered by "The course record is 3
     minutes 41", nor "How many members does the club have?" by "any member can sit in at 7:30pm"."""
     wanted = [looks for asks, looks in _ASKS if asks.search(question)]
     if not all(looks.search(sentence) for looks in wanted):
@@ -160,7 +158,7 @@ def choose_quote(
     texts = [s for _, s in candidates]
     headings = [heading_of(p) for p in passages]
     ranked = ranked[:count]
-    answering = [i for i in ranked if answers(question, texts[i], headings[candidates[i][0]], dense[i])]
+    answering = [i for i in ranked if answers(question, texts[i], headings[candidates[i][0]])]
     if answering:
         # The answering sentence with the other best ones of its passage (a fee and its exception).
         best = answering[0]
