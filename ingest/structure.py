@@ -120,7 +120,7 @@ def pdf_parts(pages: list[str]) -> list[Part]:
     return parts
 
 
-_BLOCKS = ("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "tr", "pre", "dt", "dd", "blockquote", "caption")
+_BLOCKS = ("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "dt", "dd", "blockquote", "caption")
 # Page furniture: navigation, scripts, a footer's copyright and links are no community knowledge.
 _DROPPED = ["script", "style", "noscript", "template", "nav", "svg", "form", "button", "footer"]
 
@@ -150,16 +150,16 @@ def html_markdown(html: str) -> str:
             if not isinstance(child, Tag) or child.name in ("head", "title"):
                 continue
             name = child.name or ""
-            if name in _BLOCKS:
-                content = text_of(child) if name != "tr" else ""
-                if name == "tr":
-                    cells = child.find_all(["th", "td"])
-                    out.append("| " + " | ".join(text_of(cell) for cell in cells) + " |")
-                    if cells and all(cell.name == "th" for cell in cells):
-                        out.append("|" + "---|" * len(cells))  # a header row, as markdown marks one
-                elif not content:
+            if name == "tr":
+                cells = child.find_all(["th", "td"])
+                out.append("| " + " | ".join(text_of(cell) for cell in cells) + " |")
+                if cells and all(cell.name == "th" for cell in cells):
+                    out.append("|" + "---|" * len(cells))  # a header row, as markdown marks one
+            elif name in _BLOCKS:
+                content = text_of(child)
+                if not content:
                     continue
-                elif name[0] == "h" and name[1:].isdigit():
+                if name[0] == "h" and name[1:].isdigit():
                     out.extend(["", "#" * int(name[1]) + " " + content, ""])
                 elif name == "li":
                     out.append(f"- {content}")
@@ -167,7 +167,7 @@ def html_markdown(html: str) -> str:
                     out.extend(["", content, ""])
             else:
                 walk(child)
-                if name in ("ul", "ol", "table", "div", "section", "article", "dl", "footer", "header"):
+                if name in ("ul", "ol", "table", "div", "section", "article", "dl", "header"):
                     out.append("")
 
     walk(root)

@@ -156,8 +156,10 @@ class AnswerService:
             kept = [kept[i] for i in sorted(range(len(kept)), key=lambda i: (-scores[i], i))]
         if question:
             # An accepted correction of this very question wins over any older passage.
-            corrected = [h for h in hits if correction_answer(question, h.chunk.text, similarity)]
-            kept = corrected[:1] + [h for h in kept if not corrected or h.chunk.id != corrected[0].chunk.id]
+            # (The first one found: each check embeds the correction's question.)
+            corrected = next((h for h in hits if correction_answer(question, h.chunk.text, similarity)), None)
+            if corrected is not None:
+                kept = [corrected, *(h for h in kept if h.chunk.id != corrected.chunk.id)]
             if missing_names(question, [h.chunk.text for h in kept]):
                 return []  # the notes are about someone or something else
         return kept[: self.max_passages] if self.max_passages else kept

@@ -52,6 +52,11 @@ def _cells(row: str) -> list[str]:
     return [cell.strip() for cell in row.strip().strip("|").split("|")]
 
 
+def _is_separator(cells: list[str]) -> bool:
+    """A markdown table's ``|---|:--|`` row."""
+    return all(set(cell) <= set("-: ") for cell in cells)
+
+
 def _with_table_headers(parts: list[str]) -> list[str]:
     """Table rows as sentences a member can read: each body row's cells named by the header row
     ("Grade: B; Average speed: 25 km/h"); the header and separator rows themselves dropped."""
@@ -63,14 +68,10 @@ def _with_table_headers(parts: list[str]) -> list[str]:
             out.append(part)
             continue
         cells = _cells(part)
-        if all(set(cell) <= set("-: ") for cell in cells):
-            continue  # the separator row
+        if _is_separator(cells):
+            continue
         following = parts[i + 1] if i + 1 < len(parts) else ""
-        if (
-            header is None
-            and is_table_row(following)
-            and all(set(c) <= set("-: ") for c in _cells(following))
-        ):
+        if header is None and is_table_row(following) and _is_separator(_cells(following)):
             header = cells
             continue
         if header and len(header) == len(cells):
