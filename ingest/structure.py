@@ -130,6 +130,7 @@ def html_markdown(html: str) -> str:
     table rows as ``| a | b |`` lines; navigation, footers, scripts and styles left out. Text outside these
     elements (a bare ``<div>``) is kept as a paragraph of its own."""
     from bs4 import BeautifulSoup, NavigableString, Tag
+    from bs4.element import PreformattedString
 
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup(_DROPPED):
@@ -142,6 +143,8 @@ def html_markdown(html: str) -> str:
 
     def walk(node: Tag) -> None:
         for child in node.children:
+            if isinstance(child, PreformattedString):
+                continue  # a comment, the doctype, a processing instruction: no text of the page
             if isinstance(child, NavigableString):
                 loose = re.sub(r"\s+", " ", str(child)).strip()
                 if loose and child.parent is not None and child.parent.name not in ("head", "title"):
