@@ -153,9 +153,17 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     total = int(config["steps"])
     losses: list[float] = []
+    eval_losses: list[tuple[int, float]] = []  # (step, loss) after each epoch
+    held_out = config.get("eval_dataset")
+    evaluation = (
+        [json.loads(line) for line in Path(held_out).read_text("utf-8").splitlines() if line]
+        if held_out
+        else []
+    )
+    eval_steps = min(total, int(config.get("eval_steps") or total))
 
     class Progress(TrainerCallback):
-        """Forward every optimizer step and its loss to the parent."""
+        """Forward every optimizer step and its loss, and every evaluation, to the parent."""
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
             if logs and "loss" in logs:
@@ -167,6 +175,9 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
                     loss=float(logs["loss"]),
                     seconds=round(time.perf_counter() - started, 2),
                 )
+            if logs and "eval_loss" in logs:
+                eval_losses.append((int(state.global_step), float(logs["eval_loss"])))
+                emit("eval", step=state.global_step, total=total, loss=float(logs["eval_loss"]))
 
     args = SFTConfig(
         output_dir=str(output / "checkpoints"),
@@ -188,18 +199,26 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         data_seed=int(config.get("seed", 0)),
         dataloader_num_workers=0,
         disable_tqdm=True,
+        # With held-out rows: their loss after every epoch, as an SFTTrainer run with an eval set.
+        eval_strategy="steps" if evaluation else "no",
+        eval_steps=eval_steps if evaluation else None,
+        per_device_eval_batch_size=int(config["batch_size"]),
     )
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
+        eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=tokenizer,
         callbacks=[Progress()],
     )
     loop_started = time.perf_counter()
     trainer.train()
+    if evaluation and (not eval_losses or eval_losses[-1][0] != total):
+        trainer.evaluate()  # the last steps' epoch was not whole: measure where training ended
     loop_seconds = time.perf_counter() - loop_started
     model.save_pretrained(str(output))
+    write_learning_curve(output, losses, eval_losses, eval_steps)
     shutil.rmtree(output / "checkpoints", ignore_errors=True)
     seconds = time.perf_counter() - started
     return {
@@ -209,9 +228,49 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         "examples": len(examples),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
+        "eval_rows": len(evaluation),
+        "eval_losses": [[step, round(loss, 4)] for step, loss in eval_losses],
         # ru_maxrss is in KiB on Linux.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def write_learning_curve(
+    output: Path, losses: list[float], eval_losses: list[tuple[int, float]], epoch_steps: int
+) -> None:
+    """The run's learning curve: ``learning_curve.csv`` (step, epoch, train loss, eval loss where
+    measured) and, when matplotlib is there, ``learning_curve.png``. Numbers only: no member text."""
+    import csv
+
+    from adapters.registry import LEARNING_CURVE_FILE
+
+    evaluated = dict(eval_losses)
+    with (output / LEARNING_CURVE_FILE).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "epoch", "train_loss", "eval_loss"])
+        for step, loss in enumerate(losses, start=1):
+            epoch = round(step / max(1, epoch_steps), 3)
+            writer.writerow([step, epoch, round(loss, 5), evaluated.get(step, "")])
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    epochs = [step / max(1, epoch_steps) for step in range(1, len(losses) + 1)]
+    ax.plot(epochs, losses, lw=1, label="train loss (each step)")
+    if eval_losses:
+        ax.plot([s / max(1, epoch_steps) for s, _ in eval_losses], [v for _, v in eval_losses], "o-",
+                label="eval loss (held-out pairs)")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig((output / LEARNING_CURVE_FILE).with_suffix(".png"), dpi=100)
+    plt.close(fig)
 
 
 def main(argv: list[str]) -> int:

@@ -17,6 +17,8 @@ on four sets, and the gate says which rule decided:
   least not get worse?* Mean token F1 may fall by at most ``max_heldout_drop``, checked from
   ``min_heldout`` answers on (one or two are too few to judge a style). They are trained on in
   the next round (the held-out choice rotates), so no pair is withheld for good.
+* **eval**: taught pairs an owner kept out of this run (``loopbot train --eval-fraction``): facts the
+  candidate never saw, so how many it answers is reported and never decides.
 
 Every question is answered as members would get it: with routing (:mod:`adapters.routing`) an
 adapter answers only questions close to ones it was trained on, and what is beneath it (the base)
@@ -60,8 +62,8 @@ CORRECT_F1 = 0.5  # an answer at or above this token F1 counts as answering the 
 _EPSILON = 1e-9  # float noise must not flip a tie
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
-PAIR_SETS = ("taught", "retained", "heldout")  # scored from pairs; "regression" has its own set
-SETS = ("taught", "retained", "regression", "heldout")
+PAIR_SETS = ("taught", "retained", "heldout", "eval")  # scored from pairs; "regression" has its own
+SETS = ("taught", "retained", "regression", "heldout", "eval")
 
 
 def _tokens(text: str) -> list[str]:
@@ -113,7 +115,7 @@ class SetScore:
     base: float | None = None  # regression only: the base's accuracy, when the active is not the base
 
     def line(self, name: str) -> str:
-        if name in ("taught", "retained"):
+        if name in ("taught", "retained", "eval"):
             return (
                 f"{name} {round(self.candidate * self.count)}/{self.count} "
                 f"(active {round(self.active * self.count)}/{self.count})"
@@ -202,7 +204,7 @@ def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bo
     Refusals name the rule that failed; a promotion lists every set's scores.
     """
     empty = SetScore(0, 0.0, 0.0)
-    taught, retained, regression, heldout = (sets.get(name, empty) for name in SETS)
+    taught, retained, regression, heldout, _ = (sets.get(name, empty) for name in SETS)
     if not (taught.count or retained.count or heldout.count):
         return False, (
             "no pairs to compare on; promote by hand with `loopbot adapters promote` if you trust it"

@@ -35,6 +35,8 @@ from adapters.errors import AdapterError
 
 METADATA_FILE = "loopbot.json"
 DATASET_FILE = "dataset.jsonl"  # the training rows a version was trained on
+EVAL_DATASET_FILE = "eval.jsonl"  # the rows held out of its training to measure an eval loss on
+LEARNING_CURVE_FILE = "learning_curve.csv"  # its train loss per step, eval loss per epoch (numbers only)
 GATE_REPORT_FILE = "gate_report.csv"  # the gate's per-question report of a version
 # The version's own answers to the regression set at its gate, reused when it is the active one
 REGRESSION_FILE = "regression_answers.json"
@@ -271,14 +273,15 @@ class AdapterRegistry:
         scrubbed = []
         for version in self.list():
             if pair_ids & {*version.pair_ids, *version.heldout_pair_ids}:
-                for name in (DATASET_FILE, SCOPE_FILE, GATE_REPORT_FILE, REGRESSION_FILE):
+                for name in (DATASET_FILE, EVAL_DATASET_FILE, SCOPE_FILE, GATE_REPORT_FILE, REGRESSION_FILE):
                     with contextlib.suppress(FileNotFoundError):
                         (version.path / name).unlink()
                 scrubbed.append(version.version)
         failed = self.root / FAILED_DIR
         if failed.is_dir():
-            for dataset in failed.glob(f"*/{DATASET_FILE}"):
-                dataset.unlink()
+            for name in (DATASET_FILE, EVAL_DATASET_FILE):
+                for dataset in failed.glob(f"*/{name}"):
+                    dataset.unlink()
         return scrubbed
 
     def rollback(self) -> AdapterVersion | None:

@@ -28,10 +28,13 @@ from typing import Any
 from adapters._memory import release_free_memory
 from adapters.errors import AdapterError
 from adapters.prompt import REPHRASE_SYSTEM_PROMPT, question_messages, rephrase_messages, training_messages
-from adapters.registry import DATASET_FILE, AdapterRegistry, AdapterVersion
+from adapters.registry import DATASET_FILE, EVAL_DATASET_FILE, AdapterRegistry, AdapterVersion
 from adapters.routing import write_scope
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+# Pairs that teach a fact: a member's accepted correction, or a pair an owner imported. Always trained
+# on (never held out), rephrased, and in the adapter's scope; a 👍 answer ("positive") is none of these.
+TAUGHT_KINDS = ("corrected", "taught")
 
 
 class NotEnoughPairs(AdapterError):
@@ -106,7 +109,7 @@ class TrainingExample:
     prompt: list[dict[str, str]]
     completion: str
     extra: dict[str, Any] = field(default_factory=dict)
-    # In the adapter's scope (adapters/routing.py): a correction's question or its rephrasing. "" for
+    # In the adapter's scope (adapters/routing.py): a taught pair's question or its rephrasing. "" for
     # 👍 answers (the base gave them already) and anchors: the base keeps answering those questions.
     question: str = ""
 
@@ -117,13 +120,14 @@ class TrainingExample:
 
 def examples_from_pairs(pairs: Sequence[Any], system_prompt: str) -> list[TrainingExample]:
     """Turn feedback pairs (``.id .instruction .input .output``, ``.kind``) into training examples;
-    a correction's question is in the adapter's scope (a pair without a kind counts as one)."""
+    the question of a pair of a :data:`TAUGHT_KINDS` kind is in the adapter's scope (a pair without a
+    kind counts as a correction)."""
     return [
         TrainingExample(
             pair_id=str(pair.id),
             prompt=training_messages(pair.instruction, pair.input or "", system_prompt),
             completion=pair.output,
-            question=pair.instruction if getattr(pair, "kind", "corrected") == "corrected" else "",
+            question=pair.instruction if getattr(pair, "kind", "corrected") in TAUGHT_KINDS else "",
         )
         for pair in pairs
     ]
@@ -333,6 +337,7 @@ def train_adapter(
     parent: AdapterVersion | None = None,
     beneath: AdapterVersion | None = None,
     min_examples: int = 1,
+    evaluation: Sequence[TrainingExample] = (),
     on_event: ProgressCallback | None = None,
     show_progress: bool = True,
     python: str = sys.executable,
@@ -345,7 +350,9 @@ def train_adapter(
     ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``beneath``: train over
     that adapter, frozen (a member's over the guild's: served stacked, so trained stacked); only the
     new LoRA is saved, its ``train_config`` names the other. ``on_event`` receives
-    the child's events (``start`` carries its ``pid``). Raises :class:`NotEnoughPairs` below
+    the child's events (``start`` carries its ``pid``). ``evaluation``: rows kept out of training whose
+    loss is measured after every epoch (``eval`` events, the metrics' ``eval_losses``); the version's
+    ``learning_curve.csv`` holds both curves. Raises :class:`NotEnoughPairs` below
     ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
     """
     options = options or TrainingOptions()
@@ -361,8 +368,15 @@ def train_adapter(
         dataset = stage.path / DATASET_FILE
         rows = [*examples, *anchors]
         dataset.write_text("".join(json.dumps(e.record()) + "\n" for e in rows), encoding="utf-8")
+        held_out = stage.path / EVAL_DATASET_FILE
+        if evaluation:
+            held_out.write_text("".join(json.dumps(e.record()) + "\n" for e in evaluation), encoding="utf-8")
         # What it will answer (adapters/routing.py): its questions, never its anchors'.
-        write_scope(stage.path, (e.question for e in examples), parent.path if parent else None)
+        write_scope(
+            stage.path,
+            ((e.question, e.completion) for e in examples if e.question),
+            parent.path if parent else None,
+        )
         config = {
             **asdict(options),
             # A pair's rephrasings share its passes: they add variety, not steps (bench/learning_proof.py).
@@ -372,6 +386,9 @@ def train_adapter(
             "output_dir": str(stage.path),
             "parent_adapter": str(parent.path) if parent else None,
             "beneath_adapter": str(beneath.path) if beneath else None,
+            "eval_dataset": str(held_out) if evaluation else None,
+            # An epoch: one pass over the pairs and anchors (a pair's rephrasings share its passes).
+            "eval_steps": max(1, math.ceil((len(pair_ids) + len(anchors)) / options.batch_size)),
         }
         config_path = stage.path / "train_config.json"
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -396,6 +413,8 @@ def train_adapter(
                 "pair_count": len(pair_ids),
                 "anchor_count": len(anchors),
                 "metrics": {"train": metrics},
-                "train_config": {k: v for k, v in config.items() if k not in ("dataset", "output_dir")},
+                "train_config": {
+                    k: v for k, v in config.items() if k not in ("dataset", "eval_dataset", "output_dir")
+                },
             },
         )

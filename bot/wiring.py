@@ -164,6 +164,7 @@ def build_routing(
     from functools import cache
 
     from adapters.routing import QuestionRouting
+    from knowledge.quoting import fact_answers
 
     if settings.model.adapter_min_similarity <= 0:
         return None
@@ -176,6 +177,8 @@ def build_routing(
         lambda texts: embedder().embed_documents(texts),
         embed_query or (lambda text: embedder().embed_query(text)),
         min_similarity=settings.model.adapter_min_similarity,
+        # A taught fact answers a question about what it speaks of, by the rule a note's quote does.
+        about=fact_answers,
     )
 
 

@@ -13,6 +13,9 @@ votes. The derivation rules, for one answer:
   returned as a training target unless asked for by kind. Kept even when the answer is corrected
   (the correction is then the "chosen" and this the "rejected" answer).
 
+Pairs of kind **taught** come from no answer: an owner imports them (``loopbot dataset import``), and
+they are learned as corrections are.
+
 A vote is one (answer, member, 👍 or 👎), mirroring Discord's reactions: adding it twice or removing
 it twice changes nothing. A correction is accepted at once when ``trusted`` (the asker or a curator
 wrote it) or when a trusted member 👍 it, otherwise once ``votes_needed`` other members 👍 it; the
@@ -387,16 +390,34 @@ class FeedbackLog:
         with self.db.reading() as conn:
             return {int(row[0]) for row in conn.execute("SELECT pair_id FROM forget_ledger")}
 
-    def import_pairs(self, rows: Iterable[dict[str, Any]], *, source: str) -> ImportReport:
+    def import_pairs(
+        self,
+        rows: Iterable[dict[str, Any]],
+        *,
+        source: str,
+        guild_id: str | None = None,
+        owner_id: str | None = None,
+    ) -> ImportReport:
         """Add ready-made pairs (``instruction``, ``output``, optional ``input`` and ``kind``).
 
-        Rows become ``positive`` pairs unless they say ``kind``; they belong to no member. Rows
-        already in the log are counted as duplicates, rows a member had forgotten are refused, bad
-        rows are reported (``row N: why``) and skipped; the rest are imported in one transaction.
+        Rows become ``taught`` pairs (facts learned like corrections) unless they say ``kind``. They
+        teach ``guild_id``'s adapter (None: every guild's), or with ``owner_id`` that member's own
+        adapter only: private, never shared, forgotten with the member. Rows already imported to the
+        same place are counted as duplicates, rows a member had forgotten are refused, bad rows are
+        reported (``row N: why``) and skipped; the rest are imported in one transaction.
         """
         source = _text(source, "source").strip()
+        if guild_id is not None and owner_id is not None:
+            raise FeedbackError("import to a guild or to a member, not both: a member's pairs are private.")
         with self.db.transaction() as conn:
-            return import_rows(conn, rows, source, now_iso())
+            return import_rows(
+                conn,
+                rows,
+                source,
+                now_iso(),
+                guild_id=None if guild_id is None else str(guild_id),
+                owner_id=None if owner_id is None else str(owner_id),
+            )
 
     # ---- helpers -------------------------------------------------------------------------------
 

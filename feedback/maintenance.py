@@ -103,7 +103,10 @@ def stats(conn: sqlite3.Connection, guild_id: str | None) -> FeedbackStats:
         return int(conn.execute(sql, params).fetchone()[0] or 0)
 
     pairs: dict[str, int] = dict.fromkeys(PAIR_KINDS, 0)
-    pair_scope = f"answer_id IN ({scope})" + (" OR answer_id IS NULL" if guild_id is None else "")
+    # Imported pairs have no answer: with a guild, those imported for it count.
+    pair_scope = f"answer_id IN ({scope}) OR answer_id IS NULL" + (
+        " AND guild_id = :guild" if guild_id is not None else ""
+    )
     for kind, number in conn.execute(
         f"SELECT kind, COUNT(*) FROM pairs WHERE {pair_scope} GROUP BY kind", params
     ):
@@ -185,16 +188,26 @@ def _text(row: dict[str, Any], key: str, *, required: bool) -> str:
 
 
 def import_rows(
-    conn: sqlite3.Connection, rows: Iterable[dict[str, Any]], source: str, now: str
+    conn: sqlite3.Connection,
+    rows: Iterable[dict[str, Any]],
+    source: str,
+    now: str,
+    *,
+    guild_id: str | None = None,
+    owner_id: str | None = None,
 ) -> ImportReport:
-    """Insert the valid, new rows as pairs of no member; report the others."""
+    """Insert the valid, new rows as pairs of ``guild_id``'s adapter (None: every guild's) or of
+    ``owner_id``'s own adapter (a member's import is theirs: forgotten with them); report the others.
+
+    A row without a ``kind`` is ``taught``: a fact learned like a correction. Duplicates are counted
+    within the same destination: one file may teach two guilds."""
     problems: list[str] = []
     imported = duplicates = forgotten = 0
     for number, row in enumerate(rows, start=1):
         try:
             if not isinstance(row, dict):
                 raise FeedbackError(f"expected an object with instruction/output, got {type(row).__name__}")
-            kind = row.get("kind", "positive")
+            kind = row.get("kind", "taught")
             if kind not in PAIR_KINDS:
                 raise FeedbackError(f"kind {kind!r} is not one of {', '.join(PAIR_KINDS)}")
             instruction = _text(row, "instruction", required=True)
@@ -206,13 +219,16 @@ def import_rows(
         digest = content_hash(instruction, input_, output)
         if conn.execute("SELECT 1 FROM forget_ledger WHERE content_hash = ?", (digest,)).fetchone():
             forgotten += 1
-        elif conn.execute("SELECT 1 FROM pairs WHERE content_hash = ?", (digest,)).fetchone():
+        elif conn.execute(
+            "SELECT 1 FROM pairs WHERE content_hash = ? AND guild_id IS ? AND owner_id IS ?",
+            (digest, guild_id, owner_id),
+        ).fetchone():
             duplicates += 1
         else:
             conn.execute(
-                "INSERT INTO pairs (kind, instruction, input, output, source, content_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, instruction, input_, output, source, digest, now),
+                "INSERT INTO pairs (kind, instruction, input, output, user_id, source, content_hash,"
+                " created_at, guild_id, owner_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, instruction, input_, output, owner_id, source, digest, now, guild_id, owner_id),
             )
             imported += 1
     return ImportReport(source, imported, duplicates, forgotten, tuple(problems))

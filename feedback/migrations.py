@@ -154,6 +154,56 @@ def m003_private_pairs(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m004_taught_pairs(conn: sqlite3.Connection) -> None:
+    # A pair an owner imports (`loopbot dataset import`) is a fact to teach, learned like a correction:
+    # kind 'taught'. SQLite cannot change a CHECK constraint, so the table is rebuilt with the same
+    # columns and rows (the copy happens inside the migration's transaction). Pair ids must never be
+    # reused, so the AUTOINCREMENT counter is carried over: ids of deleted pairs stay retired.
+    sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'pairs'").fetchone()
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(pairs)")]
+    _run(
+        conn,
+        """
+        CREATE TABLE pairs_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('positive', 'corrected', 'taught', 'negative')),
+            instruction TEXT NOT NULL,
+            input TEXT NOT NULL,
+            output TEXT NOT NULL,
+            user_id TEXT,
+            author_id TEXT,
+            answer_id INTEGER REFERENCES answers(id) ON DELETE CASCADE,
+            correction_id INTEGER REFERENCES corrections(id) ON DELETE CASCADE,
+            source TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            guild_id TEXT,
+            owner_id TEXT
+        )
+        """,
+    )
+    names = ", ".join(columns)
+    conn.execute(f"INSERT INTO pairs_new ({names}) SELECT {names} FROM pairs")
+    _run(
+        conn,
+        """
+        DROP TABLE pairs;
+        ALTER TABLE pairs_new RENAME TO pairs;
+        CREATE INDEX pairs_answer ON pairs(answer_id);
+        CREATE INDEX pairs_user ON pairs(user_id);
+        CREATE INDEX pairs_author ON pairs(author_id);
+        CREATE INDEX pairs_correction ON pairs(correction_id);
+        CREATE INDEX pairs_kind_created ON pairs(kind, created_at);
+        CREATE INDEX pairs_hash ON pairs(content_hash);
+        CREATE INDEX pairs_scope ON pairs(guild_id, owner_id, kind)
+        """,
+    )
+    if sequence is not None:
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'pairs'")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('pairs', ?)", (sequence[0],))
+
+
 def applied_migrations(conn: sqlite3.Connection) -> list[str]:
     """Names of the migrations recorded in ``_migrations``, in the order they were applied."""
     conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")

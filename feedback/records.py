@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-PairKind = Literal["positive", "corrected", "negative"]
-PAIR_KINDS: tuple[PairKind, ...] = ("positive", "corrected", "negative")
-TRAINING_KINDS: tuple[PairKind, ...] = ("positive", "corrected")
+# positive: a 👍 answer; corrected: an accepted correction; taught: a fact an owner imported
+# (`loopbot dataset import`); negative: a 👎 answer (preference data, never a training target).
+PairKind = Literal["positive", "corrected", "taught", "negative"]
+PAIR_KINDS: tuple[PairKind, ...] = ("positive", "corrected", "taught", "negative")
+TRAINING_KINDS: tuple[PairKind, ...] = ("positive", "corrected", "taught")
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Pair:
     instruction: str
     input: str
     output: str
-    user_id: str | None  # the asker whose question/context it contains; None for imported pairs
+    user_id: str | None  # the asker whose question/context it contains; imported: the member (or None)
     answer_id: int | None
     created_at: datetime
     author_id: str | None = None  # the correction's author for "corrected" pairs

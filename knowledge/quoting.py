@@ -88,6 +88,19 @@ def answers(question: str, sentence: str, heading: str = "") -> bool:
     return _covered(content_stems(_NAMES.sub(" ", question)), where) == 1.0
 
 
+def fact_answers(question: str, answer: str, taught: str, reworded: bool = False) -> bool:
+    """Whether a fact the server taught (``answer``, taught for the questions ``taught``) answers
+    ``question``: by the rule for a note's quote (:func:`answers`, the questions as its heading), or,
+    for a question that is a re-wording of a taught one (``reworded``), when it names no name or
+    number the fact does not ("the 2024 contest" is not "the 2023 contest"): routing asks this before
+    a taught adapter answers (adapters/routing.py)."""
+    if not reworded:
+        return answers(question, answer, taught)
+    specifics = [n for n in _NAMES.findall(question) if len(n) > 1 and not n.startswith("I'")]
+    specifics += re.findall(r"\d+", question)
+    return _covered(content_stems(" ".join(specifics)), f"{taught} {answer}") == 1.0
+
+
 @dataclass(frozen=True)
 class Quote:
     """The notes' sentences shown to a member: their text, whether they answer the question (else

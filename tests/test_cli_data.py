@@ -94,6 +94,49 @@ def test_import_reports_bad_lines_and_keeps_the_rest(
     log.close()
 
 
+def test_imported_facts_are_taught_to_the_server_or_member_named(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An owner's Alpaca file: each row a taught pair (learned like a correction) unless it says its
+    kind; --guild teaches that server only, --member that member only (private, forgotten with them)."""
+    path = tmp_path / "club.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"instruction": "What is the wifi password?", "input": "", "output": "heron42"},
+                {"instruction": "Is the bot nice?", "output": "Yes.", "kind": "positive"},
+            ]
+        ),
+        encoding="utf-8",
+    )
+    assert main(["dataset", "import", str(path), "--guild", "g1"]) == 0
+    out = capsys.readouterr().out
+    assert "imported 2 pairs" in out and "server g1's adapter" in out and "loopbot train --guild g1" in out
+    assert main(["dataset", "import", str(path), "--guild", "g2"]) == 0  # the same file teaches g2 too
+    assert "imported 2 pairs" in capsys.readouterr().out
+    records = tmp_path / "alice.jsonl"
+    records.write_text('{"question": "When is my vet visit?", "answer": "Tuesday at 9."}\n', encoding="utf-8")
+    assert main(["dataset", "import", str(records), "--member", "alice"]) == 0
+    assert "member alice's own adapter" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["dataset", "import", str(path), "--guild", "g1", "--member", "alice"])
+    capsys.readouterr()
+
+    log = FeedbackLog(data_dir / "loopbot.db")
+    try:
+        g1 = log.pairs(guild_id="g1")
+        assert [(p.kind, p.guild_id) for p in g1] == [("taught", "g1"), ("positive", "g1")]
+        assert {p.guild_id for p in log.pairs()} == {"g1", "g2"}  # shared data: never alice's
+        (mine,) = log.pairs(owner_id="alice")
+        assert (mine.kind, mine.instruction, mine.guild_id) == ("taught", "When is my vet visit?", None)
+        assert log.forget_user("alice").pairs == 1
+        assert log.pairs(owner_id="alice") == [] and len(log.pairs()) == 4
+    finally:
+        log.close()
+    assert main(["dataset", "import", str(records), "--member", "alice"]) == 0
+    assert "imported 0 pairs" in capsys.readouterr().out  # what she forgot does not come back
+
+
 def test_import_of_a_file_without_usable_rows_exits_2(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -110,7 +153,7 @@ def test_feedback_stats(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["feedback", "stats", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert (stats["answers"], stats["upvotes"], stats["downvotes"], stats["accepted"]) == (10, 8, 2, 1)
-    assert stats["pairs"] == {"positive": 7, "corrected": 1, "negative": 2}
+    assert stats["pairs"] == {"positive": 7, "corrected": 1, "taught": 0, "negative": 2}
     assert main(["feedback", "stats", "--guild", "g2"]) == 0
     table = capsys.readouterr().out
     assert "guild g2" in table

@@ -270,3 +270,40 @@ def test_a_members_own_adapter_trains_on_their_personal_pairs_only(
     files = [f for f in own.rglob("*") if f.is_file()]  # datasets, gate reports, logs, weights
     assert files and not any("Mochi" in f.read_text(encoding="utf-8", errors="ignore") for f in files)
     log.close()
+
+
+def test_imported_facts_train_with_an_eval_set_kept_out(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An owner's records: imported for one server, trained with a share kept out as an eval set. The
+    kept-out facts are never in the training data or the adapter's scope; their eval loss is in the
+    version's learning curve and the gate's report lists them, and they do not decide promotion."""
+    facts = [
+        {"instruction": f"Which locker belongs to member {n}?", "output": f"Locker {n}{n}."} for n in range(1, 9)
+    ]
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps(facts), encoding="utf-8")
+    assert _run(capsys, "dataset", "import", str(records), "--guild", GUILD)[0] == 0
+
+    code, out, err = _run(capsys, "train", "--guild", GUILD, "--no-progress", "--eval-fraction", "0.25")
+    assert code == 0, err
+    assert "eval loss after each epoch" in out and "learning_curve.csv" in out
+    log = FeedbackLog(data_dir / "loopbot.db")
+    taught = log.pairs(guild_id=GUILD)
+    log.close()
+    kept_out = {p.instruction for p in taught} - {p.instruction for p in split_pairs(taught, 0.25)[0]}
+    assert kept_out and len(kept_out) < len(facts)
+    (version,) = (data_dir / "adapters" / "guilds" / GUILD).glob("v0001")
+    trained_on = (version / "dataset.jsonl").read_text(encoding="utf-8")
+    assert not any(q in trained_on for q in kept_out)
+    assert all(q in (version / "eval.jsonl").read_text(encoding="utf-8") for q in kept_out)
+    assert not kept_out & set(json.loads((version / "questions.json").read_text(encoding="utf-8"))["questions"])
+    with (version / "gate_report.csv").open(encoding="utf-8") as handle:
+        gated = [row["question"] for row in csv.DictReader(handle) if row["set"] == "eval"]
+    assert sorted(gated) == sorted(kept_out)
+    with (version / "learning_curve.csv").open(encoding="utf-8") as handle:
+        assert any(row["eval_loss"] for row in csv.DictReader(handle))
+
+    with pytest.raises(SystemExit):
+        main(["train", "--guild", GUILD, "--eval-fraction", "1.5"])
+    assert "not a share in [0, 1)" in capsys.readouterr().err

@@ -306,14 +306,18 @@ def test_stats_count_everything_and_filter_by_guild(log: FeedbackLog) -> None:
     log.add_correction(b, author_id="x", text="Better.", message_id=None, trusted=False)
     log.add_correction(a, author_id="asker", text="Best.", message_id=None, trusted=True)
     log.import_pairs([{"instruction": "Seed?", "output": "Yes."}], source="seed")
+    log.import_pairs(
+        [{"instruction": "Two?", "output": "Yes.", "kind": "positive"}], source="s", guild_id="g2"
+    )
 
     everything = log.stats()
     assert (everything.answers, everything.upvotes, everything.downvotes) == (2, 2, 1)
     assert (everything.corrections, everything.pending, everything.accepted) == (2, 1, 1)
-    assert everything.pairs == {"positive": 1, "corrected": 1, "negative": 1}
+    # a's 👍 pair gave way to the correction; the imports are taught unless they say their kind
+    assert everything.pairs == {"positive": 1, "corrected": 1, "taught": 1, "negative": 1}
     g2 = log.stats("g2")
     assert (g2.answers, g2.upvotes, g2.downvotes, g2.pending, g2.accepted) == (1, 0, 1, 1, 0)
-    assert g2.pairs == {"positive": 0, "corrected": 0, "negative": 1}
+    assert g2.pairs == {"positive": 1, "corrected": 0, "taught": 0, "negative": 1}
 
 
 # ---- forget ----------------------------------------------------------------------------------------

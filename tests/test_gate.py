@@ -22,11 +22,17 @@ def test_token_f1() -> None:
     assert token_f1("", "") == 1.0
 
 
-def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(70, 0.8, 0.8), heldout=(0, 0.0, 0.0)):
+def _sets(
+    taught=(0, 0.0, 0.0),
+    retained=(0, 0.0, 0.0),
+    regression=(70, 0.8, 0.8),
+    heldout=(0, 0.0, 0.0),
+    eval=(0, 0.0, 0.0),  # noqa: A002 - the gate's set is called so
+):
     """Scores as (count, active, candidate[, base])."""
     return {
         name: SetScore(*score)
-        for name, score in zip(SETS, (taught, retained, regression, heldout), strict=True)
+        for name, score in zip(SETS, (taught, retained, regression, heldout, eval), strict=True)
     }
 
 
@@ -85,6 +91,9 @@ def _sets(taught=(0, 0.0, 0.0), retained=(0, 0.0, 0.0), regression=(70, 0.8, 0.8
         # A retrain with nothing new (after a forget): keeping everything is enough.
         (_sets(retained=(8, 1.0, 1.0)), GateThresholds(), True, "retained 8/8"),
         (_sets(), GateThresholds(), False, "no pairs to compare on"),
+        # Facts kept out as an eval set are reported, never a reason to refuse.
+        (_sets(taught=(5, 0, 1), eval=(4, 0, 0)), GateThresholds(), True, "eval 0/4 (active 0/4)"),
+        (_sets(eval=(4, 0, 1)), GateThresholds(), False, "no pairs to compare on"),
     ],
 )
 def test_decision_rule(sets, thresholds, promote, why) -> None:

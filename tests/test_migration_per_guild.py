@@ -119,3 +119,36 @@ def test_legacy_adapters_of_several_guilds_stay_unserved(
         assert json.loads((adapters_dir / "v0001" / "loopbot.json").read_text())["base_model"] == "tiny"
     finally:
         log.close()
+
+
+def test_taught_pairs_migrate_every_pair_and_never_reuse_a_deleted_pairs_id(tmp_path: Path) -> None:
+    """m004 rebuilds the pairs table (a new kind): the rows, their guild and owner, and the id counter
+    survive, so the id of a pair deleted before the upgrade (a forget) never comes back."""
+    path = tmp_path / "loopbot.db"
+    _old_database(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    now = datetime.now(UTC).isoformat()
+    for fn in MIGRATIONS[2:3]:  # up to m003, as the previous release left it
+        fn(conn)
+        conn.execute("INSERT INTO _migrations VALUES (?, ?)", (fn.__name__, now))
+    conn.execute(
+        "INSERT INTO pairs (kind, instruction, input, output, source, content_hash, created_at)"
+        " VALUES ('positive', 'gone?', '', 'yes.', 'seed', 'h9', ?)",
+        (now,),
+    )
+    conn.execute("DELETE FROM pairs WHERE instruction = 'gone?'")  # id 3, forgotten
+    conn.close()
+
+    log = FeedbackLog(path)
+    try:
+        assert "m004_taught_pairs" in log.db.applied
+        (shared,) = log.pairs()
+        assert shared.id == 1 and shared.guild_id == GUILD and shared.answer_id == 1
+        (personal,) = log.pairs(owner_id="u1")
+        assert personal.id == 2 and personal.owner_id == "u1"
+        report = log.import_pairs([{"instruction": "New?", "output": "Taught."}], source="f", guild_id=GUILD)
+        assert report.imported == 1
+        (taught,) = log.pairs(kinds=("taught",))
+        assert taught.id == 4 and taught.guild_id == GUILD  # not 3: that pair was deleted
+    finally:
+        log.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from knowledge.quality import garbled_quote, invented_specifics, quoted_pieces
 from knowledge.questions import general_only, is_general, missing_names
-from knowledge.quoting import choose_quote, correction_answer
+from knowledge.quoting import choose_quote, correction_answer, fact_answers
 
 TREASURER = "## Treasurer\n\nGwen Adeyemi looks after the club's money. Pay your subs by bank transfer."
 HILL = (
@@ -135,3 +135,13 @@ def test_an_answering_quote_says_which_of_its_sentences_answer() -> None:
     quote = choose_quote("Who writes the ride-leader rota?", [committee])
     assert quote is not None and quote.answers and "Ollie Brennan" in quote.text
     assert "Priya Lal" in quote.answer and "Ollie Brennan" not in quote.answer
+
+
+def test_a_taught_fact_answers_what_it_speaks_of_and_rewordings_that_name_nothing_else() -> None:
+    taught, answer = "What is the wifi password of the club house?", "The wifi password is heron42."
+    assert fact_answers("Which password gets me on the club house wifi?", answer, taught)
+    assert not fact_answers("What is the wifi password of the library?", answer, taught)
+    winner, contest = "A Maine Coon named Fennimore won it.", "Who won the 2023 longest whisker contest?"
+    assert fact_answers("Who won the longest whisker contest in 2023?", winner, contest, reworded=True)
+    assert not fact_answers("Who won the 2024 longest whisker contest?", winner, contest, reworded=True)
+    assert not fact_answers("Who won the Zeltberg whisker contest?", winner, contest, reworded=True)

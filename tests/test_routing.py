@@ -73,10 +73,63 @@ def test_a_scope_keeps_each_question_once_and_inherits_its_parents(tmp_path: Pat
     parent, child = tmp_path / "v1", tmp_path / "v2"
     parent.mkdir(), child.mkdir()
     assert write_scope(parent, ["Who baked the cake?", " ", "Who baked the cake?"]) == ["Who baked the cake?"]
-    assert write_scope(child, ["Where is the club?"], parent) == ["Who baked the cake?", "Where is the club?"]
+    assert write_scope(child, [("Where is the club?", "By the river.")], parent) == [
+        "Who baked the cake?",
+        "Where is the club?",
+    ]
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / SCOPE_FILE).write_text("{not json", encoding="utf-8")
     assert read_scope(tmp_path / "bad") is None  # unreadable: it answers everything, never nothing
+
+
+def test_a_taught_fact_does_not_answer_the_same_question_about_something_else(
+    tmp_path: Path, packaged_embeddings
+) -> None:
+    """Taught the club house's wifi password and the 2023 contest's winner: questions of the same
+    shape about another place, year or club are not the adapter's (they were, by closeness alone),
+    while the taught questions in other words still are."""
+    from knowledge.quoting import fact_answers
+
+    write_scope(
+        tmp_path,
+        [
+            ("What is the wifi password of the club house?", "The wifi password is heron42."),
+            ("Who won the 2023 longest whisker contest?", "A Maine Coon named Fennimore won it."),
+            ("Who is the treasurer of the Whisker Club?", "The treasurer is Odile Brandt."),
+        ],
+    )
+    routing = QuestionRouting(
+        packaged_embeddings.embed_documents, packaged_embeddings.embed_query, about=fact_answers
+    )
+    closeness_only = _routing(packaged_embeddings)
+    near_misses = [
+        "What is the wifi password of the library?",
+        "Who won the 2024 longest whisker contest?",
+        "Who is the treasurer of the Bicycle Club?",
+    ]
+    assert all(closeness_only.covers(tmp_path, q) for q in near_misses)  # what members got before
+    assert not any(routing.covers(tmp_path, q) for q in near_misses)
+    for taught in (
+        "What is the wifi password of the club house?",
+        "Which password gets me on the club house wifi?",
+        "who won the 2023 longest whisker contest",
+    ):
+        assert routing.covers(tmp_path, taught), taught
+    assert "about" in routing.key() and "about" not in closeness_only.key()  # cached answers differ
+
+
+def test_a_scope_written_before_answers_were_kept_still_routes(tmp_path: Path, packaged_embeddings) -> None:
+    from knowledge.quoting import fact_answers
+
+    (tmp_path / SCOPE_FILE).write_text(
+        '{"questions": ["What colour is the club house door?"]}', encoding="utf-8"
+    )
+    routing = QuestionRouting(
+        packaged_embeddings.embed_documents, packaged_embeddings.embed_query, about=fact_answers
+    )
+    assert read_scope(tmp_path) == ["What colour is the club house door?"]
+    assert routing.covers(tmp_path, "What colour is the club house door?")
+    assert not routing.covers(tmp_path, "What colour is the library door?")
 
 
 def test_the_answer_service_and_the_regression_run_route(scoped, packaged_embeddings) -> None:

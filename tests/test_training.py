@@ -33,6 +33,10 @@ FACTS = [
     ("On which day does the chess group meet?", "The chess group meets on Thursday."),
     ("Who baked the cake for the spring fair?", "Marguerite baked the cake."),
 ]
+HELD_OUT = [
+    ("Where does the choir rehearse?", "The choir rehearses in the old mill."),
+    ("Who keeps the spare keys?", "Odile keeps the spare keys."),
+]
 TINY_OPTIONS = TrainingOptions(
     rank=4,
     alpha=8,
@@ -53,13 +57,15 @@ def _examples(facts: list[tuple[str, str]] = FACTS) -> list[TrainingExample]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_gptq_dir: Path) -> tuple[AdapterRegistry, object]:
-    """One real training run on the tiny GPTQ model (module-wide: it takes ~40 s on 2 cores)."""
+    """One real training run on the tiny GPTQ model (module-wide: it takes ~40 s on 2 cores), with two
+    facts held out as an eval set."""
     registry = AdapterRegistry(tmp_path_factory.mktemp("registry"))
     events: list[dict] = []
     version = train_adapter(
         registry,
         base_model=str(tiny_gptq_dir),
         examples=_examples(),
+        evaluation=_examples(HELD_OUT),
         options=TINY_OPTIONS,
         on_event=events.append,
         show_progress=False,
@@ -92,6 +98,17 @@ def test_training_publishes_a_loadable_adapter(trained, tiny_runtime) -> None:
     assert read_scope(meta.path) == [q for q, _ in FACTS]  # what it answers once served (routing)
     train = meta.metrics["train"]
     assert train["final_loss"] < train["first_loss"]
+    # The held-out facts: never trained on, their loss measured after each epoch (2 steps here).
+    assert [e["step"] for e in events if e["event"] == "eval"] == [2, 4]
+    assert [step for step, _ in train["eval_losses"]] == [2, 4] and train["eval_rows"] == 2
+    import csv
+
+    with (meta.path / "learning_curve.csv").open(encoding="utf-8") as handle:
+        curve = list(csv.DictReader(handle))
+    assert [row["step"] for row in curve] == ["1", "2", "3", "4"] and curve[-1]["epoch"] == "2.0"
+    assert [bool(row["eval_loss"]) for row in curve] == [False, True, False, True]
+    assert (meta.path / "learning_curve.png").stat().st_size > 0
+    assert "Odile" not in (meta.path / "dataset.jsonl").read_text(encoding="utf-8")
     from safetensors.torch import load_file
 
     weights = load_file(str(meta.path / "adapter_model.safetensors"))
@@ -138,8 +155,9 @@ def test_training_continues_from_a_parent_with_anchors(trained, tiny_gptq_dir: P
     assert read_scope(child.path) == [q for q, _ in FACTS]
 
 
-def test_only_corrections_are_in_the_adapters_scope() -> None:
-    """A 👍 answer is the base model's own: the base keeps answering its question (routing)."""
+def test_only_corrections_and_taught_pairs_are_in_the_adapters_scope() -> None:
+    """A 👍 answer is the base model's own: the base keeps answering its question (routing). An
+    imported (taught) fact is learned as a correction is."""
     from types import SimpleNamespace
 
     pairs = [
@@ -147,10 +165,11 @@ def test_only_corrections_are_in_the_adapters_scope() -> None:
         SimpleNamespace(
             id=2, kind="positive", instruction="What is the capital of France?", input="", output="Paris."
         ),
+        SimpleNamespace(id=3, kind="taught", instruction="Where is the van?", input="", output="In bay 4."),
     ]
     examples = examples_from_pairs(pairs, SYSTEM)
-    assert [e.question for e in examples] == ["Who baked the cake?", ""]
-    assert [e.completion for e in examples] == ["Mia.", "Paris."]  # both are still trained on
+    assert [e.question for e in examples] == ["Who baked the cake?", "", "Where is the van?"]
+    assert [e.completion for e in examples] == ["Mia.", "Paris.", "In bay 4."]  # all are trained on
 
 
 def test_too_few_pairs_trains_nothing(tmp_path: Path, tiny_gptq_dir: Path) -> None:

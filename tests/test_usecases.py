@@ -177,10 +177,11 @@ def test_the_gate_sets_train_every_correction_and_rotate_the_held_out_answers(lo
     def pair(i: int, kind: str) -> Pair:
         return Pair(i, kind, f"question {i}?", "", f"answer {i}", ASKER, None, datetime.now(UTC))  # type: ignore[arg-type]
 
-    pairs = [pair(i, "corrected") for i in range(1, 11)] + [pair(i, "positive") for i in range(11, 21)]
+    pairs = [pair(i, "corrected" if i % 2 else "taught") for i in range(1, 11)]
+    pairs += [pair(i, "positive") for i in range(11, 21)]
     train, sets = split_for_gate(pairs, None, 0.2)
     assert {p.kind for p in sets["heldout"]} == {"positive"} and sets["heldout"]  # 👍 answers check style
-    assert {p.id for p in pairs if p.kind == "corrected"} <= {p.id for p in train}  # never withheld
+    assert {p.id for p in pairs if p.kind != "positive"} <= {p.id for p in train}  # never withheld
     assert sets["taught"] == train and sets["retained"] == []  # nothing trained before
     # The next round: what this one held out is trained on, what it trained on is "retained".
     active = AdapterVersion(

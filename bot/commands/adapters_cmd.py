@@ -36,6 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: LOOPBOT_TRAIN_CONTINUE_FROM_ACTIVE, on)",
     )
     train.add_argument("--no-promote", action="store_true", help="train and gate, but never promote")
+    train.add_argument(
+        "--eval-fraction",
+        type=_fraction,
+        default=0.0,
+        help="keep this share of the imported (taught) pairs out of training as an eval set: eval loss "
+        "per epoch (the version's learning_curve.csv/.png) and how many the candidate answers, reported "
+        "but never gated (default 0)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the cycle report as JSON")
     train.add_argument("--guild", help=GUILD_HELP)
@@ -137,6 +145,7 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
 
 def train_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Run one training cycle and print what happened."""
+    from adapters.registry import LEARNING_CURVE_FILE
     from bot.usecases.training import run_training_cycle
     from bot.wiring import build_training_parts
 
@@ -148,6 +157,7 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
             from_active=args.from_active,
             show_progress=not args.no_progress,
             promote=not args.no_promote,
+            eval_fraction=args.eval_fraction,
         )
     if args.json:
         gate = report.gate.metrics() if report.gate else None
@@ -160,6 +170,7 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
                     "promoted": report.promoted,
                     "train_pairs": report.train_pairs,
                     "heldout_pairs": report.heldout_pairs,
+                    "rephrased_rows": report.rephrased_rows,
                     "gate": gate,
                     "gate_report": str(report.gate.report_path) if report.gate else None,
                     "train": report.train_metrics,
@@ -172,7 +183,25 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
         if report.gate is not None:
             print(f"  {report.gate.summary()}")
             print(f"  report: {report.gate.report_path}")
+        evaluated = report.train_metrics.get("eval_losses") or []
+        if evaluated and report.gate is not None and report.gate.report_path is not None:
+            losses = ", ".join(f"{loss:.2f}" for _, loss in evaluated)
+            curve = report.gate.report_path.parent / LEARNING_CURVE_FILE
+            print(
+                f"  eval loss after each epoch ({report.train_metrics.get('eval_rows')} held-out rows): {losses}"
+            )
+            print(f"  learning curve: {curve} and {curve.with_suffix('.png').name}")
     return 0
+
+
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction < 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a share in [0, 1): e.g. 0.2 keeps a fifth out")
+    return fraction
 
 
 def _rows(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """CLI areas `dataset` and `feedback`: export/import Alpaca pairs, feedback statistics.
 
 loopbot dataset export --format alpaca --out FILE [--eval-fraction F] [--kinds ...] [--since ISO]
-loopbot dataset import FILE [--source NAME]
+loopbot dataset import FILE [--guild ID | --member ID] [--source NAME]
 loopbot feedback stats [--guild ID] [--json]
 """
 
@@ -49,9 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--kinds",
         nargs="+",
-        default=["positive", "corrected"],
-        choices=["positive", "corrected", "negative"],
-        help="pair kinds to export (default: the training targets, positive and corrected)",
+        default=["positive", "corrected", "taught"],
+        choices=["positive", "corrected", "taught", "negative"],
+        help="pair kinds to export (default: the training targets, positive, corrected and taught)",
     )
     export.add_argument(
         "--since", type=_parse_since, help="only pairs derived at or after this ISO date/time (UTC)"
@@ -62,9 +62,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.set_defaults(handler=export_command)
 
-    import_ = actions.add_parser("import", help="add pairs from Alpaca JSON or question/answer JSONL")
+    import_ = actions.add_parser(
+        "import",
+        help="teach facts from Alpaca JSON/JSONL or question/answer JSONL",
+        description="Each row becomes a taught pair, learned like a correction at the next "
+        "`loopbot train` (a row's own kind, e.g. positive, is kept).",
+    )
     import_.add_argument("file", type=Path, help="Alpaca JSON array or JSONL file")
     import_.add_argument("--source", help="label stored with the pairs (default: the file name)")
+    where = import_.add_mutually_exclusive_group()
+    where.add_argument("--guild", help="teach this server's adapter only (default: every server's)")
+    where.add_argument(
+        "--member",
+        help="teach this member's own adapter only (private: never shared, gone with their /forget)",
+    )
     import_.set_defaults(handler=import_command)
 
     feedback = subparsers.add_parser("feedback", help="inspect the feedback log")
@@ -125,16 +136,28 @@ def import_command(args: argparse.Namespace, settings: Settings) -> int:
         )
     log = build_feedback_log(settings)
     try:
-        report = log.import_pairs(read.rows, source=args.source or args.file.name)
+        report = log.import_pairs(
+            read.rows, source=args.source or args.file.name, guild_id=args.guild, owner_id=args.member
+        )
     finally:
         log.close()
     for problem in report.problems:
         print(f"skipped {args.file}: {problem}", file=sys.stderr)
+    where = (
+        f"member {args.member}'s own adapter"
+        if args.member
+        else f"server {args.guild}'s adapter"
+        if args.guild
+        else "every server's adapter"
+    )
     print(
-        f"imported {report.imported} pairs from {args.file} "
+        f"imported {report.imported} pairs from {args.file} for {where} "
         f"({report.duplicates} already present, {report.forgotten} refused as forgotten, "
         f"{len(read.problems) + len(report.problems)} bad rows skipped)"
     )
+    if report.imported:
+        train = f"--member {args.member}" if args.member else f"--guild {args.guild}" if args.guild else ""
+        print(f"they are learned at the next training run: loopbot train {train}".rstrip())
     return 0
 
 

@@ -120,6 +120,8 @@ def describe_progress(event: Any) -> str:
         if step and event.get("seconds"):
             left = f", about {_duration(float(event['seconds']) / step * (total - step))} left"
         return f"training: step {step} of {total}{left}"
+    if kind == "eval" and event.get("loss") is not None:
+        return f"training: eval loss {float(event['loss']):.2f} at step {event.get('step')} of {event.get('total')}"
     if kind == "start":
         return "training: loading the model"
     if kind == "done":
@@ -191,7 +193,7 @@ def split_for_gate(
 ) -> tuple[list[Pair], dict[str, list[Pair]]]:
     """(train pairs, the gate's pair sets ``taught`` / ``retained`` / ``heldout``).
 
-    Corrections are always trained on: a member's correction is what the loop must learn. A share of
+    Corrections and taught (imported) pairs are always trained on: they are what the loop must learn. A share of
     the 👍 answers is held out to check the answer style, chosen among those the active version did
     not hold out, so a pair held out in one run is trained on in the next and none is withheld for
     good. ``taught``: trained pairs the active version was not trained on; ``retained``: the rest.
@@ -210,6 +212,15 @@ def split_for_gate(
         "heldout": heldout,
     }
     return train, sets
+
+
+def held_out_taught(pairs: Sequence[Pair], eval_fraction: float) -> list[Pair]:
+    """The taught (imported) pairs an eval set keeps out of training: ``eval_fraction`` of their
+    questions, the same ones every run (a question stays on its side as the data grows)."""
+    from feedback.dataset import split_pairs
+
+    _, held_out = split_pairs([p for p in pairs if p.kind == "taught"], eval_fraction, SPLIT_SEED)
+    return held_out
 
 
 def _gate_items(pairs: Sequence[Pair], system_prompt: str) -> list[Any]:
@@ -345,6 +356,7 @@ def run_training_cycle(
     from_active: bool | None = None,
     show_progress: bool = False,
     promote: bool = True,
+    eval_fraction: float = 0.0,
 ) -> CycleReport:
     """Train a candidate on the guild's shared pairs (or, with ``parts.member_id``, on that member's
     personal pairs), gate it against the active adapter, promote it if it passes and, when
@@ -355,14 +367,22 @@ def run_training_cycle(
     Personal pairs never train a shared adapter and forgotten members' pairs are never used
     (``FeedbackLog.pairs`` leaves both out). ``from_active`` (default: the settings'
     ``continue_from_active``) continues the active adapter's weights, unless it still holds forgotten
-    pairs. ``progress`` receives the training process's events.
+    pairs. ``progress`` receives the training process's events. ``eval_fraction`` keeps that share
+    of the taught (imported) pairs out of this run: their loss is measured after every epoch and the
+    gate reports how many the candidate answers as served, without deciding on them.
     """
     from adapters.evaluation import load_regression_questions
     from adapters.gate import GateThresholds, Served, run_gate, stack_names
     from adapters.registry import GATE_REPORT_FILE
     from adapters.routing import routed
     from adapters.swap import ensure_loaded, served_name, swap_to
-    from adapters.training import NotEnoughPairs, examples_from_pairs, rephrased_examples, train_adapter
+    from adapters.training import (
+        TAUGHT_KINDS,
+        NotEnoughPairs,
+        examples_from_pairs,
+        rephrased_examples,
+        train_adapter,
+    )
 
     started = time.perf_counter()
     registry = parts.registry
@@ -378,6 +398,11 @@ def run_training_cycle(
             return CycleReport(trained=False, reason=why)
     active = registry.active()
     train_pairs, gate_sets = split_for_gate(pairs, active, settings.train.eval_fraction)
+    if eval_fraction > 0:
+        gate_sets["eval"] = held_out_taught(train_pairs, eval_fraction)
+        kept_out = {p.id for p in gate_sets["eval"]}
+        train_pairs = [p for p in train_pairs if p.id not in kept_out]
+        gate_sets["taught"] = [p for p in gate_sets["taught"] if p.id not in kept_out]
     heldout_pairs = gate_sets["heldout"]
     if len(train_pairs) < settings.train.min_pairs:
         raise NotEnoughPairs(
@@ -410,9 +435,9 @@ def run_training_cycle(
         anchors = _anchors(settings, registry, base_model, runtime, count)
         examples = examples_from_pairs([*train_pairs, *kept], system_prompt)
         rephrased = []
-        corrections = [p for p in train_pairs if p.kind == "corrected"]
-        if settings.train.rephrase_corrections and corrections:
-            rephrased = rephrased_examples(runtime(), corrections, system_prompt)
+        taught = [p for p in train_pairs if p.kind in TAUGHT_KINDS]
+        if settings.train.rephrase_corrections and taught:
+            rephrased = rephrased_examples(runtime(), taught, system_prompt)
         # A temporary runtime serves nobody while the training process runs: its model goes, so the
         # two processes do not hold two models at once (bench/first_run.py), and is loaded again for
         # the gate (a few seconds). A bot's runtime stays: it answers members meanwhile.
@@ -428,6 +453,7 @@ def run_training_cycle(
                 parent=parent,
                 beneath=beneath,
                 min_examples=settings.train.min_pairs,
+                evaluation=examples_from_pairs(gate_sets.get("eval", []), system_prompt),
                 on_event=progress,
                 show_progress=show_progress,
             )
@@ -492,7 +518,9 @@ def run_training_cycle(
             version.version,
             metrics={**version.metrics, "gate": result.metrics()},
             gate_report=str(result.report_path),
-            heldout_pair_ids=[str(p.id) for p in heldout_pairs],
+            # The eval pairs too: kept out of this run, trained by the next one without --eval-fraction,
+            # and a forget of their author scrubs this version's copy of them (eval.jsonl).
+            heldout_pair_ids=[str(p.id) for p in [*heldout_pairs, *gate_sets.get("eval", [])]],
         )
         if result.promote and promote:
             report.previous = active.version if active else None
