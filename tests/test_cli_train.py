@@ -279,7 +279,8 @@ def test_imported_facts_train_with_an_eval_set_kept_out(
     kept-out facts are never in the training data or the adapter's scope; their eval loss is in the
     version's learning curve and the gate's report lists them, and they do not decide promotion."""
     facts = [
-        {"instruction": f"Which locker belongs to member {n}?", "output": f"Locker {n}{n}."} for n in range(1, 9)
+        {"instruction": f"Which locker belongs to member {n}?", "output": f"Locker {n}{n}."}
+        for n in range(1, 9)
     ]
     records = tmp_path / "records.json"
     records.write_text(json.dumps(facts), encoding="utf-8")
@@ -297,7 +298,9 @@ def test_imported_facts_train_with_an_eval_set_kept_out(
     trained_on = (version / "dataset.jsonl").read_text(encoding="utf-8")
     assert not any(q in trained_on for q in kept_out)
     assert all(q in (version / "eval.jsonl").read_text(encoding="utf-8") for q in kept_out)
-    assert not kept_out & set(json.loads((version / "questions.json").read_text(encoding="utf-8"))["questions"])
+    assert not kept_out & set(
+        json.loads((version / "questions.json").read_text(encoding="utf-8"))["questions"]
+    )
     with (version / "gate_report.csv").open(encoding="utf-8") as handle:
         gated = [row["question"] for row in csv.DictReader(handle) if row["set"] == "eval"]
     assert sorted(gated) == sorted(kept_out)
