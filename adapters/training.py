@@ -263,8 +263,14 @@ def data_hash(examples: Sequence[TrainingExample]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(shares_cores: bool = True) -> dict[str, str]:
     env = dict(os.environ)
+    if not shares_cores:
+        # Nothing serves beside the training process: its OpenMP threads may spin between parallel
+        # regions (the default) instead of sleeping as loopbot's serving processes make them. 8 steps
+        # of the default model, 2 cores: 2.84 s a step instead of 4.15 (bench/training_speed.py).
+        # Beside a serving runtime they must not: spinning threads stall its decoding (README).
+        env.pop("OMP_WAIT_POLICY", None)
     env.setdefault("GPTQMODEL_CPU_WORKERS", "2")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -281,6 +287,7 @@ def _run_child(
     on_event: ProgressCallback | None,
     show_progress: bool,
     python: str,
+    shares_cores: bool = True,
 ) -> dict[str, Any]:
     """Run the worker, relay its progress; return its ``done`` event or raise :class:`TrainingFailed`."""
     from tqdm import tqdm
@@ -297,7 +304,7 @@ def _run_child(
             [python, "-m", "adapters._train_worker", str(config_path)],
             stdout=subprocess.PIPE,
             stderr=log,
-            env=_child_env(),
+            env=_child_env(shares_cores),
             text=True,
             bufsize=1,
         )
@@ -341,6 +348,7 @@ def train_adapter(
     on_event: ProgressCallback | None = None,
     show_progress: bool = True,
     python: str = sys.executable,
+    shares_cores: bool = True,
 ) -> AdapterVersion:
     """Train a LoRA on ``examples`` in a child process and publish it as a new (inactive) version.
 
@@ -352,7 +360,8 @@ def train_adapter(
     new LoRA is saved, its ``train_config`` names the other. ``on_event`` receives
     the child's events (``start`` carries its ``pid``). ``evaluation``: rows kept out of training whose
     loss is measured after every epoch (``eval`` events, the metrics' ``eval_losses``); the version's
-    ``learning_curve.csv`` holds both curves. Raises :class:`NotEnoughPairs` below
+    ``learning_curve.csv`` holds both curves. ``shares_cores``: a serving runtime answers members
+    beside the training process (the bot), so its threads must not spin. Raises :class:`NotEnoughPairs` below
     ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
     """
     options = options or TrainingOptions()
@@ -394,7 +403,13 @@ def train_adapter(
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         try:
             done = _run_child(
-                config_path, stage.path / "train.log", config["steps"], on_event, show_progress, python
+                config_path,
+                stage.path / "train.log",
+                config["steps"],
+                on_event,
+                show_progress,
+                python,
+                shares_cores,
             )
         except TrainingFailed as error:
             kept = registry.keep_failed(stage)

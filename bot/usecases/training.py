@@ -456,6 +456,7 @@ def run_training_cycle(
                 evaluation=examples_from_pairs(gate_sets.get("eval", []), system_prompt),
                 on_event=progress,
                 show_progress=show_progress,
+                shares_cores=not own_runtime,  # the bot's runtime answers members meanwhile
             )
         report = CycleReport(
             trained=True,
