@@ -16,7 +16,7 @@ answers) nor its anchors. A question is in scope when, for one taught question,
 
 Both text checks are ``about`` (knowledge.quoting.fact_answers, injected). Close alone let a fact
 bleed into questions of the same shape about something else: taught the club house's wifi password,
-"What is the wifi password of the library?" (0.79) was answered with it; of 45 such near misses, 40
+"What is the wifi password of the library?" (0.79) was answered with it; of 45 such near misses, 41
 were routed to the adapter at 0.5 (bench/routing.py). The re-wording bar is 0.85, not 0.8: "What is
 the church choir called?" is 0.8 from "What is the club choir called?".
 

@@ -15,7 +15,12 @@ the guild's active adapter, routed as the bot routes (adapters/routing.py), answ
 * regression: the gate's own figures (the general set, candidate against the base).
 
     python bench/imported_facts.py [--facts 20]
+    python bench/imported_facts.py --records 100    # a household's records: time per 100 pairs
 
+``--records N`` imports N templated records of an invented household instead ("What is the bike lock
+code of Nell Brightwater?" -> "Nell Brightwater's bike lock code is 4471."; each asked once more in
+other words, no near misses) and writes bench/results/imported_records_N.json: the time per 100
+pairs of a realistic import.
 Writes bench/results/imported_facts.json.
 """
 
@@ -81,9 +86,42 @@ def _asked(
     }
 
 
+THINGS = ("bike lock code", "locker number", "allotment plot", "shift day", "dentist appointment",
+          "library card number", "parking space", "choir part", "emergency contact", "favourite tea")  # fmt: skip
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+FIRST = ("Nell", "Ivo", "Marta", "Teodor", "Wren", "Osric", "Lumi", "Fenna", "Caspian", "Runa")
+LAST = (
+    "Brightwater",
+    "Quenby",
+    "Halloran",
+    "Vask",
+    "Tindall",
+    "Okafor",
+    "Ruelle",
+    "Marchetti",
+    "Skov",
+    "Pell",
+)
+
+
+def household_records(count: int) -> list[tuple[str, str, str, str]]:
+    """``count`` invented records as (question, answer, key, question in other words)."""
+    records = []
+    for n in range(count):
+        person = f"{FIRST[(n // 10) % 10]} {LAST[(n // 100) % 10]}"
+        thing = THINGS[n % len(THINGS)]
+        key = DAYS[n % 7] if thing in ("shift day", "dentist appointment") else str(1000 + (n * 7919) % 9000)
+        records.append(
+            (f"What is the {thing} of {person}?", f"{person}'s {thing} is {key}.", key,
+             f"Which {thing} does {person} have?")
+        )  # fmt: skip
+    return records
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--facts", type=int, default=20, help="how many facts to import (default 20)")
+    parser.add_argument("--records", type=int, default=0, help="import this many household records instead")
     args = parser.parse_args()
 
     from adapters.routing import routed
@@ -98,6 +136,9 @@ def main() -> int:
         ][:15]
         if index < len(facts)
     ]
+    name = "imported_facts"
+    if args.records:
+        facts, near, name = household_records(args.records), [], f"imported_records_{args.records}"
     base = resolve_model_base(load_settings())
     result: dict[str, Any] = {
         "machine": machine(),
@@ -126,6 +167,7 @@ def main() -> int:
             "train_seconds": round(train_s, 1),  # the whole `loopbot train`: model loads, training, gate
             "cycle": {k: report.get(k) for k in ("version", "promoted", "train_pairs", "heldout_pairs", "rephrased_rows")},
             "gate": report.get("gate"),
+            "gate_seconds": report.get("gate_seconds"),
             "train": report.get("train"),
         }  # fmt: skip
         os.environ.update({k: env[k] for k in ("LOOPBOT_DATA_DIR", "LOOPBOT_MODEL_BASE")})
@@ -139,15 +181,19 @@ def main() -> int:
             result["paraphrased"] = _asked(
                 runtime, route, prompt, [f[3] for f in facts], [f[2] for f in facts]
             )
-            result["near_misses"] = _asked(runtime, route, prompt, [q for q, _ in near], [k for _, k in near])
+            if near:
+                result["near_misses"] = _asked(
+                    runtime, route, prompt, [q for q, _ in near], [k for _, k in near]
+                )
         finally:
             runtime.close()
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    write("imported_facts", result)
+    write(name, result)
+    bleed = result.get("near_misses", {"holds_key": 0, "routed": 0})
     print(
         f"{len(facts)} imported facts: promoted {result['cycle']['promoted']}, taught "
         f"{result['taught']['holds_key']}/{len(facts)}, paraphrased {result['paraphrased']['holds_key']}/{len(facts)}, "
-        f"near-miss bleed {result['near_misses']['holds_key']}/{len(near)} (routed {result['near_misses']['routed']}), "
+        f"near-miss bleed {bleed['holds_key']}/{len(near)} (routed {bleed['routed']}), "
         f"import {import_s:.0f} s + train {train_s:.0f} s",
         flush=True,
     )

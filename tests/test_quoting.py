@@ -145,3 +145,6 @@ def test_a_taught_fact_answers_what_it_speaks_of_and_rewordings_that_name_nothin
     assert fact_answers("Who won the longest whisker contest in 2023?", winner, contest, reworded=True)
     assert not fact_answers("Who won the 2024 longest whisker contest?", winner, contest, reworded=True)
     assert not fact_answers("Who won the Zeltberg whisker contest?", winner, contest, reworded=True)
+    # A scope written before answers were kept: its questions must hold what is asked about.
+    assert fact_answers("Who baked the fair's cake?", "", "Who baked the cake for the fair?")
+    assert not fact_answers("Who baked the bread for the fair?", "", "Who baked the cake for the fair?")

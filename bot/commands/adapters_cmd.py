@@ -175,6 +175,7 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
                     "gate_report": str(report.gate.report_path) if report.gate else None,
                     "train": report.train_metrics,
                     "seconds": round(report.seconds, 1),
+                    "gate_seconds": round(report.gate_seconds, 1),
                 }
             )
         )

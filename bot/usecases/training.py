@@ -193,10 +193,10 @@ def split_for_gate(
 ) -> tuple[list[Pair], dict[str, list[Pair]]]:
     """(train pairs, the gate's pair sets ``taught`` / ``retained`` / ``heldout``).
 
-    Corrections and taught (imported) pairs are always trained on: they are what the loop must learn. A share of
-    the 👍 answers is held out to check the answer style, chosen among those the active version did
-    not hold out, so a pair held out in one run is trained on in the next and none is withheld for
-    good. ``taught``: trained pairs the active version was not trained on; ``retained``: the rest.
+    Corrections and taught (imported) pairs are always trained on: they are what the loop must learn.
+    A share of the 👍 answers is held out to check the answer style, chosen among those the active
+    version did not hold out, so a pair held out in one run is trained on in the next and none is
+    withheld for good. ``taught``: trained pairs the active version was not trained on; ``retained``: the rest.
     """
     from feedback.dataset import split_pairs
 
@@ -402,7 +402,8 @@ def run_training_cycle(
         gate_sets["eval"] = held_out_taught(train_pairs, eval_fraction)
         kept_out = {p.id for p in gate_sets["eval"]}
         train_pairs = [p for p in train_pairs if p.id not in kept_out]
-        gate_sets["taught"] = [p for p in gate_sets["taught"] if p.id not in kept_out]
+        for name in ("taught", "retained"):
+            gate_sets[name] = [p for p in gate_sets[name] if p.id not in kept_out]
     heldout_pairs = gate_sets["heldout"]
     if len(train_pairs) < settings.train.min_pairs:
         raise NotEnoughPairs(
