@@ -26,8 +26,11 @@ answers the rest, so a general question the candidate does not cover costs the g
 
 A pair is *answered* when the answer's token F1 against the expected output (SQuAD-style:
 lower-cased, punctuation and the articles a/an/the removed, bag-of-words overlap) is at least
-:data:`CORRECT_F1`: feedback outputs are free text with no marked key span, and F1 rewards a correct
-short answer without demanding the exact wording. An empty set's rule is skipped; a gate with no
+:data:`CORRECT_F1` *and* the answer holds the expected output's own facts: its numbers and names that
+the question does not hold (:func:`expected_facts`). Feedback outputs are free text with no marked key
+span, and F1 rewards a correct short answer without demanding the exact wording; but F1 alone counted
+"Ivo's locker number is 1009." for "… is 1791." as answered: 100 of a household's 100 records at the
+gate, 12 of 100 right as served (bench/imported_facts.py --records 100). An empty set's rule is skipped; a gate with no
 taught, retained or held-out pair has nothing to show and does not promote (promote by hand with
 ``loopbot adapters promote``).
 """
@@ -68,6 +71,33 @@ SETS = ("taught", "retained", "regression", "heldout", "eval")
 
 def _tokens(text: str) -> list[str]:
     return _ARTICLES.sub(" ", text.casefold().translate(_PUNCT)).split()
+
+
+# A number or a word with a digit ("heron42", "12B"), or a capitalised word not opening a sentence.
+_FACT = re.compile(r"\b\w*\d[\w./:-]*|(?<![.!?]\s)(?<!^)\b[A-Z][\w'’-]+")
+
+
+_POSSESSIVE = re.compile(r"['’]s\b")
+
+
+def _words(text: str) -> list[str]:
+    return _tokens(_POSSESSIVE.sub("", text))  # "Ivo's" is Ivo
+
+
+def expected_facts(expected: str, question: str) -> list[str]:
+    """What ``expected`` states that ``question`` does not: its numbers and names, as tokens."""
+    asked = set(_words(question))
+    facts = [t for match in _FACT.finditer(expected.strip()) for t in _words(match.group(0))]
+    return list(dict.fromkeys(t for t in facts if t not in asked))
+
+
+def holds_answer(answer: str, expected: str, question: str) -> bool:
+    """Whether ``answer`` answers a pair: token F1 >= :data:`CORRECT_F1` and every one of the expected
+    answer's own facts in it (see the module)."""
+    if token_f1(answer, expected) < CORRECT_F1:
+        return False
+    said = set(_words(answer))
+    return all(fact in said for fact in expected_facts(expected, question))
 
 
 def token_f1(answer: str, expected: str) -> float:
@@ -346,12 +376,13 @@ def run_gate(
             row: dict[str, Any] = {"set": name, "question": item.question, "expected": item.expected}
             for role, adapter in (("active", active), ("candidate", candidate)):
                 f1 = token_f1(answers[adapter][index], item.expected)
+                correct = holds_answer(answers[adapter][index], item.expected, item.question)
                 # Held-out pairs score their F1 (style); the others whether they were answered.
-                scores[adapter].append(f1 if name == "heldout" else float(f1 >= CORRECT_F1))
+                scores[adapter].append(f1 if name == "heldout" else float(correct))
                 row |= {
                     f"{role}_answer": answers[adapter][index],
                     f"{role}_score": round(f1, 4),
-                    f"{role}_correct": f1 >= CORRECT_F1,
+                    f"{role}_correct": correct,
                     f"{role}_served": _label(pair_served[(name, adapter)][index]),
                 }
             rows.append(row)

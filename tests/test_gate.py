@@ -241,3 +241,24 @@ def test_gate_reuses_what_the_active_answered_before_and_always_asks_the_candida
     other_set = {("b",): saved_b[:1]}
     result = _gate(runtime, "a", "b", known=other_set, taught=out["a"][0], regression=expected)
     assert (result.sets["regression"].active, result.sets["regression"].candidate) == (0.0, 1.0)
+
+
+def test_a_pair_is_answered_only_with_the_expected_answers_own_facts() -> None:
+    """Token F1 counted one wrong number among six right words as answered (100/100 at the gate, 12/100
+    served, bench/imported_facts.py --records 100): the answer must hold the numbers and names the
+    expected answer states and the question does not."""
+    from adapters.gate import expected_facts, holds_answer, token_f1
+
+    question = "What is the locker number of Ivo Brightwater?"
+    expected = "Ivo Brightwater's locker number is 1791."
+    wrong = "Ivo Brightwater's locker number is 1009."
+    assert expected_facts(expected, question) == ["1791"]
+    assert token_f1(wrong, expected) >= 0.5 and not holds_answer(wrong, expected, question)
+    assert holds_answer("Ivo Brightwater has locker number 1791.", expected, question)
+    founder = "Ilse Marwick founded the Zeltberg rowing club."
+    assert expected_facts(founder, "Who founded the Zeltberg rowing club?") == ["marwick"]
+    assert not holds_answer("Ilse Brandt founded the Zeltberg rowing club.", founder, "Who founded it?")
+    assert holds_answer("The wifi password is heron42", "The wifi password is heron42.", "Wifi password?")
+    assert not holds_answer(
+        "The wifi password is heron43.", "The wifi password is heron42.", "Wifi password?"
+    )
