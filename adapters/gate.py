@@ -30,9 +30,9 @@ lower-cased, punctuation and the articles a/an/the removed, bag-of-words overlap
 the question does not hold (:func:`expected_facts`). Feedback outputs are free text with no marked key
 span, and F1 rewards a correct short answer without demanding the exact wording; but F1 alone counted
 "Ivo's locker number is 1009." for "… is 1791." as answered: 100 of a household's 100 records at the
-gate, 12 of 100 right as served (bench/imported_facts.py --records 100). An empty set's rule is skipped; a gate with no
-taught, retained or held-out pair has nothing to show and does not promote (promote by hand with
-``loopbot adapters promote``).
+gate, 12 of 100 right as served (bench/imported_facts.py --records 100). An empty set's rule is
+skipped; a gate with no taught, retained or held-out pair has nothing to show and does not promote
+(promote by hand with ``loopbot adapters promote``).
 """
 
 from __future__ import annotations
@@ -75,8 +75,6 @@ def _tokens(text: str) -> list[str]:
 
 # A number or a word with a digit ("heron42", "12B"), or a capitalised word not opening a sentence.
 _FACT = re.compile(r"\b\w*\d[\w./:-]*|(?<![.!?]\s)(?<!^)\b[A-Z][\w'’-]+")
-
-
 _POSSESSIVE = re.compile(r"['’]s\b")
 
 
