@@ -245,12 +245,12 @@ def write_learning_curve(
     from adapters.registry import LEARNING_CURVE_FILE
 
     evaluated = dict(eval_losses)
+    epochs = [step / max(1, epoch_steps) for step in range(1, len(losses) + 1)]
     with (output / LEARNING_CURVE_FILE).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", "epoch", "train_loss", "eval_loss"])
-        for step, loss in enumerate(losses, start=1):
-            epoch = round(step / max(1, epoch_steps), 3)
-            writer.writerow([step, epoch, round(loss, 5), evaluated.get(step, "")])
+        for step, (epoch, loss) in enumerate(zip(epochs, losses, strict=True), start=1):
+            writer.writerow([step, round(epoch, 3), round(loss, 5), evaluated.get(step, "")])
     try:
         import matplotlib
 
@@ -259,7 +259,6 @@ def write_learning_curve(
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    epochs = [step / max(1, epoch_steps) for step in range(1, len(losses) + 1)]
     ax.plot(epochs, losses, lw=1, label="train loss (each step)")
     if eval_losses:
         ax.plot([s / max(1, epoch_steps) for s, _ in eval_losses], [v for _, v in eval_losses], "o-",

@@ -153,16 +153,6 @@ class QuestionRouting:
         rule = f",same>={self.same_question},about" if self.about is not None else ""
         return f"route>={self.min_similarity}{rule}"
 
-    def similarity(self, directory: Path, question: str) -> float | None:
-        """Cosine of ``question`` with the closest question of the version in ``directory`` (None: it
-        has no scope)."""
-        scope = self._scope(directory)
-        if scope is None:
-            return None
-        if not scope.answers:
-            return -1.0
-        return float((scope.vectors @ self._embed_query(question.strip())).max())
-
     def covers(self, directory: Path, question: str) -> bool:
         """Whether the version in ``directory`` answers ``question`` (see the module)."""
         scope = self._scope(directory)
