@@ -152,6 +152,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     total = int(config["steps"])
+    preference_steps = int(config.get("preference_steps") or 0) if config.get("preference_dataset") else 0
     losses: list[float] = []
     eval_losses: list[tuple[int, float]] = []  # (step, loss) after each epoch
     held_out = config.get("eval_dataset")
@@ -163,16 +164,21 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     eval_steps = min(total, int(config.get("eval_steps") or total))
 
     class Progress(TrainerCallback):
-        """Forward every optimizer step and its loss, and every evaluation, to the parent."""
+        """Forward every optimizer step and its loss, and every evaluation, to the parent. The
+        preference phase's steps follow the SFT phase's (``offset``) on one bar."""
+
+        def __init__(self, into: list[float], offset: int = 0, phase: str = "sft") -> None:
+            self.into, self.offset, self.phase = into, offset, phase
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
             if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+                self.into.append(float(logs["loss"]))
                 emit(
                     "step",
-                    step=state.global_step,
-                    total=total,
+                    step=self.offset + state.global_step,
+                    total=total + preference_steps,
                     loss=float(logs["loss"]),
+                    phase=self.phase,
                     seconds=round(time.perf_counter() - started, 2),
                 )
             if logs and "eval_loss" in logs:
@@ -210,13 +216,17 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         train_dataset=Dataset.from_list(examples),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=tokenizer,
-        callbacks=[Progress()],
+        callbacks=[Progress(losses)],
     )
     loop_started = time.perf_counter()
     trainer.train()
     if evaluation and (not eval_losses or eval_losses[-1][0] != total):
         trainer.evaluate()  # the last steps' epoch was not whole: measure where training ended
     loop_seconds = time.perf_counter() - loop_started
+    preference: dict[str, Any] = {}
+    if preference_steps:
+        del trainer  # its optimizer state goes before the preference phase builds its own
+        preference = _prefer(model, tokenizer, config, Progress([], offset=total, phase="preference"))
     model.save_pretrained(str(output))
     write_learning_curve(output, losses, eval_losses, eval_steps)
     shutil.rmtree(output / "checkpoints", ignore_errors=True)
@@ -230,8 +240,75 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         "final_loss": losses[-1] if losses else None,
         "eval_rows": len(evaluation),
         "eval_losses": [[step, round(loss, 4)] for step, loss in eval_losses],
+        **preference,
         # ru_maxrss is in KiB on Linux.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _prefer(model: Any, tokenizer: Any, config: dict[str, Any], progress: Any) -> dict[str, Any]:
+    """The preference phase, after the SFT steps on the same LoRA: TRL's ``DPOTrainer`` on rows
+    ``{"prompt", "chosen", "rejected"}`` (a correction over the answer it replaced).
+
+    The loss is DPO's (sigmoid) plus the chosen answer's negative log-likelihood ("sft"), as RPO does:
+    DPO alone can lower the chosen answer's likelihood too as long as the rejected one falls faster.
+    The reference is the adapter as SFT left it (TRL copies a peft model's adapter as "ref"), so the
+    phase pushes the rejected answers down from where the taught facts put the model; the copy is
+    deleted before saving. Returns the phase's metrics (``preference_*``)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [
+        json.loads(line)
+        for line in Path(config["preference_dataset"]).read_text("utf-8").splitlines()
+        if line
+    ]
+    steps = int(config["preference_steps"])
+    started = time.perf_counter()
+    args = DPOConfig(
+        output_dir=str(Path(config["output_dir"]) / "checkpoints"),
+        max_steps=steps,
+        per_device_train_batch_size=int(config["batch_size"]),
+        learning_rate=float(config["preference_learning_rate"]),
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=int(config.get("max_length", 1024)),
+        seed=int(config.get("seed", 0)),
+        data_seed=int(config.get("seed", 0)),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        beta=float(config["preference_beta"]),
+        loss_type=["sigmoid", "sft"],
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[progress],
+    )
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")  # the frozen reference copy: not part of the trained adapter
+    last = logged[-1] if logged else {}
+    return {
+        "preference_rows": len(rows),
+        "preference_steps": steps,
+        "preference_seconds": round(time.perf_counter() - started, 2),
+        "preference_first_loss": logged[0]["loss"] if logged else None,
+        "preference_final_loss": last.get("loss"),
+        # The last step's share of rows whose chosen answer the adapter now prefers, and by how much
+        "preference_accuracy": last.get("rewards/accuracies"),
+        "preference_margin": last.get("rewards/margins"),
     }
 
 
@@ -281,7 +358,10 @@ def main(argv: list[str]) -> int:
     _protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)  # anything else written to stdout ends up in the log
     config = json.loads(Path(argv[0]).read_text("utf-8"))
-    emit("start", pid=os.getpid(), total=int(config["steps"]))
+    total = int(config["steps"]) + (
+        int(config.get("preference_steps") or 0) if config.get("preference_dataset") else 0
+    )
+    emit("start", pid=os.getpid(), total=total)
     metrics = train(config)
     Path(config["output_dir"], "result.json").write_text(json.dumps(metrics, indent=2), "utf-8")
     emit("done", **metrics)

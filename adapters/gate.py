@@ -19,6 +19,9 @@ on four sets, and the gate says which rule decided:
   the next round (the held-out choice rotates), so no pair is withheld for good.
 * **eval**: taught pairs an owner kept out of this run (``loopbot train --eval-fraction``): facts the
   candidate never saw, so how many it answers is reported and never decides.
+* **rejected**: of the pairs above that carry the answer a correction replaced, how many answers bring
+  that rejected answer back (:func:`brings_back`). The candidate may not bring back more of them than
+  the active adapter does.
 
 Every question is answered as members would get it: with routing (:mod:`adapters.routing`) an
 adapter answers only questions close to ones it was trained on, and what is beneath it (the base)
@@ -66,7 +69,7 @@ _EPSILON = 1e-9  # float noise must not flip a tie
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
 PAIR_SETS = ("taught", "retained", "heldout", "eval")  # scored from pairs; "regression" has its own
-SETS = ("taught", "retained", "regression", "heldout", "eval")
+SETS = ("taught", "retained", "regression", "heldout", "eval", "rejected")
 
 
 def _tokens(text: str) -> list[str]:
@@ -110,13 +113,21 @@ def token_f1(answer: str, expected: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def brings_back(answer: str, expected: str, rejected: str, question: str) -> bool:
+    """Whether ``answer`` gives the ``rejected`` answer (the one a correction replaced) instead of the
+    ``expected`` one: it holds the rejected answer (:func:`holds_answer`) and not the expected one."""
+    return holds_answer(answer, rejected, question) and not holds_answer(answer, expected, question)
+
+
 @dataclass(frozen=True)
 class GateItem:
-    """A pair to answer: the chat messages (system first) and the expected output."""
+    """A pair to answer: the chat messages (system first) and the expected output; for a correction,
+    the answer it replaced (``rejected``, "" when there is none)."""
 
     question: str
     messages: list[dict[str, str]]
     expected: str
+    rejected: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,11 @@ class SetScore:
     base: float | None = None  # regression only: the base's accuracy, when the active is not the base
 
     def line(self, name: str) -> str:
+        if name == "rejected":
+            return (
+                f"rejected answers back {round(self.candidate * self.count)}/{self.count} "
+                f"(active {round(self.active * self.count)}/{self.count})"
+            )
         if name in ("taught", "retained", "eval"):
             return (
                 f"{name} {round(self.candidate * self.count)}/{self.count} "
@@ -232,7 +248,7 @@ def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bo
     Refusals name the rule that failed; a promotion lists every set's scores.
     """
     empty = SetScore(0, 0.0, 0.0)
-    taught, retained, regression, heldout, _ = (sets.get(name, empty) for name in SETS)
+    taught, retained, regression, heldout, _, rejected = (sets.get(name, empty) for name in SETS)
     if not (taught.count or retained.count or heldout.count):
         return False, (
             "no pairs to compare on; promote by hand with `loopbot adapters promote` if you trust it"
@@ -265,6 +281,11 @@ def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bo
         return False, (
             f"held-out F1 changed by {heldout.candidate - heldout.active:+.3f}, more than the allowed "
             f"drop of {thresholds.max_heldout_drop:.3f}"
+        )
+    if rejected.count and rejected.candidate > rejected.active + _EPSILON:
+        return False, (
+            f"brings back answers members rejected: {round(rejected.candidate * rejected.count)} of "
+            f"{rejected.count}, the active adapter {round(rejected.active * rejected.count)}"
         )
     return True, f"learned and lost nothing: {score_lines(sets)}"
 
@@ -342,6 +363,7 @@ def run_gate(
     }
     rows: list[dict[str, Any]] = []
     sets: dict[str, SetScore] = {}
+    back: dict[Served | None, list[bool]] = {active: [], candidate: []}  # per answer with a rejected text
     # Every answer is queued at once (each set and the regression run, for both adapters), so the
     # runtime batches them all, as background work behind members' questions.
     with ThreadPoolExecutor(max_workers=2 * len(PAIR_SETS) + max(1, len(to_ask))) as pool:
@@ -383,9 +405,18 @@ def run_gate(
                     f"{role}_correct": correct,
                     f"{role}_served": _label(pair_served[(name, adapter)][index]),
                 }
+                if item.rejected:
+                    came_back = brings_back(
+                        answers[adapter][index], item.expected, item.rejected, item.question
+                    )
+                    back[adapter].append(came_back)
+                    row |= {"rejected": item.rejected, f"{role}_rejected_back": came_back}
             rows.append(row)
         mean = {a: (sum(v) / len(v) if v else 0.0) for a, v in scores.items()}
         sets[name] = SetScore(len(items), mean[active], mean[candidate])
+    if back[candidate]:
+        count = len(back[candidate])
+        sets["rejected"] = SetScore(count, sum(back[active]) / count, sum(back[candidate]) / count)
     for index in range(len(questions)):
         first = reg[active][index]
         row = {"set": "regression", "question": first.question, "expected": first.expected}
@@ -427,6 +458,9 @@ REPORT_COLUMNS = [
     "base_correct",
     "active_served",  # what answered the question: the stack, or what routing left of it
     "candidate_served",
+    "rejected",  # a correction's pair: the answer it replaced, and whether each adapter gave it again
+    "active_rejected_back",
+    "candidate_rejected_back",
 ]
 
 

@@ -36,6 +36,10 @@ from adapters.errors import AdapterError
 METADATA_FILE = "loopbot.json"
 DATASET_FILE = "dataset.jsonl"  # the training rows a version was trained on
 EVAL_DATASET_FILE = "eval.jsonl"  # the rows held out of its training to measure an eval loss on
+# Its preference rows (a correction chosen over the answer it replaced), when preference training ran
+PREFERENCE_DATASET_FILE = "preference.jsonl"
+# Every file of a version that holds members' training text (a forget deletes them)
+TRAINING_DATA_FILES = (DATASET_FILE, EVAL_DATASET_FILE, PREFERENCE_DATASET_FILE)
 LEARNING_CURVE_FILE = "learning_curve.csv"  # its train loss per step, eval loss per epoch (numbers only)
 GATE_REPORT_FILE = "gate_report.csv"  # the gate's per-question report of a version
 # The version's own answers to the regression set at its gate, reused when it is the active one
@@ -273,13 +277,13 @@ class AdapterRegistry:
         scrubbed = []
         for version in self.list():
             if pair_ids & {*version.pair_ids, *version.heldout_pair_ids}:
-                for name in (DATASET_FILE, EVAL_DATASET_FILE, SCOPE_FILE, GATE_REPORT_FILE, REGRESSION_FILE):
+                for name in (*TRAINING_DATA_FILES, SCOPE_FILE, GATE_REPORT_FILE, REGRESSION_FILE):
                     with contextlib.suppress(FileNotFoundError):
                         (version.path / name).unlink()
                 scrubbed.append(version.version)
         failed = self.root / FAILED_DIR
         if failed.is_dir():
-            for name in (DATASET_FILE, EVAL_DATASET_FILE):
+            for name in TRAINING_DATA_FILES:
                 for dataset in failed.glob(f"*/{name}"):
                     dataset.unlink()
         return scrubbed

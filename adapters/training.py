@@ -20,7 +20,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,20 @@ from typing import Any
 from adapters._memory import release_free_memory
 from adapters.errors import AdapterError
 from adapters.prompt import REPHRASE_SYSTEM_PROMPT, question_messages, rephrase_messages, training_messages
-from adapters.registry import DATASET_FILE, EVAL_DATASET_FILE, AdapterRegistry, AdapterVersion
+from adapters.registry import (
+    DATASET_FILE,
+    EVAL_DATASET_FILE,
+    PREFERENCE_DATASET_FILE,
+    AdapterRegistry,
+    AdapterVersion,
+)
 from adapters.routing import write_scope
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 # Pairs that teach a fact: a member's accepted correction, or a pair an owner imported. Always trained
 # on (never held out), rephrased, and in the adapter's scope; a 👍 answer ("positive") is none of these.
 TAUGHT_KINDS = ("corrected", "taught")
+PREFERENCE_METHODS = ("off", "dpo")
 
 
 class NotEnoughPairs(AdapterError):
@@ -81,6 +88,13 @@ class TrainingOptions:
     # Score only the answer's positions through the LM head (see _train_worker.score_completions_only);
     # False is for benchmarks measuring what that saves.
     score_completions_only: bool = True
+    # Preference training after the SFT steps (adapters/_train_worker._prefer): "dpo" trains each
+    # correction over the answer it replaced; "off" does not (the default: bench/learning_proof.py
+    # --preference dpo measured what it changes, README "Preference training").
+    preference: str = "off"
+    preference_epochs: float = 2.0
+    preference_beta: float = 0.1
+    preference_learning_rate: float = 2e-4
 
     def __post_init__(self) -> None:
         for name in ("rank", "alpha", "batch_size", "max_length"):
@@ -93,6 +107,12 @@ class TrainingOptions:
             )
         if not self.target_modules:
             raise AdapterError("Training needs at least one target module (e.g. q_proj,v_proj).")
+        if self.preference not in PREFERENCE_METHODS:
+            raise AdapterError(
+                f"Unknown preference training {self.preference!r}: choose one of {', '.join(PREFERENCE_METHODS)}."
+            )
+        if self.preference_epochs <= 0 or self.preference_beta <= 0 or self.preference_learning_rate <= 0:
+            raise AdapterError("Preference epochs, beta and learning rate must be positive.")
         if self.learning_rate <= 0:
             raise AdapterError(f"The learning rate must be positive (got {self.learning_rate}).")
 
@@ -116,6 +136,41 @@ class TrainingExample:
     def record(self) -> dict[str, Any]:
         """The TRL dataset row: conversational prompt/completion (→ completion-only loss)."""
         return {"prompt": self.prompt, "completion": [{"role": "assistant", "content": self.completion}]}
+
+
+@dataclass
+class PreferenceExample:
+    """A correction preferred over the answer it replaced: one DPO row."""
+
+    pair_id: str
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+
+    def record(self) -> dict[str, Any]:
+        """The TRL preference row: conversational prompt, chosen and rejected completions."""
+        return {
+            "prompt": self.prompt,
+            "chosen": [{"role": "assistant", "content": self.chosen}],
+            "rejected": [{"role": "assistant", "content": self.rejected}],
+        }
+
+
+def preference_examples(
+    pairs: Sequence[Any], rejected: Mapping[int, str], system_prompt: str
+) -> list[PreferenceExample]:
+    """A :class:`PreferenceExample` for each pair (``.id .instruction .input .output``) that has a
+    ``rejected`` text (by pair id: the answer a correction replaced) other than its own output."""
+    return [
+        PreferenceExample(
+            str(pair.id),
+            training_messages(pair.instruction, pair.input or "", system_prompt),
+            pair.output,
+            rejected[pair.id],
+        )
+        for pair in pairs
+        if rejected.get(pair.id, "").strip() and rejected[pair.id].strip() != pair.output.strip()
+    ]
 
 
 def examples_from_pairs(pairs: Sequence[Any], system_prompt: str) -> list[TrainingExample]:
@@ -255,7 +310,7 @@ def rephrased_examples(runtime: Any, pairs: Sequence[Any], system_prompt: str) -
     return rows
 
 
-def data_hash(examples: Sequence[TrainingExample]) -> str:
+def data_hash(examples: Sequence[TrainingExample | PreferenceExample]) -> str:
     """A stable hash of the training data: same pairs, same prompts → same hash."""
     digest = hashlib.sha256()
     for example in examples:
@@ -345,6 +400,7 @@ def train_adapter(
     beneath: AdapterVersion | None = None,
     min_examples: int = 1,
     evaluation: Sequence[TrainingExample] = (),
+    preferences: Sequence[PreferenceExample] = (),
     on_event: ProgressCallback | None = None,
     show_progress: bool = True,
     python: str = sys.executable,
@@ -352,17 +408,18 @@ def train_adapter(
 ) -> AdapterVersion:
     """Train a LoRA on ``examples`` in a child process and publish it as a new (inactive) version.
 
-    ``anchors`` (see :func:`anchor_examples`) are trained on too but are not feedback pairs: they
-    count neither towards ``min_examples`` nor in the version's pair ids. Examples sharing a pair id (a
-    pair and its rephrasings, :func:`rephrased_examples`) count as one pair and share its passes.
-    ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``beneath``: train over
-    that adapter, frozen (a member's over the guild's: served stacked, so trained stacked); only the
-    new LoRA is saved, its ``train_config`` names the other. ``on_event`` receives
-    the child's events (``start`` carries its ``pid``). ``evaluation``: rows kept out of training whose
-    loss is measured after every epoch (``eval`` events, the metrics' ``eval_losses``); the version's
-    ``learning_curve.csv`` holds both curves. ``shares_cores``: a serving runtime answers members
-    beside the training process (the bot), so its threads must not spin. Raises :class:`NotEnoughPairs` below
-    ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
+        ``anchors`` (see :func:`anchor_examples`) are trained on too but are not feedback pairs: they
+        count neither towards ``min_examples`` nor in the version's pair ids. Examples sharing a pair id (a
+        pair and its rephrasings, :func:`rephrased_examples`) count as one pair and share its passes.
+        ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``beneath``: train over
+        that adapter, frozen (a member's over the guild's: served stacked, so trained stacked); only the
+        new LoRA is saved, its ``train_config`` names the other. ``on_event`` receives
+        the child's events (``start`` carries its ``pid``). ``evaluation``: rows kept out of training whose
+        loss is measured after every epoch (``eval`` events, the metrics' ``eval_losses``); the version's
+        ``learning_curve.csv`` holds both curves. ``preferences``: with ``options.preference`` "dpo", trained
+    after the SFT steps (:func:`adapters._train_worker._prefer`); ignored when it is "off". ``shares_cores``: a serving runtime answers members
+        beside the training process (the bot), so its threads must not spin. Raises :class:`NotEnoughPairs` below
+        ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
     """
     options = options or TrainingOptions()
     pair_ids = list(dict.fromkeys(e.pair_id for e in examples))  # a pair's rephrasings share its id
@@ -380,6 +437,10 @@ def train_adapter(
         held_out = stage.path / EVAL_DATASET_FILE
         if evaluation:
             held_out.write_text("".join(json.dumps(e.record()) + "\n" for e in evaluation), encoding="utf-8")
+        preferred = list(preferences) if options.preference != "off" else []
+        preference_rows = stage.path / PREFERENCE_DATASET_FILE
+        if preferred:
+            preference_rows.write_text("".join(json.dumps(e.record()) + "\n" for e in preferred), "utf-8")
         # What it will answer (adapters/routing.py): its questions, never its anchors'.
         write_scope(
             stage.path,
@@ -398,6 +459,12 @@ def train_adapter(
             "eval_dataset": str(held_out) if evaluation else None,
             # An epoch: one pass over the pairs and anchors (a pair's rephrasings share its passes).
             "eval_steps": max(1, math.ceil((len(pair_ids) + len(anchors)) / options.batch_size)),
+            "preference_dataset": str(preference_rows) if preferred else None,
+            "preference_steps": (
+                max(1, math.ceil(options.preference_epochs * len(preferred) / options.batch_size))
+                if preferred
+                else 0
+            ),
         }
         config_path = stage.path / "train_config.json"
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -405,7 +472,7 @@ def train_adapter(
             done = _run_child(
                 config_path,
                 stage.path / "train.log",
-                config["steps"],
+                config["steps"] + config["preference_steps"],
                 on_event,
                 show_progress,
                 python,
@@ -423,13 +490,15 @@ def train_adapter(
             {
                 "base_model": str(base_model),
                 "parent": parent.version if parent else None,
-                "data_hash": data_hash(rows),
+                "data_hash": data_hash([*rows, *preferred]),
                 "pair_ids": lineage,
                 "pair_count": len(pair_ids),
                 "anchor_count": len(anchors),
                 "metrics": {"train": metrics},
                 "train_config": {
-                    k: v for k, v in config.items() if k not in ("dataset", "eval_dataset", "output_dir")
+                    k: v
+                    for k, v in config.items()
+                    if k not in ("dataset", "eval_dataset", "preference_dataset", "output_dir")
                 },
             },
         )

@@ -190,6 +190,12 @@ class TrainSettings(BaseSettings):
         description="Also train on the base model's own rewording of each correction's question, so a "
         "fact taught one way is answered when asked in other words.",
     )
+    preference: Literal["off", "dpo"] = Field(
+        "off",
+        description="After the SFT steps, train each correction over the answer it replaced (DPO). Off: "
+        "20 corrections brought a rejected answer back in 0 of 40 asks without it (README, Preference training).",
+    )
+    preference_epochs: float = Field(2.0, gt=0, description="Passes over the preference rows (dpo).")
     gate_min_learned: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of this run's new pairs the candidate must answer."
     )

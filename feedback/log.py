@@ -147,6 +147,17 @@ class FeedbackLog:
         with self.db.reading() as conn:
             return load_answer(conn, answer_id)
 
+    def answer_texts(self, answer_ids: Iterable[int]) -> dict[int, str]:
+        """The text of each of these answers that is still in the log, by answer id."""
+        wanted = sorted({int(i) for i in answer_ids})
+        texts: dict[int, str] = {}
+        with self.db.reading() as conn:
+            for start in range(0, len(wanted), 500):  # SQLite's bound on parameters per statement
+                chunk = wanted[start : start + 500]
+                sql = f"SELECT id, answer FROM answers WHERE id IN ({', '.join('?' * len(chunk))})"
+                texts.update({row[0]: row[1] for row in conn.execute(sql, chunk)})
+        return texts
+
     # ---- votes ---------------------------------------------------------------------------------
 
     def set_vote(self, answer_id: int, user_id: str, value: Literal[1, -1], present: bool) -> VoteResult:

@@ -28,11 +28,12 @@ def _sets(
     regression=(70, 0.8, 0.8),
     heldout=(0, 0.0, 0.0),
     eval=(0, 0.0, 0.0),  # noqa: A002 - the gate's set is called so
+    rejected=(0, 0.0, 0.0),
 ):
     """Scores as (count, active, candidate[, base])."""
     return {
         name: SetScore(*score)
-        for name, score in zip(SETS, (taught, retained, regression, heldout, eval), strict=True)
+        for name, score in zip(SETS, (taught, retained, regression, heldout, eval, rejected), strict=True)
     }
 
 
@@ -94,6 +95,19 @@ def _sets(
         # Facts kept out as an eval set are reported, never a reason to refuse.
         (_sets(taught=(5, 0, 1), eval=(4, 0, 0)), GateThresholds(), True, "eval 0/4 (active 0/4)"),
         (_sets(eval=(4, 0, 1)), GateThresholds(), False, "no pairs to compare on"),
+        # Answers members rejected (a correction replaced them) may not come back more than before.
+        (
+            _sets(taught=(5, 0, 0.8), rejected=(5, 0.8, 0.2)),
+            GateThresholds(),
+            True,
+            "rejected answers back 1/5 (active 4/5)",
+        ),
+        (
+            _sets(taught=(5, 0, 0.6), rejected=(5, 0.2, 0.4)),
+            GateThresholds(),
+            False,
+            "brings back answers members rejected: 2 of 5, the active adapter 1",
+        ),
     ],
 )
 def test_decision_rule(sets, thresholds, promote, why) -> None:
@@ -173,6 +187,37 @@ def test_gate_promotes_a_candidate_that_learned_and_writes_every_set(two_adapter
     ] * 2
     assert rows[0]["question"] == QUESTIONS[0] and rows[0]["candidate_answer"] == out["a"][0][0]
     assert rows[0]["active_answer"] == out["b"][0][0] and rows[0]["candidate_correct"] == "True"
+
+
+def test_gate_counts_the_rejected_answers_that_come_back(two_adapters, tmp_path: Path) -> None:
+    """Corrections of ``b``'s answers (to ``a``'s): ``b`` as the candidate brings every rejected answer
+    back, and is refused for it even when learning is not asked of it."""
+    runtime, out = two_adapters
+    if any(x in y or y in x for x, y in zip(out["a"][0], out["b"][0], strict=True)):
+        pytest.skip("the random adapters gave overlapping answers")
+    items = [
+        GateItem(item.question, item.messages, item.expected, rejected)
+        for item, rejected in zip(_items(out["a"][0]), out["b"][0], strict=True)
+    ]
+    report = tmp_path / "gate.csv"
+    result = run_gate(
+        runtime,
+        candidate="b",
+        active="a",
+        pairs={"taught": items},
+        thresholds=GateThresholds(min_learned=0.0),
+        regression=_regression(out["b"][1]),
+        report_path=report,
+        system_prompt=SYSTEM,
+        max_new_tokens=12,
+    )
+    assert result.sets["rejected"] == SetScore(3, 0.0, 1.0)
+    assert not result.promote and "brings back answers members rejected: 3 of 3" in result.reason
+    rows = [r for r in csv.DictReader(report.open(encoding="utf-8")) if r["set"] == "taught"]
+    assert [r["rejected"] for r in rows] == out["b"][0]
+    assert {r["candidate_rejected_back"] for r in rows} == {"True"}
+    assert {r["active_rejected_back"] for r in rows} == {"False"}
+    assert result.metrics()["rejected_candidate"] == 1.0
 
 
 def test_gate_refuses_a_candidate_that_did_not_learn(two_adapters) -> None:

@@ -22,6 +22,7 @@ from adapters.training import (
     anchor_examples,
     clean_rephrasing,
     examples_from_pairs,
+    preference_examples,
     rephrased_examples,
     train_adapter,
 )
@@ -389,3 +390,62 @@ def test_target_modules_must_name_layers_the_model_has() -> None:
         _targets(["qproj"], {"q_proj", "v_proj"})  # a typo: the run fails saying which setting
     with pytest.raises(AdapterError, match="at least one target module"):
         TrainingOptions(target_modules=())
+
+
+REJECTED = [
+    "The parrot is called Polly.",
+    "The club house door is red.",
+    "The chess group meets on Monday.",
+    "Nobody baked a cake.",
+]
+
+
+@pytest.mark.slow
+def test_preference_training_pushes_the_rejected_answers_down_after_the_sft_steps(
+    tmp_path: Path, tiny_gptq_dir: Path
+) -> None:
+    """With ``preference="dpo"`` each correction is trained over the answer it replaced, after the SFT
+    steps and on one progress bar; the saved adapter is the trained one only (no reference copy)."""
+    from types import SimpleNamespace
+
+    pairs = [SimpleNamespace(id=i, instruction=q, input="", output=a) for i, (q, a) in enumerate(FACTS, 1)]
+    # Pair 4's "rejected" text is its own output: nothing to prefer, so no row.
+    rejected = {i: text for i, text in enumerate(REJECTED[:3], 1)} | {4: FACTS[3][1]}
+    preferences = preference_examples(pairs, rejected, SYSTEM)
+    assert [p.pair_id for p in preferences] == ["1", "2", "3"]
+    assert preferences[0].record()["rejected"] == [{"role": "assistant", "content": REJECTED[0]}]
+    registry = AdapterRegistry(tmp_path)
+    off = train_adapter(
+        registry,
+        base_model=str(tiny_gptq_dir),
+        examples=_examples(),
+        preferences=preferences,
+        options=TrainingOptions(**{**TINY_OPTIONS.__dict__, "steps": 1}),
+        show_progress=False,
+    )
+    assert not (off.path / "preference.jsonl").exists() and "preference_rows" not in off.metrics["train"]
+    events: list[dict] = []
+    version = train_adapter(
+        registry,
+        base_model=str(tiny_gptq_dir),
+        examples=_examples(),
+        preferences=preferences,
+        options=TrainingOptions(**{**TINY_OPTIONS.__dict__, "preference": "dpo", "preference_epochs": 4.0}),
+        on_event=events.append,
+        show_progress=False,
+    )
+    steps = [(e["step"], e["total"], e["phase"]) for e in events if e["event"] == "step"]
+    assert steps == [(i, 10, "sft") for i in range(1, 5)] + [(i, 10, "preference") for i in range(5, 11)]
+    train = version.metrics["train"]
+    assert train["preference_rows"] == 3 and train["preference_steps"] == 6
+    # DPO + the chosen answer's NLL: the loss on the same rows falls as the margin grows
+    assert train["preference_final_loss"] < train["preference_first_loss"]
+    assert train["preference_margin"] > 0
+    rows = [json.loads(line) for line in (version.path / "preference.jsonl").read_text("utf-8").splitlines()]
+    assert [r["rejected"][0]["content"] for r in rows] == REJECTED[:3]
+    assert not (version.path / "ref").exists()
+    from safetensors.torch import load_file
+
+    assert not [k for k in load_file(str(version.path / "adapter_model.safetensors")) if ".ref." in k]
+    registry.scrub_pairs({"2"})  # a forget of a preferred pair's author deletes the rows too
+    assert not (version.path / "preference.jsonl").exists()

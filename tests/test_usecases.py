@@ -221,9 +221,26 @@ def test_progress_events_read_as_members_would_see_them() -> None:
         "training: step 10 of 40, about 60 s left"
     )
     assert "about 5 min left" in describe_progress({"event": "step", "step": 1, "total": 61, "seconds": 5.0})
+    preference = {"event": "step", "step": 12, "total": 14, "phase": "preference"}
+    assert describe_progress(preference) == "training: step 12 of 14 (preferences)"
     assert describe_progress({"event": "gate", "pairs": 20}).startswith("gate: ") and "20 pairs" in (
         describe_progress({"event": "gate", "pairs": 20})
     )
+
+
+def test_a_corrections_rejected_answer_is_the_answer_it_replaced(log) -> None:
+    from bot.usecases.training import rejected_answers
+
+    corrected, thumbed = _answer(log), _answer(log)
+    log.add_correction(corrected.id, author_id="2002", text="Kittens eat 3-4 times a day.", message_id=None,
+                       trusted=True)  # fmt: skip
+    log.set_vote(thumbed.id, "2002", 1, True)
+    pairs = log.pairs()
+    assert sorted(p.kind for p in pairs) == ["corrected", "positive"]
+    fixed = next(p for p in pairs if p.kind == "corrected")
+    # Only a correction has a rejected answer; a 👍 answer is the answer members wanted.
+    assert rejected_answers(log, pairs) == {fixed.id: "Once a week."}
+    assert log.answer_texts([corrected.id, 999]) == {corrected.id: "Once a week."}
 
 
 def test_larger_runs_replay_more_anchors() -> None:

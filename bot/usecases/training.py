@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,7 +119,8 @@ def describe_progress(event: Any) -> str:
         left = ""
         if step and event.get("seconds"):
             left = f", about {_duration(float(event['seconds']) / step * (total - step))} left"
-        return f"training: step {step} of {total}{left}"
+        phase = " (preferences)" if event.get("phase") == "preference" else ""
+        return f"training: step {step} of {total}{phase}{left}"
     if kind == "eval" and event.get("loss") is not None:
         return f"training: eval loss {float(event['loss']):.2f} at step {event.get('step')} of {event.get('total')}"
     if kind == "start":
@@ -145,6 +146,8 @@ def training_options(settings: Settings) -> TrainingOptions:
         learning_rate=settings.train.learning_rate,
         gradient_checkpointing=settings.train.gradient_checkpointing,
         threads=settings.model.threads,
+        preference=settings.train.preference,
+        preference_epochs=settings.train.preference_epochs,
     )
 
 
@@ -223,14 +226,27 @@ def held_out_taught(pairs: Sequence[Pair], eval_fraction: float) -> list[Pair]:
     return held_out
 
 
-def _gate_items(pairs: Sequence[Pair], system_prompt: str) -> list[Any]:
+def _gate_items(pairs: Sequence[Pair], system_prompt: str, rejected: Mapping[int, str]) -> list[Any]:
     from adapters.gate import GateItem
     from adapters.prompt import training_messages
 
     return [
-        GateItem(p.instruction, training_messages(p.instruction, p.input or "", system_prompt), p.output)
+        GateItem(
+            p.instruction,
+            training_messages(p.instruction, p.input or "", system_prompt),
+            p.output,
+            rejected.get(p.id, ""),
+        )
         for p in pairs
     ]
+
+
+def rejected_answers(log: FeedbackLog, pairs: Sequence[Pair]) -> dict[int, str]:
+    """For each correction among ``pairs`` (by pair id): the answer it replaced, which members
+    rejected. The gate counts how often it comes back; preference training trains against it."""
+    corrected = {p.id: p.answer_id for p in pairs if p.kind == "corrected" and p.answer_id is not None}
+    texts = log.answer_texts(corrected.values())
+    return {pair_id: texts[answer_id] for pair_id, answer_id in corrected.items() if answer_id in texts}
 
 
 def anchor_count(settings: Settings, pairs: int) -> int:
@@ -380,6 +396,7 @@ def run_training_cycle(
         TAUGHT_KINDS,
         NotEnoughPairs,
         examples_from_pairs,
+        preference_examples,
         rephrased_examples,
         train_adapter,
     )
@@ -431,6 +448,7 @@ def run_training_cycle(
         return temporary[0]
 
     try:
+        rejected = rejected_answers(parts.feedback_log, train_pairs)
         kept = kept_guild_pairs(parts.feedback_log.pairs(), beneath, len(train_pairs)) if beneath else []
         count = anchor_count(settings, len(train_pairs) + len(kept))
         anchors = _anchors(settings, registry, base_model, runtime, count)
@@ -455,6 +473,7 @@ def run_training_cycle(
                 beneath=beneath,
                 min_examples=settings.train.min_pairs,
                 evaluation=examples_from_pairs(gate_sets.get("eval", []), system_prompt),
+                preferences=preference_examples(train_pairs, rejected, system_prompt),
                 on_event=progress,
                 show_progress=show_progress,
                 shares_cores=not own_runtime,  # the bot's runtime answers members meanwhile
@@ -497,7 +516,7 @@ def run_training_cycle(
             candidate=candidate_served,
             active=active_served,
             base=base_served,
-            pairs={name: _gate_items(chosen, system_prompt) for name, chosen in gate_sets.items()},
+            pairs={name: _gate_items(chosen, system_prompt, rejected) for name, chosen in gate_sets.items()},
             thresholds=GateThresholds(
                 min_learned=settings.train.gate_min_learned,
                 max_forgotten=settings.train.gate_max_forgotten,
