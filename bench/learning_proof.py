@@ -11,11 +11,13 @@ runtime (fast kernel) is asked, without retrieval, each question routed as the b
 * taught: every corrected question (an answer is correct when it contains the fact's key);
 * paraphrased: each taught fact asked in other words (written for the benchmark, never trained on);
 * regression: the fixed general-question set;
-* retained (second round): the first round's facts after a second round of new ones.
+* retained (second round): the first round's facts after a second round of new ones;
+* rejected back: of the taught and paraphrased asks, how many gave the answer the correction replaced
+  (adapters.gate.brings_back), with ``--preference dpo`` trained against it or without (off).
 
 Runs: N = 5, 10, 20, 40 corrections in one round each (fresh data), and two rounds of 20.
 
-    python bench/learning_proof.py [--sizes 5,10,20,40] [--no-rounds] [--fresh]
+    python bench/learning_proof.py [--sizes 5,10,20,40] [--no-rounds] [--fresh] [--preference off|dpo]
 
 Writes bench/results/learning_proof.json and bench/results/learning_proof.png.
 """
@@ -41,6 +43,7 @@ GUILD = "1000000000000000001"
 BASE = ""  # the prepared default model of the caller's data dir (main() sets it)
 FACT_TOKENS = 20  # a taught answer is one short sentence; the key comes early
 FROM_ACTIVE: bool | None = None  # round 2 continues round 1's adapter as settings say; --fresh: it does not
+PREFERENCE = "off"  # LOOPBOT_TRAIN_PREFERENCE of the runs (--preference)
 
 
 def _ask(loop: Loop, question: str) -> Any:
@@ -55,9 +58,12 @@ def _ask(loop: Loop, question: str) -> Any:
 
 
 def _score(loop: Loop, facts: list[tuple], column: int = 0) -> dict[str, Any]:
+    from adapters.gate import brings_back
+
     rows = []
     for fact in facts:
         generation = _ask(loop, fact[column])
+        rejected = loop.rejected.get(fact[0], "")  # the answer its correction replaced
         rows.append(
             {
                 "question": fact[column],
@@ -65,11 +71,14 @@ def _score(loop: Loop, facts: list[tuple], column: int = 0) -> dict[str, Any]:
                 "answer": generation.text,
                 "served": generation.adapter,  # None: routing gave it to the base
                 "correct": fact[2].lower() in generation.text.lower(),
+                "rejected_back": bool(rejected)
+                and brings_back(generation.text, fact[1], rejected, fact[column]),
             }
         )
     return {
         "accuracy": round(sum(r["correct"] for r in rows) / max(1, len(rows)), 3),
         "routed_to_adapter": sum(r["served"] is not None for r in rows),
+        "rejected_back": sum(r["rejected_back"] for r in rows),
         "answers": rows,
     }
 
@@ -84,7 +93,10 @@ class Loop:
 
         os.environ["LOOPBOT_DATA_DIR"] = str(root)
         settings = load_settings()
-        train = settings.train.model_copy(update={"min_pairs": 1, "min_interval_hours": 0.0})
+        train = settings.train.model_copy(
+            update={"min_pairs": 1, "min_interval_hours": 0.0, "preference": PREFERENCE}
+        )
+        self.rejected: dict[str, str] = {}  # question -> the answer its correction replaced
         model = settings.model.model_copy(update={"base": BASE})
         self.settings = settings.model_copy(update={"train": train, "model": model})
         self.log = build_feedback_log(self.settings)
@@ -99,6 +111,7 @@ class Loop:
         for question, correction, key, _ in facts:
             answer = _ask(self, question).text
             right += key.lower() in answer.lower()
+            self.rejected[question] = answer
             answer_id = self.log.record_answer(
                 guild_id=GUILD, channel_id="1", user_id="2", question=question, context="", chunk_ids=[],
                 prompt="", prompt_version="bench", adapter=self.runtime.active_adapter, answer=answer,
@@ -161,7 +174,7 @@ def one_round(size: int) -> dict[str, Any]:
             after = loop.measure(FACTS[:size])
         finally:
             loop.close()
-    return {"corrections": size, "before": before, "cycle": cycle, "after": after}
+    return {"corrections": size, "preference": PREFERENCE, "before": before, "cycle": cycle, "after": after}
 
 
 def two_rounds(size: int) -> dict[str, Any]:
@@ -190,7 +203,9 @@ def _summary(run: dict[str, Any]) -> str:
     return (
         f"N={run['corrections']}: promoted {run['cycle']['promoted']}, taught {a['taught']['accuracy']:.2f}, "
         f"paraphrased {a['paraphrased']['accuracy']:.2f}, regression {run['before']['regression_accuracy']:.2f} -> "
-        f"{a['regression_accuracy']:.2f}, train+gate {run['cycle']['train_and_gate_s']:.0f} s"
+        f"{a['regression_accuracy']:.2f}, rejected back {a['taught']['rejected_back']}+"
+        f"{a['paraphrased']['rejected_back']}/{2 * run['corrections']}, preference {run.get('preference', 'off')}, "
+        f"train+gate {run['cycle']['train_and_gate_s']:.0f} s"
     )
 
 
@@ -200,7 +215,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = sorted(result["rounds"], key=lambda r: r["corrections"])
+    runs = sorted(
+        (r for r in result["rounds"] if r.get("preference", "off") == "off"), key=lambda r: r["corrections"]
+    )
     xs = [r["corrections"] for r in runs]
     fig, ax = plt.subplots(figsize=(9.5, 4.2))
     ax.plot(
@@ -253,17 +270,26 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _same_run(run: dict[str, Any], sizes: list[int]) -> bool:
+    """Whether this run measures ``run`` again (a size in ``sizes`` with the same preference setting)."""
+    return run["corrections"] in sizes and run.get("preference", "off") == PREFERENCE
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5,10,20,40", help="corrections per one-round run ('': none)")
     parser.add_argument("--no-rounds", action="store_true", help="skip the two-round run (20 + 20)")
     parser.add_argument("--fresh", action="store_true", help="round 2 trains a fresh adapter, not round 1's")
+    parser.add_argument(
+        "--preference", choices=("off", "dpo"), default="off", help="LOOPBOT_TRAIN_PREFERENCE"
+    )
     args = parser.parse_args()
     from bot.settings import load_settings
     from bot.wiring import resolve_model_base
 
-    global BASE, FROM_ACTIVE
+    global BASE, FROM_ACTIVE, PREFERENCE
     BASE = resolve_model_base(load_settings())
+    PREFERENCE = args.preference
     FROM_ACTIVE = False if args.fresh else None
     load = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
@@ -272,7 +298,7 @@ def main() -> int:
     earlier = RESULTS / "learning_proof.json"
     if earlier.is_file():  # keep what this run does not measure again
         kept = json.loads(earlier.read_text(encoding="utf-8"))
-        result["rounds"] = [r for r in kept.get("rounds", []) if r["corrections"] not in sizes]
+        result["rounds"] = [r for r in kept.get("rounds", []) if not _same_run(r, sizes)]
         if args.no_rounds and "two_rounds" in kept:
             result["two_rounds"] = kept["two_rounds"]
     if not args.no_rounds:
@@ -286,7 +312,7 @@ def main() -> int:
     for size in sizes:
         run = one_round(size)
         print(_summary(run), flush=True)
-        result["rounds"] = [r for r in result["rounds"] if r["corrections"] != size] + [run]
+        result["rounds"] = [r for r in result["rounds"] if not _same_run(r, [size])] + [run]
         result["total_seconds"] = round(time.perf_counter() - started, 1)
         write("learning_proof", result)
         _plot(result, RESULTS / "learning_proof.png")
