@@ -249,6 +249,12 @@ def member_rows(log: FeedbackLog, user_id: str) -> dict[str, Any]:
     }
 
 
+def member_pair_ids(log: FeedbackLog, user_id: str) -> set[str]:
+    """Ids (as adapters record them) of the pairs holding the member's data."""
+    with log.db.reading() as conn:
+        return {str(row["id"]) for row in member_pair_rows(conn, str(user_id))}
+
+
 def _pair_row(row: sqlite3.Row, user: str) -> dict[str, Any]:
     asked = row["user_id"] == user  # their question (or, imported for them, their taught fact)
     own_output = row["author_id"] == user or (asked and row["author_id"] is None)

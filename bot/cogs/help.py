@@ -24,9 +24,9 @@ def help_text(services: Services, server_learning: bool | None = None) -> str:
     learning = (
         ""
         if server_learning is None
-        else "Learning in this server is **on**: voted and corrected answers train its adapter.\n"
+        else " Learning in this server is **on**: voted and corrected answers train its adapter."
         if server_learning
-        else "Learning in this server is **off**: nothing here trains the model.\n"
+        else " Learning in this server is **off**: nothing here trains the model."
     )
     return (
         "**Asking**\n"
@@ -46,7 +46,7 @@ def help_text(services: Services, server_learning: bool | None = None) -> str:
         "use them, and what you teach from them trains only your own data, never this server's adapter.\n"
         "- `/forget` deletes all your records, answers, votes and corrections, in every server.\n"
         "**Privacy**\n"
-        f"- I keep your questions and my answers ({kept}), votes, corrections and notes. {learning}"
+        f"- I keep your questions and my answers ({kept}), votes, corrections and notes.{learning}\n"
         "- `/privacy` shows what I hold about you, downloads it or forgets it; `/privacy learning: off` keeps "
         "me answering you but learning nothing from you. Admins: `/privacy server_learning:`.\n"
         "**Curators and admins**\n"

@@ -20,6 +20,7 @@ from discord.ext import commands, tasks
 
 from bot.cogs._common import has_role
 from bot.cogs._forget import FORGET_QUESTION, ForgetView, retrain, serving_callbacks
+from bot.usecases.errors import user_errors
 from bot.usecases.privacy import (
     export_file,
     export_member,
@@ -181,7 +182,11 @@ class PrivacyCog(commands.Cog):
             )
             return export_file(data)
 
-        name, payload = await asyncio.to_thread(build)
+        try:
+            name, payload = await asyncio.to_thread(build)
+        except user_errors() as error:  # nothing held about them: say so
+            await interaction.followup.send(str(error), ephemeral=True)
+            return
         await interaction.followup.send(
             "Everything loopbot holds about you (your copy: only you can see this message).",
             file=discord.File(io.BytesIO(payload), filename=name),

@@ -101,8 +101,9 @@ def forget_member(
     serve_member: Callable[[str, AdapterVersion | None], Any] | None = None,
 ) -> ForgetSummary:
     """Delete a member's personal records and the community posts they wrote (accepted public
-    corrections) in every guild, then their answers, votes, corrections and training pairs, scrubbing every file that held them (the SQLite files, Chroma's segments, the
-    lexical index, the stored datasets and gate reports of adapter versions).
+    corrections) in every guild, then their answers, votes, corrections and training pairs, scrubbing
+    every file that held them (the SQLite files, Chroma's segments, the lexical index, the stored
+    datasets and gate reports of adapter versions).
 
     With ``adapters_dir``, a guild whose active adapter was trained on the member's pairs falls back
     at once to its newest version without them (or the base model); ``serve(guild, version)`` makes

@@ -169,8 +169,7 @@ def privacy_report(
     )
     dms = consent.member_counts(log, user, "")
     everywhere = {**consent.member_counts(log, user, None), **_kb_counts(kb, user, None)}
-    pair_ids = {str(p["id"]) for p in consent.member_rows(log, user)["pairs"]}
-    trained = trained_versions(adapters_dir, pair_ids, user)
+    trained = trained_versions(adapters_dir, consent.member_pair_ids(log, user), user)
     if guild_id is not None:  # this server's versions and their own first
         trained.sort(key=lambda t: (t.registry not in (f"server {guild_id}", "your own adapter"), t.registry))
     return PrivacyReport(
