@@ -235,3 +235,14 @@ async def test_retention_removes_only_answers_nobody_voted_on_or_corrected(
     monkeypatch.setenv("LOOPBOT_DATA_DIR", str(settings.data_dir))
     assert main(["feedback", "stats"]) == 0
     assert "retention removed        1" in capsys.readouterr().out
+
+
+async def test_a_member_with_nothing_held_is_told_so(world) -> None:
+    hal = world.env.create_user("hal")
+
+    shown = await hal.slash("privacy")
+    got = await hal.click(shown.response.message, label="Download my data")
+
+    assert shown.ephemeral and "In direct messages: nothing" in shown.response.content
+    assert "In this server" not in shown.response.content
+    assert got.response.attachments == [] and "holds nothing about member" in got.response.content
