@@ -211,6 +211,19 @@ class TrainSettings(BaseSettings):
     gate_max_heldout_drop: float = Field(0.05, ge=0.0, description="Allowed drop of held-out token F1.")
 
 
+class PrivacySettings(BaseSettings):
+    """What the bot keeps about members, and for how long (prefix ``LOOPBOT_PRIVACY_``)."""
+
+    model_config = _config("LOOPBOT_PRIVACY_")
+
+    retention_days: int = Field(
+        30,
+        ge=0,
+        description="Answers nobody voted on or corrected are deleted after this many days (0: kept). "
+        "Feedback comes within days of an answer; after that an unvoted answer teaches nothing.",
+    )
+
+
 class Settings(BaseSettings):
     """All of loopbot's settings (prefix ``LOOPBOT_``), sections included."""
 
@@ -223,6 +236,7 @@ class Settings(BaseSettings):
     kb: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     @field_validator("data_dir")
     @classmethod
@@ -260,6 +274,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "kb": KnowledgeSettings,
     "discord": DiscordSettings,
     "train": TrainSettings,
+    "privacy": PrivacySettings,
 }
 
 
@@ -296,8 +311,9 @@ def load_settings() -> Settings:
     """Read settings from the environment and ``.env``; raise :class:`SettingsError` naming the variable."""
     model, kb = _build(ModelSettings), _build(KnowledgeSettings)
     discord, train = _build(DiscordSettings), _build(TrainSettings)
+    privacy = _build(PrivacySettings)
     try:
-        return Settings(model=model, kb=kb, discord=discord, train=train)
+        return Settings(model=model, kb=kb, discord=discord, train=train, privacy=privacy)
     except ValidationError as error:
         raise _explain(Settings, error) from None
 

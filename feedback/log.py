@@ -359,7 +359,7 @@ class FeedbackLog:
             sql += " AND created_at >= ?"
             params.append(to_iso(since))
         if exclude_forgotten:
-            sql += " AND content_hash NOT IN (SELECT content_hash FROM forget_ledger)"
+            sql += " AND content_hash NOT IN (SELECT content_hash FROM forget_ledger WHERE reason = 'forget')"
         with self.db.reading() as conn:
             return [row_to_pair(row) for row in conn.execute(sql + " ORDER BY id", params)]
 
@@ -397,7 +397,8 @@ class FeedbackLog:
             return [str(row[0]) for row in rows]
 
     def forgotten_pair_ids(self) -> set[int]:
-        """Ids of every pair deleted by :meth:`forget_user`: an adapter trained on any is stale."""
+        """Ids of every pair deleted by :meth:`forget_user` or withdrawn when its member turned learning
+        off (:mod:`feedback.privacy`): an adapter trained on any is stale."""
         with self.db.reading() as conn:
             return {int(row[0]) for row in conn.execute("SELECT pair_id FROM forget_ledger")}
 

@@ -123,23 +123,45 @@ def stats(conn: sqlite3.Connection, guild_id: str | None) -> FeedbackStats:
             f"SELECT COUNT(*) FROM corrections WHERE accepted_at IS NOT NULL AND answer_id IN ({scope})"
         ),
         pairs=pairs,
-        forgotten_pairs=count("SELECT COUNT(*) FROM forget_ledger"),
+        forgotten_pairs=count("SELECT COUNT(*) FROM forget_ledger WHERE reason = 'forget'"),
+        withdrawn_pairs=count("SELECT COUNT(*) FROM forget_ledger WHERE reason = 'consent'"),
+        retention_removed=count(
+            "SELECT SUM(answers) FROM retention_runs"
+            + (" WHERE guild_id = :guild" if guild_id is not None else "")
+        ),
+        retention_last_run=conn.execute(
+            "SELECT MAX(ran_at) FROM retention_runs"
+            + (" WHERE guild_id = :guild" if guild_id is not None else ""),
+            params,
+        ).fetchone()[0],
     )
 
 
+# The pairs that hold a member's data (parameter ``:u``): they asked the question or wrote the correction.
+MEMBER_PAIRS = (
+    "SELECT * FROM pairs WHERE user_id = :u OR author_id = :u"
+    " OR answer_id IN (SELECT id FROM answers WHERE user_id = :u)"
+    " OR correction_id IN (SELECT id FROM corrections WHERE author_id = :u)"
+)
+
+
+def member_pair_rows(conn: sqlite3.Connection, user_id: str) -> list[sqlite3.Row]:
+    """The ``pairs`` rows holding the member's data, by id (what a forget deletes, what an export shows)."""
+    return conn.execute(MEMBER_PAIRS + " ORDER BY id", {"u": user_id}).fetchall()
+
+
 def forget_user(conn: sqlite3.Connection, user_id: str, now: str) -> ForgetReport:
-    """Delete everything of ``user_id`` and ledger the pair ids that held their data."""
+    """Delete everything of ``user_id`` and ledger the pair ids that held their data.
+
+    A member who turned learning off stays off (that row holds no text: it keeps their wish in force
+    if they come back); the one-time privacy notes they were shown are forgotten."""
     own_answers = [r[0] for r in conn.execute("SELECT id FROM answers WHERE user_id = ?", (user_id,))]
     own_corrections = [
         r[0] for r in conn.execute("SELECT id FROM corrections WHERE author_id = ?", (user_id,))
     ]
-    # A pair holds the member's data if they asked the question or wrote the correction.
-    doomed = conn.execute(
-        "SELECT id, kind, content_hash FROM pairs WHERE user_id = :u OR author_id = :u"
-        " OR answer_id IN (SELECT id FROM answers WHERE user_id = :u)"
-        " OR correction_id IN (SELECT id FROM corrections WHERE author_id = :u)",
-        {"u": user_id},
-    ).fetchall()
+    doomed = member_pair_rows(conn, user_id)
+    conn.execute("DELETE FROM member_notices WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM member_learning WHERE user_id = ? AND learning = 1", (user_id,))
     conn.executemany(
         "INSERT OR IGNORE INTO forget_ledger (pair_id, kind, content_hash, forgotten_at) VALUES (?, ?, ?, ?)",
         [(row["id"], row["kind"], row["content_hash"], now) for row in doomed],
@@ -217,7 +239,9 @@ def import_rows(
             problems.append(f"row {number}: {error}")
             continue
         digest = content_hash(instruction, input_, output)
-        if conn.execute("SELECT 1 FROM forget_ledger WHERE content_hash = ?", (digest,)).fetchone():
+        if conn.execute(
+            "SELECT 1 FROM forget_ledger WHERE content_hash = ? AND reason = 'forget'", (digest,)
+        ).fetchone():
             forgotten += 1
         elif conn.execute(
             "SELECT 1 FROM pairs WHERE content_hash = ? AND guild_id IS ? AND owner_id IS ?",

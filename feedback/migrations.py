@@ -204,6 +204,47 @@ def m004_taught_pairs(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('pairs', ?)", (sequence[0],))
 
 
+@migration
+def m005_member_control(conn: sqlite3.Connection) -> None:
+    # What members and servers decide about learning, and what retention removed (feedback/privacy.py).
+    # member_learning: one row per member who turned learning off (learning 0) or on again (learning 1,
+    # counting only what they do from `since` on); no row: learned from. guild_learning: every change
+    # of a server's switch, so a vote counts only if its server was learning when it was cast.
+    # member_notices: who was shown the one-time privacy note in which server. retention_runs: counts
+    # only, never a member's id or text. A ledgered pair's reason says why it left: forget or consent.
+    _run(
+        conn,
+        """
+        CREATE TABLE member_learning (
+            user_id TEXT PRIMARY KEY,
+            learning INTEGER NOT NULL CHECK (learning IN (0, 1)),
+            since TEXT NOT NULL
+        );
+        CREATE TABLE guild_learning (
+            guild_id TEXT NOT NULL,
+            learning INTEGER NOT NULL CHECK (learning IN (0, 1)),
+            changed_at TEXT NOT NULL
+        );
+        CREATE INDEX guild_learning_guild ON guild_learning(guild_id, changed_at);
+        CREATE TABLE member_notices (
+            guild_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            noticed_at TEXT NOT NULL,
+            PRIMARY KEY (guild_id, user_id)
+        );
+        CREATE INDEX member_notices_user ON member_notices(user_id);
+        CREATE TABLE retention_runs (
+            id INTEGER PRIMARY KEY,
+            ran_at TEXT NOT NULL,
+            guild_id TEXT NOT NULL,
+            answers INTEGER NOT NULL
+        );
+        ALTER TABLE forget_ledger ADD COLUMN reason TEXT NOT NULL DEFAULT 'forget';
+        CREATE INDEX answers_created ON answers(created_at)
+        """,
+    )
+
+
 def applied_migrations(conn: sqlite3.Connection) -> list[str]:
     """Names of the migrations recorded in ``_migrations``, in the order they were applied."""
     conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")

@@ -108,6 +108,9 @@ class FeedbackStats:
     accepted: int
     pairs: dict[str, int] = field(default_factory=dict)  # by kind, every kind present (0 if none)
     forgotten_pairs: int = 0
+    withdrawn_pairs: int = 0  # left when their member turned learning off (feedback/privacy.py)
+    retention_removed: int = 0  # unvoted, uncorrected answers deleted by retention, ever
+    retention_last_run: str | None = None  # when retention last deleted any (ISO, UTC)
 
 
 @dataclass(frozen=True)

@@ -320,6 +320,47 @@ class KnowledgeBase:
         log.info("forgot %d personal records of one member", removed)  # never log the id with content
         return removed
 
+    def forget_author(self, user_id: str) -> int:
+        """Delete the community posts a member wrote (their accepted corrections) in every guild;
+        return how many. Called by a forget after :meth:`forget_user`."""
+        user_id = check_id(user_id, "user id")
+        self.claim()
+        removed = 0
+        for name in self._collection_names():
+            if not name.startswith("c-"):
+                continue
+            collection = self.client.get_collection(name)
+            ids = collection.get(where={"author": user_id}, include=[])["ids"]
+            if ids:
+                collection.delete(ids=ids)
+                self._forget_store(name)
+                if self.lexical is not None:
+                    self.lexical.delete(ids)
+                removed += len(ids)
+        if removed:
+            self._scrub()
+        return removed
+
+    def member_chunks(self, user_id: str, *, guild_id: str | None = None) -> list[Chunk]:
+        """What the store holds of one member: their personal records and the community posts they
+        wrote (accepted corrections), in ``guild_id`` or every guild. Reads by collection name and
+        metadata: nothing is embedded."""
+        user_id = check_id(user_id, "user id")
+        found: list[Chunk] = []
+        for name in sorted(self._collection_names()):
+            match = _PERSONAL.fullmatch(name)
+            if match and match[2] == user_id and (guild_id is None or match[1] == guild_id):
+                got = self.client.get_collection(name).get(include=["documents", "metadatas"])
+            elif name.startswith("c-") and (guild_id is None or name == community_collection(guild_id)):
+                got = self.client.get_collection(name).get(
+                    where={"author": user_id}, include=["documents", "metadatas"]
+                )
+            else:
+                continue
+            for chunk_id, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=False):
+                found.append(_chunk_from(chunk_id, text or "", meta or {}))
+        return found
+
     def _scrub(self) -> None:
         """Remove deleted text from an embedded store's files, not just from its tables.
 

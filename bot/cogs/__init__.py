@@ -9,7 +9,8 @@ from bot.cogs.ask import AskCog
 from bot.cogs.feedback import FeedbackCog
 from bot.cogs.help import HelpCog
 from bot.cogs.knowledge import KnowledgeCog
+from bot.cogs.privacy import PrivacyCog
 
-COGS = [AskCog, FeedbackCog, KnowledgeCog, AdminCog, HelpCog]
+COGS = [AskCog, FeedbackCog, KnowledgeCog, AdminCog, PrivacyCog, HelpCog]
 
-__all__ = ["COGS", "AdminCog", "AskCog", "FeedbackCog", "HelpCog", "KnowledgeCog"]
+__all__ = ["COGS", "AdminCog", "AskCog", "FeedbackCog", "HelpCog", "KnowledgeCog", "PrivacyCog"]

@@ -20,6 +20,7 @@ from discord.ext import commands, tasks
 from bot.cogs._common import has_role
 from bot.usecases.errors import user_errors
 from bot.usecases.training import describe_progress, promote, rollback
+from feedback.privacy import guild_learning
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry, AdapterVersion
@@ -117,7 +118,13 @@ class AdminCog(commands.Cog):
         guild = str(interaction.guild_id)
         adapters, registry_for = self.services.adapters, self.services.registry_for
         serving = await asyncio.to_thread(adapters.adapter_for, guild) if adapters is not None else None
-        lines = [f"**Adapter**: {serving or 'none (base model)'}"]
+        learning = await asyncio.to_thread(guild_learning, self.services.feedback_log, guild)
+        lines = [
+            f"**Adapter**: {serving or 'none (base model)'}",
+            "Learning in this server: on"
+            if learning
+            else "Learning in this server: **off** (no new pairs, no training; `/privacy server_learning: on`)",
+        ]
         threshold = self.services.settings.model.adapter_min_similarity
         if serving and threshold > 0:  # adapters/routing.py: only questions close to what it was taught
             lines.append(

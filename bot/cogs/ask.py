@@ -97,6 +97,8 @@ class AskCog(commands.Cog):
         if refusal:
             await message.reply(refusal, mention_author=False)
             return
+        if message.guild is not None:  # a first question in a server gets the privacy note (privacy cog)
+            self.bot.dispatch("loopbot_member_active", message.author, message.guild.id)
         async with message.channel.typing():
             history = await self.history(message)
             # Only the first message of each answer goes out in arrival order; the answers themselves

@@ -81,6 +81,9 @@ class FeedbackCog(commands.Cog):
         if answer is not None:
             value: Literal[1, -1] = 1 if emoji == settings.upvote_emoji else -1
             await asyncio.to_thread(self.log.set_vote, answer.id, user_id, value, present)
+            if present and payload.member is not None and payload.guild_id is not None:
+                # A first vote in a server gets the privacy note (privacy cog): votes train too.
+                self.bot.dispatch("loopbot_member_active", payload.member, payload.guild_id)
             return
         if emoji != settings.upvote_emoji:
             return

@@ -15,44 +15,16 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs._common import has_role
+from bot.cogs._forget import FORGET_QUESTION, ForgetView
 from bot.usecases.errors import user_errors
-from bot.usecases.knowledge import add_upload, forget_member, ingest_limits, remember
+from bot.usecases.knowledge import add_upload, ingest_limits, remember
 
 if TYPE_CHECKING:
-    from adapters.registry import AdapterVersion
     from bot.services import Services
 
 log = logging.getLogger(__name__)
 
 MAX_REMEMBER_CHARS = 4000
-FORGET_TIMEOUT = 120.0
-
-
-class ForgetView(discord.ui.View):
-    """Confirm / Cancel for ``/forget``; only the member who asked can press them."""
-
-    def __init__(self, cog: KnowledgeCog, user_id: int) -> None:
-        super().__init__(timeout=FORGET_TIMEOUT)
-        self.cog = cog
-        self.user_id = user_id
-
-    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        """Only the member who ran ``/forget`` may confirm it."""
-        return interaction.user.id == self.user_id
-
-    @discord.ui.button(label="Forget everything", style=discord.ButtonStyle.danger)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[ForgetView]) -> None:
-        """Delete the member's personal records and training pairs."""
-        await interaction.response.defer()
-        text = await self.cog.forget(str(interaction.user.id))
-        self.stop()
-        await interaction.edit_original_response(content=text, view=None)
-
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[ForgetView]) -> None:
-        """Keep everything."""
-        self.stop()
-        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
 
 
 class KnowledgeCog(commands.Cog):
@@ -161,35 +133,8 @@ class KnowledgeCog(commands.Cog):
             await interaction.response.send_message(refusal, ephemeral=True)
             return
         await interaction.response.send_message(
-            "This deletes every personal record you stored and every training pair made from your "
-            "questions, in every server. The next adapter is trained without them. Continue?",
-            view=ForgetView(self, interaction.user.id),
-            ephemeral=True,
+            FORGET_QUESTION, view=ForgetView(self.bot, self.services, interaction.user.id), ephemeral=True
         )
-
-    async def forget(self, user_id: str) -> str:
-        """Delete a member's records and pairs; the sentence that tells them what was deleted."""
-        adapters = self.services.adapters
-
-        def serve(guild: str, version: AdapterVersion | None) -> None:
-            if adapters is not None:
-                adapters.swap(guild, version)
-
-        summary = await asyncio.to_thread(
-            forget_member,
-            self.services.knowledge_base,
-            self.services.feedback_log,
-            user_id,
-            adapters_dir=self.services.settings.adapters_dir,
-            serve=serve,
-            drop_own_adapter=(lambda: adapters.drop_member(user_id)) if adapters is not None else None,
-            serve_member=adapters.swap_member if adapters is not None else None,
-        )
-        for guild in summary.replaced:
-            if guild:
-                # The guild's adapter no longer holds the member's pairs: retrain it without them.
-                self.bot.dispatch("loopbot_retrain_needed", guild)
-        return f"Done: {summary.sentence()}."
 
 
 def _problems(problems: list[str], limit: int = 5) -> str:

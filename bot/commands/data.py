@@ -3,6 +3,7 @@
 loopbot dataset export --format alpaca --out FILE [--eval-fraction F] [--kinds ...] [--since ISO]
 loopbot dataset import FILE [--guild ID | --member ID] [--source NAME]
 loopbot feedback stats [--guild ID] [--json]
+loopbot feedback retention [--days N]
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--guild", help="only this guild (Discord id)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(handler=stats_command)
+    retention = feedback_actions.add_parser(
+        "retention",
+        help="delete answers nobody voted on or corrected, older than LOOPBOT_PRIVACY_RETENTION_DAYS "
+        "(the bot does it daily; this is for cron without it)",
+    )
+    retention.add_argument("--days", type=int, help="this many days instead of the setting")
+    retention.set_defaults(handler=retention_command)
     queue = feedback_actions.add_parser("queue", help="corrections waiting for votes (the curators' queue)")
     queue.add_argument("--guild", help="only this guild (Discord id)")
     queue.add_argument("--limit", type=int, default=20, help="show at most this many (default 20)")
@@ -181,10 +189,41 @@ def stats_command(args: argparse.Namespace, settings: Settings) -> int:
         ("  accepted", stats.accepted),
         *((f"{kind} pairs", number) for kind, number in stats.pairs.items()),
         ("forgotten pairs", stats.forgotten_pairs),
+        ("withdrawn pairs", stats.withdrawn_pairs),
+        ("retention removed", stats.retention_removed),
     ]
     print(f"feedback log {settings.db_path} ({scope})")
     for label, number in rows:
         print(f"  {label:<18}{number:>8}")
+    days = settings.privacy.retention_days
+    policy = (
+        f"answers nobody voted on or corrected are deleted after {days} days" if days else "answers are kept"
+    )
+    last = f"; last removal {stats.retention_last_run[:16]} UTC" if stats.retention_last_run else ""
+    print(f"retention: {policy} (LOOPBOT_PRIVACY_RETENTION_DAYS){last}")
+    return 0
+
+
+def retention_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`loopbot feedback retention`: apply the retention setting now."""
+    from feedback.errors import FeedbackError
+    from feedback.privacy import apply_retention
+
+    days = settings.privacy.retention_days if args.days is None else args.days
+    if days < 0:
+        raise FeedbackError(f"--days must be 0 (keep everything) or more, got {days}.")
+    if days == 0:
+        print("retention is off (0 days): nothing deleted")
+        return 0
+    log = build_feedback_log(settings)
+    try:
+        report = apply_retention(log, days)
+    finally:
+        log.close()
+    print(
+        f"deleted {report.answers} answer(s) older than {days} days that nobody voted on or corrected "
+        f"(before {report.cutoff[:16]} UTC)"
+    )
     return 0
 
 

@@ -95,7 +95,7 @@ def _stats(settings: Settings) -> dict[str, Any]:
             "members_with_records": 0,
             "lexical_rows": 0,
         }
-    kb = _open_kb_without_model(settings)
+    kb = open_kb_without_model(settings)
     try:
         return kb.stats()
     finally:
@@ -118,7 +118,7 @@ def stats_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def delete_command(args: argparse.Namespace, settings: Settings) -> int:
     """Delete one source's chunks (community posts, or one member's records with ``--owner``)."""
-    kb = _open_kb_without_model(settings)
+    kb = open_kb_without_model(settings)
     try:
         removed = kb.delete_source(args.source, guild_id=args.guild, owner_id=args.owner)
     finally:
@@ -127,7 +127,7 @@ def delete_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if removed else 1
 
 
-def _open_kb_without_model(settings: Settings) -> KnowledgeBase:
+def open_kb_without_model(settings: Settings) -> KnowledgeBase:
     """The store for maintenance that never embeds (delete, forget): no model load, same embedder tag."""
     from bot.wiring import build_knowledge_base
     from knowledge.embeddings import NoEmbeddings
@@ -140,7 +140,7 @@ def forget_command(args: argparse.Namespace, settings: Settings) -> int:
     from bot.usecases.knowledge import forget_member
     from bot.wiring import build_feedback_log
 
-    kb = _open_kb_without_model(settings)
+    kb = open_kb_without_model(settings)
     try:
         log = build_feedback_log(settings)
         try:

@@ -1,4 +1,5 @@
-"""Knowledge: add documents, remember a personal record, forget a member everywhere."""
+"""Knowledge: add documents, remember a personal record, forget a member everywhere (their records,
+the posts they wrote, their feedback and pairs, and the adapters trained on them)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ class ForgetSummary:
     # guild id -> the version now served there (None: the base model), for adapters that held the pairs
     replaced: dict[str, str | None] = field(default_factory=dict)
     own_adapter_versions: int = 0  # versions of the member's own adapter, deleted
+    posts: int = 0  # community posts the member wrote (their accepted public corrections), deleted
 
     def sentence(self) -> str:
         """One line for the member or the operator."""
@@ -81,8 +83,9 @@ class ForgetSummary:
             if self.own_adapter_versions
             else ""
         )
+        posts = f", {self.posts} community post(s) they wrote" if self.posts else ""
         return (
-            f"deleted {self.records} personal record(s), {self.answers} logged answer(s), "
+            f"deleted {self.records} personal record(s){posts}, {self.answers} logged answer(s), "
             f"{self.corrections} correction(s), {self.votes} vote(s) and {self.pairs} training pair(s){own}"
         )
 
@@ -97,9 +100,10 @@ def forget_member(
     drop_own_adapter: Callable[[], Any] | None = None,
     serve_member: Callable[[str, AdapterVersion | None], Any] | None = None,
 ) -> ForgetSummary:
-    """Delete a member's personal records in every guild, then their answers, votes, corrections
-    and training pairs, scrubbing every file that held them (the SQLite files, Chroma's segments, the
-    lexical index, the stored datasets and gate reports of adapter versions).
+    """Delete a member's personal records and the community posts they wrote (accepted public
+    corrections) in every guild, then their answers, votes, corrections and training pairs, scrubbing
+    every file that held them (the SQLite files, Chroma's segments, the lexical index, the stored
+    datasets and gate reports of adapter versions).
 
     With ``adapters_dir``, a guild whose active adapter was trained on the member's pairs falls back
     at once to its newest version without them (or the base model); ``serve(guild, version)`` makes
@@ -107,10 +111,10 @@ def forget_member(
     (every version, its datasets and reports) is deleted, after ``drop_own_adapter`` took it out of
     the running bot. Another member's own adapter trained on the member's shared pairs (kept beside
     theirs) falls back the same way; ``serve_member(member, version)`` serves it."""
-    from adapters.registry import all_registries, member_registry
-    from bot.usecases.training import retire_forgotten
+    from adapters.registry import member_registry
 
     records = kb.forget_user(user_id)
+    posts = kb.forget_author(user_id)
     report = log.forget_user(user_id)
     replaced: dict[str, str | None] = {}
     own_versions = 0
@@ -122,17 +126,37 @@ def forget_member(
                 drop_own_adapter()
             shutil.rmtree(own.root)
     if adapters_dir is not None:
-        forgotten = log.forgotten_pair_ids()
-        for registry in all_registries(adapters_dir):
-            changed, now = retire_forgotten(registry, forgotten)
-            if changed and registry.member_id is not None:
-                if serve_member is not None:
-                    serve_member(registry.member_id, now)
-            elif changed:
-                guild = registry.guild_id or ""
-                replaced[guild] = now.version if now is not None else None
-                if serve is not None and guild:
-                    serve(guild, now)
+        replaced = retire_stale_adapters(log, adapters_dir, serve=serve, serve_member=serve_member)
     return ForgetSummary(
-        records, report.answers, report.corrections, report.votes, report.pairs, replaced, own_versions
+        records, report.answers, report.corrections, report.votes, report.pairs, replaced, own_versions, posts
     )
+
+
+def retire_stale_adapters(
+    log: FeedbackLog,
+    adapters_dir: Path,
+    *,
+    serve: Callable[[str, AdapterVersion | None], Any] | None = None,
+    serve_member: Callable[[str, AdapterVersion | None], Any] | None = None,
+) -> dict[str, str | None]:
+    """After pairs were forgotten or withdrawn: scrub them from every version's stored data, and make
+    every registry whose active version was trained on any fall back to its newest version without
+    them (or the base model), served at once through ``serve(guild, version)`` /
+    ``serve_member(member, version)``. Returns guild id -> the version now served there (None: the
+    base model), for the guilds that changed: their next retrain leaves the pairs out."""
+    from adapters.registry import all_registries
+    from bot.usecases.training import retire_forgotten
+
+    replaced: dict[str, str | None] = {}
+    forgotten = log.forgotten_pair_ids()
+    for registry in all_registries(adapters_dir):
+        changed, now = retire_forgotten(registry, forgotten)
+        if changed and registry.member_id is not None:
+            if serve_member is not None:
+                serve_member(registry.member_id, now)
+        elif changed:
+            guild = registry.guild_id or ""
+            replaced[guild] = now.version if now is not None else None
+            if serve is not None and guild:
+                serve(guild, now)
+    return replaced

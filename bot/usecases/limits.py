@@ -38,7 +38,8 @@ class RateLimiter:
 
 
 class WriteLimits:
-    """Per-member limits on the write paths: ``/add``, ``/remember``, ``/forget`` and corrections.
+    """Per-member limits on the write paths: ``/add``, ``/remember``, ``/forget``, corrections, and
+    ``/privacy``'s export and learning switch (each reads or rewrites all of a member's rows).
 
     ``per_minute`` applies to each path separately (0: no limit)."""
 
@@ -47,6 +48,8 @@ class WriteLimits:
         "remember": "storing records",
         "forget": "forgetting",
         "correction": "sending corrections",
+        "export": "downloading your data",
+        "learning": "changing your learning setting",
     }
 
     def __init__(self, per_minute: int, clock: Callable[[], float] | None = None) -> None:

@@ -400,8 +400,12 @@ def run_training_cycle(
         rephrased_examples,
         train_adapter,
     )
+    from bot.usecases.privacy import learning_refusal
 
     started = time.perf_counter()
+    refusal = learning_refusal(parts.feedback_log, parts.guild_id, parts.member_id)
+    if refusal:  # a server's switch or a member's consent: no run at all
+        return CycleReport(trained=False, reason=refusal)
     registry = parts.registry
     if parts.member_id is not None:
         pairs = parts.feedback_log.pairs(owner_id=parts.member_id)
@@ -576,7 +580,8 @@ def promote(
     stale = target.forgotten_pairs(forgotten_pair_ids)
     if stale:
         raise AdapterError(
-            f"{target.version} was trained on {len(stale)} pair(s) of a member who asked to be forgotten, "
+            f"{target.version} was trained on {len(stale)} pair(s) of a member who asked to be forgotten "
+            "or not to be learned from, "
             "so it can no longer be served. Promote a newer version or retrain (`loopbot train`)."
         )
     promoted = registry.promote(target.version)

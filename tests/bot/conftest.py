@@ -6,7 +6,7 @@
 - ``simcord_bot`` / ``simcord_env``: the bot built by ``create_bot`` with those services, running in
   simcord (a generous settle timeout: answers come from a real model in a worker thread).
 - ``world``: a guild with a #general channel, the admin and curator roles, and members alice and bob
-  (plain), carol (curator), dave (admin).
+  (plain), carol (curator), dave (admin), who have all seen the one-time privacy note already.
 """
 
 from __future__ import annotations
@@ -127,6 +127,12 @@ async def world(simcord_env: Any, bot_settings: Settings) -> SimpleNamespace:
         return [m for m in channel.history(viewer=viewer) if m.author.id == me]
 
     world.bot_messages = bot_messages
+    # They have used loopbot before: their one-time privacy note is behind them (tests/bot/test_privacy.py
+    # meets the note with newcomers).
+    from feedback.privacy import take_notice
+
+    for member in (world.alice, world.bob, world.carol, world.dave):
+        take_notice(simcord_env.bot.services.feedback_log, str(guild.id), str(member.id))
     await simcord_env.settle()
     return world
 
