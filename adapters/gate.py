@@ -20,8 +20,8 @@ on four sets, and the gate says which rule decided:
 * **eval**: taught pairs an owner kept out of this run (``loopbot train --eval-fraction``): facts the
   candidate never saw, so how many it answers is reported and never decides.
 * **rejected**: of the pairs above that carry the answer a correction replaced, how many answers bring
-  that rejected answer back (:func:`brings_back`). The candidate may not bring back more of them than
-  the active adapter does.
+  that rejected answer back (:func:`brings_back`). A correction forgotten: the candidate's share may
+  exceed the active adapter's by at most ``max_forgotten``.
 
 Every question is answered as members would get it: with routing (:mod:`adapters.routing`) an
 adapter answers only questions close to ones it was trained on, and what is beneath it (the base)
@@ -282,7 +282,8 @@ def decide(sets: Mapping[str, SetScore], thresholds: GateThresholds) -> tuple[bo
             f"held-out F1 changed by {heldout.candidate - heldout.active:+.3f}, more than the allowed "
             f"drop of {thresholds.max_heldout_drop:.3f}"
         )
-    if rejected.count and rejected.candidate > rejected.active + _EPSILON:
+    # A rejected answer that comes back is a correction forgotten: the same tolerance as retained.
+    if rejected.count and rejected.candidate > rejected.active + thresholds.max_forgotten + _EPSILON:
         return False, (
             f"brings back answers members rejected: {round(rejected.candidate * rejected.count)} of "
             f"{rejected.count}, the active adapter {round(rejected.active * rejected.count)}"

@@ -122,6 +122,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--facts", type=int, default=20, help="how many facts to import (default 20)")
     parser.add_argument("--records", type=int, default=0, help="import this many household records instead")
+    parser.add_argument(
+        "--label", default="", help="results file suffix (a run with other LOOPBOT_TRAIN_* settings)"
+    )
     args = parser.parse_args()
 
     from adapters.routing import routed
@@ -144,7 +147,11 @@ def main() -> int:
         "machine": machine(),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "facts": len(facts),
+        # Settings this run changed from the defaults (the environment the product runs with)
+        "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("LOOPBOT_TRAIN_")},
     }
+    if args.label:
+        name = f"{name}_{args.label}"
     with tempfile.TemporaryDirectory(prefix="imported-facts-") as tmp:
         env = {
             **os.environ,

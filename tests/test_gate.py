@@ -108,6 +108,8 @@ def _sets(
             False,
             "brings back answers members rejected: 2 of 5, the active adapter 1",
         ),
+        # One of 20 back where the active brought none: within the tolerance for forgetting.
+        (_sets(taught=(5, 0, 1), rejected=(20, 0.0, 0.05)), GateThresholds(), True, "back 1/20"),
     ],
 )
 def test_decision_rule(sets, thresholds, promote, why) -> None:
