@@ -48,6 +48,54 @@ def _load_base(base: str, backend: str) -> tuple[Any, Any]:
     return load_base_model(base, device="cpu", backend=backend)
 
 
+def dequantized(model: Any) -> int:
+    """Replace every GPTQ linear layer of ``model`` (gptqmodel's ``torch`` kernel) by a frozen fp32
+    ``nn.Linear`` holding the same dequantized weights; returns how many were replaced.
+
+    The base is frozen while a LoRA trains, so its int4 weights need dequantizing only once: the
+    kernel, in training mode, dequantizes every layer again in every forward, and with gradient
+    checkpointing once more in the backward pass. The layers keep their names, so the adapter is an
+    ordinary peft adapter served over the GPTQ model as before, and it learns the very weights that
+    will be served (not the unquantized model's)."""
+    import torch
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, BaseQuantLinear) or not hasattr(module, "dequantize_weight"):
+            continue
+        with torch.no_grad():
+            weight = module.dequantize_weight().T.to(torch.float32).contiguous()
+        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+        if module.bias is not None:
+            linear.bias = torch.nn.Parameter(module.bias.detach().to(torch.float32), requires_grad=False)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+        replaced += 1
+    if replaced:  # a plain fp32 model now: peft and TRL treat it as one
+        model.config.quantization_config = None
+        model.is_quantized = False
+    return replaced
+
+
+def checkpointing(setting: Any, rows: list[dict[str, Any]], tokenizer: Any) -> bool:
+    """Whether to recompute activations in the backward pass: the setting, or with ``"auto"`` whether
+    a row (prompt + completion, as the chat template renders it) is longer than
+    :data:`adapters.training.CHECKPOINT_FROM_TOKENS` tokens: activations grow with the row, and on
+    short rows checkpointing costs time and saves no memory (adapters/training.py)."""
+    if setting != "auto":
+        return bool(setting)
+    from adapters.training import CHECKPOINT_FROM_TOKENS
+
+    for row in rows:
+        messages = [*row.get("prompt", []), *row.get("completion", row.get("chosen", []))]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > CHECKPOINT_FROM_TOKENS:
+            return True
+    return False
+
+
 def _peft_model(model: Any, config: dict[str, Any]) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
@@ -140,13 +188,32 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     # 2.17 s). With no compile cache (a fresh machine) it first runs a C++ compiler (0.5 GB) beside the
     # training and holds 0.2-0.3 GB more here; the demo's 60 mixed steps gained nothing from it
     # (bench/first_run.py: retrain 313/321 s with it, 305/313 s without). So: long runs only.
-    if int(config["steps"]) < int(config.get("compile_min_steps", 0)):
+    # Dequantized once (below), the kernel's dequantization is not in the loop: nothing to compile.
+    if config.get("dequantize") or int(config["steps"]) < int(config.get("compile_min_steps", 0)):
         import torch._dynamo
 
         torch._dynamo.config.disable = True
     output = Path(config["output_dir"])
     examples = [json.loads(line) for line in Path(config["dataset"]).read_text("utf-8").splitlines() if line]
     model, tokenizer = _load_base(config["base"], config.get("backend", "torch"))
+    if config.get("dequantize"):
+        print(f"dequantized {dequantized(model)} GPTQ layers for training", file=sys.stderr)
+    preference_rows = (
+        [
+            json.loads(line)
+            for line in Path(config["preference_dataset"]).read_text("utf-8").splitlines()
+            if line
+        ]
+        if config.get("preference_dataset")
+        else []
+    )
+    config = {
+        **config,
+        "gradient_checkpointing": checkpointing(
+            config.get("gradient_checkpointing", False), [*examples, *preference_rows], tokenizer
+        ),
+    }
+    print(f"gradient checkpointing: {config['gradient_checkpointing']}", file=sys.stderr)
     _add_frozen_adapter(model, config.get("beneath_adapter"))  # before peft wraps the layers
     model = _peft_model(model, config)
     if tokenizer.pad_token is None:
@@ -226,7 +293,9 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     preference: dict[str, Any] = {}
     if preference_steps:
         del trainer  # its optimizer state goes before the preference phase builds its own
-        preference = _prefer(model, tokenizer, config, Progress([], offset=total, phase="preference"))
+        preference = _prefer(
+            model, tokenizer, config, preference_rows, Progress([], offset=total, phase="preference")
+        )
     model.save_pretrained(str(output))
     write_learning_curve(output, losses, eval_losses, eval_steps)
     shutil.rmtree(output / "checkpoints", ignore_errors=True)
@@ -246,7 +315,9 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _prefer(model: Any, tokenizer: Any, config: dict[str, Any], progress: Any) -> dict[str, Any]:
+def _prefer(
+    model: Any, tokenizer: Any, config: dict[str, Any], rows: list[dict[str, Any]], progress: Any
+) -> dict[str, Any]:
     """The preference phase, after the SFT steps on the same LoRA: TRL's ``DPOTrainer`` on rows
     ``{"prompt", "chosen", "rejected"}`` (a correction over the answer it replaced).
 
@@ -258,11 +329,6 @@ def _prefer(model: Any, tokenizer: Any, config: dict[str, Any], progress: Any) -
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    rows = [
-        json.loads(line)
-        for line in Path(config["preference_dataset"]).read_text("utf-8").splitlines()
-        if line
-    ]
     steps = int(config["preference_steps"])
     started = time.perf_counter()
     args = DPOConfig(

@@ -42,6 +42,8 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 # on (never held out), rephrased, and in the adapter's scope; a 👍 answer ("positive") is none of these.
 TAUGHT_KINDS = ("corrected", "taught")
 PREFERENCE_METHODS = ("off", "dpo")
+# With gradient checkpointing "auto": rows longer than this (prompt + answer tokens) turn it on.
+CHECKPOINT_FROM_TOKENS = 128
 
 
 class NotEnoughPairs(AdapterError):
@@ -77,11 +79,16 @@ class TrainingOptions:
     max_length: int = 1024
     seed: int = 0
     threads: int = 0
-    # Recompute activations in the backward pass (bench/training_speed.py, 220-token RAG prompts):
-    # batch 4 without it 4.9 GB, with it 3.3 GB; batch 2 with it 2.3 GB and the fastest per pair.
-    gradient_checkpointing: bool = True
+    # Recompute activations in the backward pass: True, False, or "auto": only when a row is longer
+    # than CHECKPOINT_FROM_TOKENS. bench/training_speed.py, batch 2, base dequantized: 220-token RAG
+    # rows 3.5 s a step and 2.2 GB with it, 2.6 s and 2.8 GB without; short rows (a fact, ~60 tokens)
+    # 1.55 s and 1.9 GB with it, 0.97 s and 2.1 GB without: on short rows it saves nothing.
+    gradient_checkpointing: bool | str = "auto"
     # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
     backend: str = "torch"
+    # Dequantize the frozen base's int4 layers once, before training (_train_worker.dequantized): the
+    # same loss, a step 29-33 % faster (the kernel dequantizes every layer in every forward), +0.4-0.5 GB.
+    dequantize: bool = True
     # torch.compile the kernel's dequantization only for runs of at least this many steps: it saves
     # ~0.6 s per step on short rows, but a first compile costs memory and a C++ compiler (_train_worker).
     compile_min_steps: int = 80
@@ -107,6 +114,10 @@ class TrainingOptions:
             )
         if not self.target_modules:
             raise AdapterError("Training needs at least one target module (e.g. q_proj,v_proj).")
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            raise AdapterError(
+                f"gradient_checkpointing must be true, false or auto (got {self.gradient_checkpointing!r})."
+            )
         if self.preference not in PREFERENCE_METHODS:
             raise AdapterError(
                 f"Unknown preference training {self.preference!r}: choose one of {', '.join(PREFERENCE_METHODS)}."

@@ -47,6 +47,9 @@ def main() -> int:
         "--score-all-positions", action="store_true", help="LM head over the prompt too (TRL's CPU default)"
     )
     parser.add_argument("--name", default="training_speed", help="results file name (no extension)")
+    parser.add_argument("--dequantize", action="store_true", help="dequantize the base once (fp32 layers)")
+    parser.add_argument("--rows", choices=("rag", "facts"), default="rag",
+                        help="rag: synthetic RAG pairs; facts: the learning facts' short rows (an import)")  # fmt: skip
     args = parser.parse_args()
 
     from adapters.prompt import training_messages
@@ -70,6 +73,14 @@ def main() -> int:
                 f"In meeting {i} the board decided to buy {i + 2} new cat trees [1].",
             )
         )
+    if args.rows == "facts":  # short rows, no passages: a correction or an imported fact
+        facts = json.loads((Path(__file__).parent / "data" / "learning_facts.json").read_text("utf-8"))[
+            "facts"
+        ]
+        examples = [
+            TrainingExample(str(i), training_messages(q, "", system_prompt), a)
+            for i, (q, a, _, _) in enumerate(facts[: args.pairs])
+        ]
     registry = AdapterRegistry(Path(tempfile.mkdtemp(prefix="training-speed-")))
     options = TrainingOptions(
         rank=settings.train.rank,
@@ -81,6 +92,7 @@ def main() -> int:
         threads=2,
         gradient_checkpointing=not args.no_checkpointing,
         score_completions_only=not args.score_all_positions,
+        dequantize=args.dequantize,
     )
     steps: list[dict] = []
     version = train_adapter(
@@ -118,6 +130,10 @@ def main() -> int:
         "steps": options.steps,
         "gradient_checkpointing": options.gradient_checkpointing,
         "score_completions_only": options.score_completions_only,
+        "dequantize": options.dequantize,
+        "rows": args.rows,
+        "first_loss": train["first_loss"],
+        "final_loss": train["final_loss"],
         "load_average_before": load,
         "prompt_tokens_per_pair": tokens,
         "process_seconds": train["train_seconds"],

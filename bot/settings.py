@@ -156,7 +156,11 @@ class TrainSettings(BaseSettings):
     steps: int = Field(0, ge=0, description="Optimizer steps per run; 0: from epochs.")
     batch_size: int = Field(2, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    gradient_checkpointing: bool = Field(True, description="Less training memory, slower steps.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Less training memory, slower steps; auto: only for rows longer than 128 tokens (RAG "
+        "answers), where it saves memory (on short rows it saves none and costs 38 % of the time).",
+    )
     min_pairs: int = Field(8, ge=1, description="Fewer new accepted pairs than this: nothing is trained.")
     min_interval_hours: float = Field(24.0, ge=0)
     eval_fraction: float = Field(

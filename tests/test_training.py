@@ -449,3 +449,35 @@ def test_preference_training_pushes_the_rejected_answers_down_after_the_sft_step
     assert not [k for k in load_file(str(version.path / "adapter_model.safetensors")) if ".ref." in k]
     registry.scrub_pairs({"2"})  # a forget of a preferred pair's author deletes the rows too
     assert not (version.path / "preference.jsonl").exists()
+
+
+def test_the_base_dequantized_for_training_computes_what_the_kernel_does(tiny_gptq_dir: Path) -> None:
+    """Training over the base's dequantized layers: the same logits as through gptqmodel's ``torch``
+    kernel (what the adapter is trained against is what will be served), no GPTQ layer left."""
+    import torch
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    from adapters._train_worker import _load_base, checkpointing, dequantized
+
+    model, tokenizer = _load_base(str(tiny_gptq_dir), "torch")
+    quantized = sum(isinstance(m, BaseQuantLinear) for m in model.modules())
+    ids = torch.tensor([tokenizer("The parrot is called Quibble.")["input_ids"]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    assert quantized > 0 and dequantized(model) == quantized
+    assert not any(isinstance(m, BaseQuantLinear) for m in model.modules())
+    q_proj = model.get_submodule("model.layers.0.self_attn.q_proj")
+    assert (
+        type(q_proj) is torch.nn.Linear and not q_proj.weight.requires_grad
+    )  # frozen: LoRA trains beside it
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    # "auto" checkpointing: only rows longer than CHECKPOINT_FROM_TOKENS pay for it.
+    short = _examples()[0].record()
+    long = TrainingExample("9", training_messages("Why?", "word " * 200, SYSTEM), "Because.").record()
+    assert checkpointing("auto", [short], tokenizer) is False
+    assert checkpointing("auto", [short, long], tokenizer) is True
+    assert (
+        checkpointing(True, [short], tokenizer) is True and checkpointing(False, [long], tokenizer) is False
+    )
