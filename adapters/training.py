@@ -89,8 +89,9 @@ class TrainingOptions:
     # Dequantize the frozen base's int4 layers once, before training (_train_worker.dequantized): the
     # same loss, a step 29-33 % faster (the kernel dequantizes every layer in every forward), +0.4-0.5 GB.
     dequantize: bool = True
-    # torch.compile the kernel's dequantization only for runs of at least this many steps: it saves
-    # ~0.6 s per step on short rows, but a first compile costs memory and a C++ compiler (_train_worker).
+    # Without ``dequantize``: torch.compile the kernel's dequantization only for runs of at least this
+    # many steps: it saves ~0.6 s per step on short rows, but a first compile costs memory and a C++
+    # compiler (_train_worker).
     compile_min_steps: int = 80
     # Score only the answer's positions through the LM head (see _train_worker.score_completions_only);
     # False is for benchmarks measuring what that saves.
