@@ -7,8 +7,9 @@ everything else (library logs, warnings, tracebacks) goes to stderr, which the p
 run's ``train.log``.
 
 The base model is loaded through gptqmodel's ``torch`` kernel: through the default trainable CPU
-kernel (``auto_trainable``) the LoRA loss diverges (see docs/PLATFORM_NOTES.md, "Training"), while ``torch`` learns. The saved
-adapter is an ordinary peft directory, served later through the fast kernel.
+kernel (``auto_trainable``) the LoRA loss diverges (see docs/PLATFORM_NOTES.md, "Training"), while ``torch`` learns;
+its layers are then dequantized once (:func:`dequantized`), the same weights without the per-forward
+dequantization. The saved adapter is an ordinary peft directory, served later through the fast kernel.
 """
 
 from __future__ import annotations

@@ -420,18 +420,19 @@ def train_adapter(
 ) -> AdapterVersion:
     """Train a LoRA on ``examples`` in a child process and publish it as a new (inactive) version.
 
-        ``anchors`` (see :func:`anchor_examples`) are trained on too but are not feedback pairs: they
-        count neither towards ``min_examples`` nor in the version's pair ids. Examples sharing a pair id (a
-        pair and its rephrasings, :func:`rephrased_examples`) count as one pair and share its passes.
-        ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``beneath``: train over
-        that adapter, frozen (a member's over the guild's: served stacked, so trained stacked); only the
-        new LoRA is saved, its ``train_config`` names the other. ``on_event`` receives
-        the child's events (``start`` carries its ``pid``). ``evaluation``: rows kept out of training whose
-        loss is measured after every epoch (``eval`` events, the metrics' ``eval_losses``); the version's
-        ``learning_curve.csv`` holds both curves. ``preferences``: with ``options.preference`` "dpo", trained
-    after the SFT steps (:func:`adapters._train_worker._prefer`); ignored when it is "off". ``shares_cores``: a serving runtime answers members
-        beside the training process (the bot), so its threads must not spin. Raises :class:`NotEnoughPairs` below
-        ``min_examples`` and :class:`TrainingFailed` if the child fails or is killed.
+    ``anchors`` (see :func:`anchor_examples`) are trained on too but are not feedback pairs: they
+    count neither towards ``min_examples`` nor in the version's pair ids. Examples sharing a pair id (a
+    pair and its rephrasings, :func:`rephrased_examples`) count as one pair and share its passes.
+    ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``beneath``: train over
+    that adapter, frozen (a member's over the guild's: served stacked, so trained stacked); only the
+    new LoRA is saved, its ``train_config`` names the other. ``on_event`` receives the child's events
+    (``start`` carries its ``pid``). ``evaluation``: rows kept out of training whose loss is measured
+    after every epoch (``eval`` events, the metrics' ``eval_losses``); the version's
+    ``learning_curve.csv`` holds both curves. ``preferences``: with ``options.preference`` "dpo",
+    trained after the SFT steps (:func:`adapters._train_worker._prefer`); ignored when it is "off".
+    ``shares_cores``: a serving runtime answers members beside the training process (the bot), so its
+    threads must not spin. Raises :class:`NotEnoughPairs` below ``min_examples`` and
+    :class:`TrainingFailed` if the child fails or is killed.
     """
     options = options or TrainingOptions()
     pair_ids = list(dict.fromkeys(e.pair_id for e in examples))  # a pair's rephrasings share its id
