@@ -156,6 +156,11 @@ class TrainSettings(BaseSettings):
     steps: int = Field(0, ge=0, description="Optimizer steps per run; 0: from epochs.")
     batch_size: int = Field(2, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    dequantize: bool = Field(
+        True,
+        description="Dequantize the frozen base once for training: the same logits, steps 29-33 % faster, "
+        "+0.4 GB; false: through gptqmodel's torch kernel as before Dec 7.",
+    )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto",
         description="Less training memory, slower steps; auto: only for rows longer than 128 tokens (RAG "

@@ -56,12 +56,33 @@ def test_environment_overrides_dotenv(clean_env: Path, monkeypatch: pytest.Monke
     assert settings.db_path == clean_env / "state" / "loopbot.db"
 
 
+def test_training_settings_reach_the_training_options(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.usecases.training import training_options
+
+    defaults = training_options(load_settings())
+    assert defaults.gradient_checkpointing == "auto" and defaults.dequantize and defaults.preference == "off"
+    for variable, value in (
+        ("LOOPBOT_TRAIN_GRADIENT_CHECKPOINTING", "true"),
+        ("LOOPBOT_TRAIN_DEQUANTIZE", "false"),
+        ("LOOPBOT_TRAIN_PREFERENCE", "dpo"),
+        ("LOOPBOT_TRAIN_PREFERENCE_EPOCHS", "3"),
+    ):
+        monkeypatch.setenv(variable, value)
+    options = training_options(load_settings())
+    assert options.gradient_checkpointing is True and not options.dequantize
+    assert options.preference == "dpo" and options.preference_epochs == 3.0
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
         ("LOOPBOT_KB_TOP_K", "many"),
         ("LOOPBOT_MODEL_DEVICE", "tpu"),
         ("LOOPBOT_TRAIN_EVAL_FRACTION", "1.5"),
+        ("LOOPBOT_TRAIN_GRADIENT_CHECKPOINTING", "sometimes"),
+        ("LOOPBOT_TRAIN_PREFERENCE", "kto"),
         ("LOOPBOT_LOG_LEVEL", "LOUD"),
     ],
 )

@@ -145,6 +145,7 @@ def training_options(settings: Settings) -> TrainingOptions:
         batch_size=settings.train.batch_size,
         learning_rate=settings.train.learning_rate,
         gradient_checkpointing=settings.train.gradient_checkpointing,
+        dequantize=settings.train.dequantize,
         threads=settings.model.threads,
         preference=settings.train.preference,
         preference_epochs=settings.train.preference_epochs,
