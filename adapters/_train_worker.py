@@ -8,8 +8,8 @@ run's ``train.log``.
 
 The base model is loaded through gptqmodel's ``torch`` kernel: through the default trainable CPU
 kernel (``auto_trainable``) the LoRA loss diverges (see docs/PLATFORM_NOTES.md, "Training"), while ``torch`` learns;
-its layers are then dequantized once (:func:`dequantized`), the same weights without the per-forward
-dequantization. The saved adapter is an ordinary peft directory, served later through the fast kernel.
+with ``dequantize`` its layers are then dequantized once (:func:`dequantized`), the same weights
+without the per-forward dequantization. The saved adapter is an ordinary peft directory, served later through the fast kernel.
 """
 
 from __future__ import annotations

@@ -83,12 +83,14 @@ class TrainingOptions:
     # than CHECKPOINT_FROM_TOKENS. bench/training_speed.py, batch 2, base dequantized: 220-token RAG
     # rows 3.5 s a step and 2.2 GB with it, 2.6 s and 2.8 GB without; short rows (a fact, ~60 tokens)
     # 1.55 s and 1.9 GB with it, 0.97 s and 2.1 GB without: on short rows it saves nothing.
-    gradient_checkpointing: bool | str = "auto"
+    gradient_checkpointing: bool | str = True
     # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
     backend: str = "torch"
     # Dequantize the frozen base's int4 layers once, before training (_train_worker.dequantized): the
     # same loss, a step 29-33 % faster (the kernel dequantizes every layer in every forward), +0.4-0.5 GB.
-    dequantize: bool = True
+    # Off by default until a larger comparison settles it: with checkpointing "auto", 9/20 facts in
+    # other words where the kernel path gave 10-11 (bench/README.md, "Faster training").
+    dequantize: bool = False
     # Without ``dequantize``: torch.compile the kernel's dequantization only for runs of at least this
     # many steps: it saves ~0.6 s per step on short rows, but a first compile costs memory and a C++
     # compiler (_train_worker).
