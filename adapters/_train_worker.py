@@ -171,6 +171,37 @@ def score_completions_only() -> bool:
     return True
 
 
+def preference_steps(config: dict[str, Any]) -> int:
+    """The preference phase's optimizer steps (0: no preference phase)."""
+    return int(config.get("preference_steps") or 0) if config.get("preference_dataset") else 0
+
+
+def _run_args(config: dict[str, Any], steps: int, learning_rate: float) -> dict[str, Any]:
+    """The trainer arguments both phases (SFT, preference) share: a constant learning rate, a log line
+    per step, nothing saved mid-run, fp32 on the CPU, the run's seed, batch size and checkpointing."""
+    return dict(
+        output_dir=str(Path(config["output_dir"]) / "checkpoints"),
+        max_steps=steps,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=int(config["batch_size"]),
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=int(config.get("max_length", 1024)),
+        seed=int(config.get("seed", 0)),
+        data_seed=int(config.get("seed", 0)),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
 def train(config: dict[str, Any]) -> dict[str, Any]:
     """Run one training job described by ``config``; returns the metrics written to ``result.json``."""
     import torch
@@ -220,7 +251,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     total = int(config["steps"])
-    preference_steps = int(config.get("preference_steps") or 0) if config.get("preference_dataset") else 0
+    preference = preference_steps(config)
     losses: list[float] = []
     eval_losses: list[tuple[int, float]] = []  # (step, loss) after each epoch
     held_out = config.get("eval_dataset")
@@ -244,7 +275,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
                 emit(
                     "step",
                     step=self.offset + state.global_step,
-                    total=total + preference_steps,
+                    total=total + preference,
                     loss=float(logs["loss"]),
                     phase=self.phase,
                     seconds=round(time.perf_counter() - started, 2),
@@ -254,25 +285,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
                 emit("eval", step=state.global_step, total=total, loss=float(logs["eval_loss"]))
 
     args = SFTConfig(
-        output_dir=str(output / "checkpoints"),
-        max_steps=total,
-        per_device_train_batch_size=int(config["batch_size"]),
-        learning_rate=float(config["learning_rate"]),
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=int(config.get("max_length", 1024)),
-        seed=int(config.get("seed", 0)),
-        data_seed=int(config.get("seed", 0)),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **_run_args(config, total, float(config["learning_rate"])),
         # With held-out rows: their loss after every epoch, as an SFTTrainer run with an eval set.
         eval_strategy="steps" if evaluation else "no",
         eval_steps=eval_steps if evaluation else None,
@@ -291,10 +304,10 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     if evaluation and (not eval_losses or eval_losses[-1][0] != total):
         trainer.evaluate()  # the last steps' epoch was not whole: measure where training ended
     loop_seconds = time.perf_counter() - loop_started
-    preference: dict[str, Any] = {}
-    if preference_steps:
+    preferred: dict[str, Any] = {}
+    if preference:
         del trainer  # its optimizer state goes before the preference phase builds its own
-        preference = _prefer(
+        preferred = _prefer(
             model, tokenizer, config, preference_rows, Progress([], offset=total, phase="preference")
         )
     model.save_pretrained(str(output))
@@ -310,7 +323,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         "final_loss": losses[-1] if losses else None,
         "eval_rows": len(evaluation),
         "eval_losses": [[step, round(loss, 4)] for step, loss in eval_losses],
-        **preference,
+        **preferred,
         # ru_maxrss is in KiB on Linux.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -333,25 +346,7 @@ def _prefer(
     steps = int(config["preference_steps"])
     started = time.perf_counter()
     args = DPOConfig(
-        output_dir=str(Path(config["output_dir"]) / "checkpoints"),
-        max_steps=steps,
-        per_device_train_batch_size=int(config["batch_size"]),
-        learning_rate=float(config["preference_learning_rate"]),
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        gradient_checkpointing=bool(config.get("gradient_checkpointing", False)),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=int(config.get("max_length", 1024)),
-        seed=int(config.get("seed", 0)),
-        data_seed=int(config.get("seed", 0)),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **_run_args(config, steps, float(config["preference_learning_rate"])),
         beta=float(config["preference_beta"]),
         loss_type=["sigmoid", "sft"],
     )
@@ -425,10 +420,7 @@ def main(argv: list[str]) -> int:
     _protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)  # anything else written to stdout ends up in the log
     config = json.loads(Path(argv[0]).read_text("utf-8"))
-    total = int(config["steps"]) + (
-        int(config.get("preference_steps") or 0) if config.get("preference_dataset") else 0
-    )
-    emit("start", pid=os.getpid(), total=total)
+    emit("start", pid=os.getpid(), total=int(config["steps"]) + preference_steps(config))
     metrics = train(config)
     Path(config["output_dir"], "result.json").write_text(json.dumps(metrics, indent=2), "utf-8")
     emit("done", **metrics)
