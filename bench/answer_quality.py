@@ -169,8 +169,8 @@ def score(rows: list[dict]) -> dict:
 
 
 def run(model: str, questions: list[dict], kb, settings, judge=None) -> dict:  # type: ignore[no-untyped-def]
-    from adapters.default_model import default_model_dir, plain_model_dir
-    from adapters.runtime import ModelRuntime
+    from adapters.model import default_model_dir, plain_model_dir
+    from adapters.serving import ModelRuntime
     from bot.wiring import build_answer_service
     from knowledge.quality import echoes_markup, has_key, own_words, says_nothing_found
 
@@ -223,7 +223,7 @@ def evidence_only(questions: list[dict], kb, settings, judge=None) -> dict:  # t
     model's sentence) hold the key. Seconds per run, so the retrieval and quoting can be tuned fast."""
     from transformers import AutoTokenizer
 
-    from adapters.default_model import default_model_dir
+    from adapters.model import default_model_dir
     from bot.wiring import build_answer_service
     from knowledge.quality import garbled_quote, has_key, quoted_pieces
     from knowledge.quoting import choose_quote

@@ -103,7 +103,7 @@ def p50(values: list[float]) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from simcord import Env
 
-    from adapters.runtime import ModelRuntime
+    from adapters.serving import ModelRuntime
     from bot import wiring
     from bot.discord_app import create_bot
     from bot.settings import DiscordSettings, Settings

@@ -80,13 +80,12 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from adapters import _fastpath
-    from adapters._loading import load_base_model
-    from adapters.default_model import default_model_dir
+    from adapters.model import default_model_dir, load_base_model
+    from adapters.serving import install_fast_paths
 
     load = [round(x, 2) for x in os.getloadavg()]
     model, tokenizer = load_base_model(str(default_model_dir(models_dir())), device="cpu", dtype="auto")
-    _fastpath.install(model)
+    install_fast_paths(model)
     prompts = {"short": _prompt_ids(tokenizer, SHORT), "rag": _prompt_ids(tokenizer, rag_messages(0, 3))}
     result: dict[str, Any] = {"machine": machine(), "load_average_before": load, "threads": args.threads}
     compiled = None

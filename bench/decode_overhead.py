@@ -3,12 +3,12 @@
 One row, one thread (as the engine runs small decode steps), the default model in bf16:
 
 * one decoder layer's seven quantized projections called as gptqmodel serves them (its
-  ``TorchAtenLinear.forward``, one call each) and as loopbot serves them (``adapters/_fastpath.py``:
+  ``TorchAtenLinear.forward``, one call each) and as loopbot serves them (``adapters/serving/_fastpath.py``:
   the int4 kernel called directly, q/k/v and gate/up each multiplied as one matrix);
 * the output projection (49,152 vocabulary logits): bf16 as loaded, and int8 with a scale per row,
   each on one and two threads;
 * a whole greedy decode step after a short question, without and with the fast paths, and with the
-  runtime's decode step written out (``adapters._fastpath.LlamaDecode``, the engine's growing cache);
+  runtime's decode step written out (``adapters.serving.LlamaDecode``, the engine's growing cache);
 * the streamer's loop check (``adapters.prompt.loop_start`` on the text so far), per token of a
   ~600-character answer, and the tokenizer's decode of the whole answer so far;
 * with the fast paths, a decode step of 1 and 8 rows after ~1,000 tokens with transformers'
@@ -73,7 +73,7 @@ def _decode_tok_s(
     import torch
     from transformers import DynamicCache
 
-    from adapters._cache import growing_cache
+    from adapters.serving import growing_cache
 
     decode = _forced(model, native, threads) if written_out else None
     text = tokenizer.apply_chat_template(SHORT, tokenize=False, add_generation_prompt=True)
@@ -106,8 +106,7 @@ def _step_ms(model: Any, rows: int, dense: bool, context: int = 100, growing: bo
     import torch
     from transformers import DynamicCache
 
-    from adapters._cache import growing_cache
-    from adapters._fastpath import DENSE_MIN_ROWS
+    from adapters.serving import DENSE_MIN_ROWS, growing_cache
 
     linears = {id(f.linears): f.linears for m in model.modules() if hasattr(f := m.forward, "linears")}
     for group in linears.values():
@@ -133,7 +132,7 @@ def _forced(model: Any, native: bool, threads: int) -> Any:
     held to ``threads`` (the runtime's ``SplitChoice`` would otherwise pick)."""
     import torch
 
-    from adapters._fastpath import LlamaDecode
+    from adapters.serving import LlamaDecode
 
     torch.set_num_threads(2)
     decode = LlamaDecode.for_model(model, native=native)
@@ -148,7 +147,7 @@ def _written_out_step_ms(model: Any, rows: int, context: int, native: bool, thre
     the Python step on one thread."""
     import torch
 
-    from adapters._cache import growing_cache
+    from adapters.serving import growing_cache
 
     decode = _forced(model, native, threads)
     torch.set_num_threads(2)
@@ -211,9 +210,8 @@ def _streaming_ms(tokenizer: Any) -> dict[str, float]:
 def main() -> int:
     import torch
 
-    from adapters import _fastpath
-    from adapters._loading import load_base_model
-    from adapters.default_model import default_model_dir
+    from adapters.model import default_model_dir, load_base_model
+    from adapters.serving import install_fast_paths
 
     load = [round(x, 2) for x in os.getloadavg()]
     path = str(default_model_dir(models_dir()))
@@ -223,7 +221,7 @@ def main() -> int:
             torch.set_num_threads(2)
             model, tokenizer = load_base_model(path, device="cpu", dtype="auto")
             if fast:
-                result["installed"] = _fastpath.install(model)
+                result["installed"] = install_fast_paths(model)
             layer = model.model.layers[3]
             x = torch.randn(1, 1, layer.self_attn.q_proj.in_features, dtype=model.dtype)
             x_down = torch.randn(1, 1, layer.mlp.down_proj.in_features, dtype=model.dtype)

@@ -59,9 +59,11 @@ def _loopbot(env: dict[str, str], *args: str) -> tuple[float, str]:
 def _asked(
     runtime: Any, route: Any, system_prompt: str, questions: list[str], keys: list[str]
 ) -> dict[str, Any]:
+    from adapters.serving import AdapterChoice
+
     rows = []
     for question, key in zip(questions, keys, strict=True):
-        served = route(runtime.active_adapter, question)
+        served = route(AdapterChoice.of(runtime.active_adapter), question)
         generation = runtime.generate(
             [{"role": "user", "content": question}],
             system_prompt=system_prompt,
@@ -74,7 +76,7 @@ def _asked(
                 "question": question,
                 "key": key,
                 "answer": generation.text,
-                "routed": served is not None,
+                "routed": bool(served.names),
                 "holds_key": key.lower() in generation.text.lower(),
             }
         )
@@ -127,7 +129,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from adapters.routing import routed
+    from adapters.serving import routed
     from bot.settings import load_settings
     from bot.wiring import build_embeddings, build_routing, build_runtime, resolve_model_base
 

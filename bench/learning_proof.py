@@ -48,12 +48,14 @@ PREFERENCE = "off"  # LOOPBOT_TRAIN_PREFERENCE of the runs (--preference)
 
 def _ask(loop: Loop, question: str) -> Any:
     """The served model, no retrieval: the active adapter as routing leaves it for this question."""
+    from adapters.serving import AdapterChoice
+
     return loop.runtime.generate(
         [{"role": "user", "content": question}],
         system_prompt=loop.system_prompt,
         temperature=0.0,
         max_new_tokens=FACT_TOKENS,
-        adapter=loop.route(loop.runtime.active_adapter, question),
+        adapter=loop.route(AdapterChoice.of(loop.runtime.active_adapter), question),
     )
 
 
@@ -87,7 +89,7 @@ class Loop:
     """One community: a data dir, its feedback log and the serving runtime, as the CLI builds them."""
 
     def __init__(self, root: Path) -> None:
-        from adapters.routing import routed
+        from adapters.serving import routed
         from bot.settings import load_settings
         from bot.wiring import build_embeddings, build_feedback_log, build_routing, build_runtime
 
@@ -148,7 +150,7 @@ class Loop:
         }
 
     def measure(self, taught: list[tuple]) -> dict[str, Any]:
-        from adapters.evaluation import accuracy, run_regression
+        from adapters.gate import accuracy, run_regression
 
         reg = run_regression(self.runtime, system_prompt=self.system_prompt, route=self.route)
         return {

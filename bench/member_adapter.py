@@ -68,10 +68,9 @@ def _score(
 
 
 def main() -> int:
-    from adapters.evaluation import accuracy, run_regression
+    from adapters.gate import accuracy, run_regression
     from adapters.registry import AdapterRegistry
-    from adapters.routing import routed
-    from adapters.runtime import ModelRuntime
+    from adapters.serving import AdapterChoice, ModelRuntime, routed
     from adapters.training import (
         anchor_examples,
         anchor_questions,
@@ -80,7 +79,8 @@ def main() -> int:
         train_adapter,
     )
     from bot.settings import load_settings
-    from bot.usecases.training import kept_guild_pairs, training_options
+    from bot.usecases.pairs import kept_guild_pairs
+    from bot.usecases.training import training_options
     from bot.wiring import build_routing, resolve_model_base
 
     settings = load_settings()
@@ -124,14 +124,14 @@ def main() -> int:
         beside, beside_s = train("beside", guild_pairs + member_pairs)
         result["guild_training_s"] = guild_s
         served = {
-            "guild alone": guild,
-            "stacked": (guild, member),
-            "stacked, trained over the guild's": (guild, over),
-            "stacked, trained over the guild's, keeping its pairs": (guild, keeping),
-            "beside": beside,
+            "guild alone": AdapterChoice((guild,)),
+            "stacked": AdapterChoice((guild, member)),
+            "stacked, trained over the guild's": AdapterChoice((guild, over)),
+            "stacked, trained over the guild's, keeping its pairs": AdapterChoice((guild, keeping)),
+            "beside": AdapterChoice((beside,)),
         }
         costs = dict(zip(served, (0.0, member_s, over_s, keeping_s, beside_s), strict=True))
-        # As served (each adapter answers the questions near its own: adapters/routing.py), and
+        # As served (each adapter answers the questions near its own: adapters/serving/_routing.py), and
         # every adapter answering every question (before routing).
         routes = {"routed": routed(runtime, build_routing(settings)), "unrouted": routed(runtime, None)}
         for label, adapter in served.items():

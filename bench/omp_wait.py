@@ -34,8 +34,8 @@ import json, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, {bench!r})
 import serving as S
-from adapters.default_model import default_model_dir, plain_model_dir
-from adapters.runtime import ModelRuntime
+from adapters.model import default_model_dir, plain_model_dir
+from adapters.serving import ModelRuntime
 models = Path({models!r})
 out = {{}}
 with ModelRuntime.load(default_model_dir(models), device="cpu", threads=2, max_batch=16) as rt:

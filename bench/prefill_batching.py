@@ -1,6 +1,6 @@
 """Prompts admitted together, prefilled together or one by one: the same runtime in the same run.
 
-For each way (``together``: ``adapters._batching.prefill_groups``; ``alone``: one forward per prompt,
+For each way (``together``: ``adapters.serving._engine.prefill_groups``; ``alone``: one forward per prompt,
 as before), twice in alternation: one short ask's decode speed, 8 short asks submitted at once
 (aggregate tok/s, the ratio to one, and when the last of them got its first token, from submission),
 16 short asks, and 8 ~1,000-token RAG prompts (last answer). Default model, 2 threads, greedy, 64 new
@@ -18,7 +18,7 @@ from typing import Any
 from _common import machine, models_dir, write
 from serving import concurrent, ignore_eos, rag_ask, short_ask
 
-import adapters._batching as batching
+import adapters.serving._engine as batching
 
 
 def burst(runtime: Any, count: int, new_tokens: int) -> dict[str, float]:
@@ -42,8 +42,8 @@ def burst(runtime: Any, count: int, new_tokens: int) -> dict[str, float]:
 
 
 def main() -> None:
-    from adapters.default_model import default_model_dir
-    from adapters.runtime import ModelRuntime
+    from adapters.model import default_model_dir
+    from adapters.serving import ModelRuntime
 
     together = batching.prefill_groups
     ways = {"together": together, "alone": lambda requests: [[r] for r in requests]}

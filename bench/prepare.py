@@ -21,7 +21,7 @@ def size_mb(path: Path) -> float:
 
 
 def main() -> None:
-    from adapters.default_model import default_model_dir, plain_model_dir, prepare_default_model
+    from adapters.model import default_model_dir, plain_model_dir, prepare_default_model
 
     keep = "--models" in sys.argv
     models = (

@@ -40,7 +40,7 @@ def _random_adapter(plain_dir: Path, dest: Path, seed: int) -> None:
 
 
 async def _run(args: argparse.Namespace) -> dict:
-    from adapters.default_model import plain_model_dir
+    from adapters.model import plain_model_dir
     from adapters.registry import guild_registry
     from bot.settings import load_settings
     from bot.usecases.serving import GuildAdapters

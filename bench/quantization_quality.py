@@ -17,8 +17,8 @@ from _common import RAG_CASES, RESULTS, machine, models_dir, rag_messages, write
 
 
 def evaluate(path, label: str) -> dict:
-    from adapters.evaluation import accuracy, core_regression_questions, run_regression, write_regression_csv
-    from adapters.runtime import ModelRuntime
+    from adapters.gate import accuracy, core_regression_questions, run_regression, write_regression_csv
+    from adapters.serving import ModelRuntime
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     started = time.perf_counter()
@@ -51,10 +51,9 @@ def evaluate(path, label: str) -> dict:
 
 
 def divergence(models) -> dict:
-    from adapters._fastpath import install
-    from adapters._loading import load_base_model
-    from adapters.default_model import default_model_dir, plain_model_dir
-    from adapters.evaluation import divergence_from_reference, regression_conversations
+    from adapters.gate import divergence_from_reference, regression_conversations
+    from adapters.model import default_model_dir, load_base_model, plain_model_dir
+    from adapters.serving import install_fast_paths as install
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     conversations = regression_conversations(DEFAULT_SYSTEM_PROMPT)
@@ -75,7 +74,7 @@ def divergence(models) -> dict:
         ("gptq_4bit_fp32", default_model_dir(models), "float32", False, None),
     ):
         model, _ = load_base_model(path, device="cpu", dtype=dtype)
-        if fast:  # as the runtime serves it (adapters/_fastpath.py)
+        if fast:  # as the runtime serves it (adapters/serving/_fastpath.py)
             install(model)
         score = decode_steps(model, native=steps == "native") if steps else None
         d = divergence_from_reference(model, reference, tokenizer, conversations, score=score)
@@ -89,8 +88,7 @@ def decode_steps(model, native: bool):
     per answer token (``LlamaDecode``, native kernels or Python, the engine's growing cache)."""
     import torch
 
-    from adapters._cache import growing_cache
-    from adapters._fastpath import LlamaDecode
+    from adapters.serving import LlamaDecode, growing_cache
 
     decode = LlamaDecode.for_model(model, native=native)
     assert decode is not None and decode.native is native
@@ -110,7 +108,7 @@ def decode_steps(model, native: bool):
 
 
 def main() -> None:
-    from adapters.default_model import default_model_dir, is_prepared, plain_model_dir
+    from adapters.model import default_model_dir, is_prepared, plain_model_dir
 
     models = models_dir()
     gptq = default_model_dir(models)

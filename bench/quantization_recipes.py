@@ -31,7 +31,7 @@ RECIPES = {
 
 
 def calibration(plain: Path, topics: int, cache: dict[int, list[str]]) -> list[str]:
-    from adapters._calibration import Recipe, build_calibration
+    from adapters.model import Recipe, build_calibration
 
     if topics not in cache:
         cache[topics] = build_calibration(plain, Recipe(n_topics=topics))
@@ -39,15 +39,15 @@ def calibration(plain: Path, topics: int, cache: dict[int, list[str]]) -> list[s
 
 
 def measure(path: Path, reference, tokenizer) -> dict:
-    from adapters._loading import load_base_model
-    from adapters.evaluation import (
+    from adapters.gate import (
         accuracy,
         core_regression_questions,
         divergence_from_reference,
         regression_conversations,
         run_regression,
     )
-    from adapters.runtime import ModelRuntime
+    from adapters.model import load_base_model
+    from adapters.serving import ModelRuntime
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     with ModelRuntime.load(path, device="cpu", threads=2) as runtime:
@@ -67,8 +67,8 @@ def measure(path: Path, reference, tokenizer) -> dict:
 
 
 def main(names: list[str]) -> None:
-    from adapters import default_model
-    from adapters._loading import load_base_model
+    from adapters import model as default_model
+    from adapters.model import load_base_model
 
     unknown = [n for n in names if n not in RECIPES]
     if unknown:

@@ -28,9 +28,9 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help=f"write the chosen questions to {TARGET.name}")
     parser.add_argument("--models", type=Path, default=None, help="models dir (default: from settings)")
     args = parser.parse_args()
-    from adapters.default_model import default_model_dir, plain_model_dir
-    from adapters.evaluation import core_regression_questions, load_regression_questions, run_regression
-    from adapters.runtime import ModelRuntime
+    from adapters.gate import core_regression_questions, load_regression_questions, run_regression
+    from adapters.model import default_model_dir, plain_model_dir
+    from adapters.serving import ModelRuntime
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     fixed = {q.question for q in core_regression_questions()}

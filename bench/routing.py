@@ -42,9 +42,10 @@ def main() -> int:
     import tempfile
     from functools import cache
 
-    from adapters._calibration import INSTRUCTIONS
-    from adapters.evaluation import load_regression_questions
-    from adapters.routing import QuestionRouting, write_scope
+    from adapters.gate import load_regression_questions
+    from adapters.model import INSTRUCTIONS
+    from adapters.registry import write_scope
+    from adapters.serving import QuestionRouting
     from bot.settings import load_settings
     from bot.wiring import build_embeddings
     from knowledge.quoting import fact_answers
@@ -112,7 +113,8 @@ def _large_scope(tmp: Path, embeddings: Any, about: Any, sets: dict[str, list[st
     members), the time to embed the scope once (a new version) and to route each question after."""
     import time
 
-    from adapters.routing import QuestionRouting, write_scope
+    from adapters.registry import write_scope
+    from adapters.serving import QuestionRouting
 
     things = ("locker", "parking space", "dentist appointment", "birthday", "allotment plot",
               "bike lock code", "favourite tea", "emergency contact", "shift day", "room number")  # fmt: skip

@@ -47,10 +47,10 @@ RUNS = 3
 def ignore_eos(runtime: Any) -> None:
     """Decode to the token limit, as llama-bench does: no end-of-sequence, no loop stop (the bench's
     only reach into the engine), so every run of a prompt decodes the same number of tokens."""
-    import adapters._streaming
+    import adapters.serving._streaming
 
     runtime._engine._eos = set()
-    adapters._streaming.loop_start = lambda text, tail_only=False: None
+    adapters.serving._streaming.loop_start = lambda text, tail_only=False: None
 
 
 def single_stream(
@@ -108,7 +108,7 @@ def llama_cpp_child(job: dict[str, Any]) -> dict[str, Any]:
     os.environ.pop("OMP_WAIT_POLICY", None)  # set by _common; read when llama.cpp's OpenMP loads
     from llama_cpp import Llama
 
-    from adapters.default_model import gguf_path
+    from adapters.model import gguf_path
 
     llm = Llama(model_path=str(gguf_path()), n_threads=2, n_ctx=2048, verbose=False)
     out = {}
@@ -218,7 +218,7 @@ def random_adapter(plain_dir: Path, dest: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from adapters._train_worker import TARGET_MODULES
+    from adapters.training import TARGET_MODULES
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(plain_dir), dtype=torch.float32)
@@ -232,8 +232,8 @@ def random_adapter(plain_dir: Path, dest: Path, seed: int) -> Path:
 
 
 def main() -> None:
-    from adapters.default_model import default_model_dir, plain_model_dir
-    from adapters.runtime import ModelRuntime
+    from adapters.model import default_model_dir, plain_model_dir
+    from adapters.serving import ModelRuntime
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=None, help="models dir (default: settings)")

@@ -3,7 +3,7 @@
 The native decode step (``adapters/csrc/decode.cpp``) splits a step across two threads that meet at
 ~150 spinning barriers a step. On an idle machine that is 1.3-1.6x faster than one thread; with a
 retrain's threads on the same two cores a descheduled partner holds every barrier up, so the runtime
-re-checks its choice by measurement (``adapters._fastpath.SplitChoice``). This runs the serving
+re-checks its choice by measurement (``adapters.serving._decode.SplitChoice``). This runs the serving
 measurement of ``bench/omp_wait.py`` (single stream, 8 at once, 8 over two adapters and the base) in
 a fresh process per mode, alone and beside its 2-thread competitor: ``adaptive`` (the runtime's
 default), ``always_split`` (never re-checked) and ``one_thread``.

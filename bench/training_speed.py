@@ -54,7 +54,7 @@ def main() -> int:
 
     from adapters.prompt import training_messages
     from adapters.registry import AdapterRegistry
-    from adapters.runtime import ModelRuntime
+    from adapters.serving import ModelRuntime
     from adapters.training import TrainingExample, TrainingOptions, train_adapter
     from bot.settings import load_settings
     from bot.wiring import resolve_model_base

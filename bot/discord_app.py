@@ -17,13 +17,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs._common import channel_refusal
+from bot.cogs import channel_refusal
 from bot.services import PersonalProbe, Services, Trainer
 from bot.settings import Settings, load_settings
 from bot.usecases.errors import user_errors
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterVersion
+    from bot.usecases.serving import GuildAdapters
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,26 @@ def _trainer_for(services: Services) -> Trainer:
     return trainer
 
 
+def _guild_adapters(settings: Settings, services: Services) -> GuildAdapters | None:
+    """Which adapters answer each guild and member on the bot's runtime (None without a runtime or
+    registries: nothing to serve)."""
+    from adapters.registry import member_registry
+    from bot.usecases.serving import GuildAdapters
+
+    if services.runtime is None or services.registry_for is None:
+        return None
+    return GuildAdapters(
+        services.runtime, services.registry_for, lambda member: member_registry(settings.adapters_dir, member)
+    )
+
+
 def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
     """Build the bot without connecting.
 
-    ``overrides`` replace services by name (``runtime``, ``answer_service``, ``knowledge_base``,
-    ``feedback_log``, ``registry_for``, ``trainer``, ``personal_probe``); missing ones are built from
-    ``settings`` with :mod:`bot.wiring`.
+    ``overrides`` replace services by name (any field of :class:`~bot.services.Services`:
+    ``runtime``, ``answer_service``, ``knowledge_base``, ``feedback_log``, ``registry_for``,
+    ``adapters``, ``trainer``, ``personal_probe``, ``limits``, ``pending_answers``); missing ones are
+    built from ``settings`` with :mod:`bot.wiring`.
     """
     from bot import wiring
 
@@ -192,15 +207,10 @@ def create_bot(settings: Settings | None = None, **overrides: Any) -> LoopBot:
         runtime=runtime,
         registry_for=get("registry_for", lambda: lambda guild: wiring.build_registry(settings, guild)),
         personal_probe=get("personal_probe", lambda: _probe_for(answer_service)),
+        pending_answers=get("pending_answers", set),
     )
-    if services.runtime is not None and services.registry_for is not None:
-        from adapters.registry import member_registry
-        from bot.usecases.serving import GuildAdapters
-
-        services.adapters = GuildAdapters(
-            services.runtime,
-            services.registry_for,
-            lambda member: member_registry(settings.adapters_dir, member),
-        )
+    if "limits" in overrides:  # built from the settings otherwise (Services.__post_init__)
+        services.limits = overrides["limits"]
+    services.adapters = get("adapters", lambda: _guild_adapters(settings, services))
     services.trainer = get("trainer", lambda: _trainer_for(services))
     return LoopBot(services)

@@ -14,7 +14,7 @@ from bot.usecases.limits import WriteLimits
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry
-    from adapters.runtime import Runtime
+    from adapters.serving import Runtime
     from bot.settings import Settings
     from bot.usecases.serving import GuildAdapters
     from feedback.log import FeedbackLog

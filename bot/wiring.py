@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry, AdapterVersion
-    from adapters.remote import RemoteRuntime
-    from adapters.routing import QuestionRouting
-    from adapters.runtime import Runtime
+    from adapters.serving import QuestionRouting, RemoteRuntime, Runtime
     from bot.settings import Settings
     from bot.usecases.training import TrainingParts
     from feedback.log import FeedbackLog
@@ -30,8 +28,8 @@ def build_feedback_log(settings: Settings) -> FeedbackLog:
 
 def resolve_model_base(settings: Settings) -> str:
     """``settings.model.base``, or the prepared offline default; AdapterError if it is not prepared."""
-    from adapters.default_model import default_model_dir, is_prepared
     from adapters.errors import AdapterError
+    from adapters.model import default_model_dir, is_prepared
 
     if settings.model.base:
         return settings.model.base
@@ -49,8 +47,8 @@ def build_runtime(settings: Settings, *, guild_id: str | None = None) -> Runtime
 
     With ``guild_id`` it answers with that guild's active adapter by default (the CLI, the demo);
     without, with the base model (the bot serves each guild its own through ``GuildAdapters``)."""
-    from adapters.runtime import ModelRuntime
-    from bot.usecases import training
+    from adapters.serving import ModelRuntime
+    from bot.usecases.serving import serve_active
 
     runtime: Runtime
     if settings.model.server_url:
@@ -72,7 +70,7 @@ def build_runtime(settings: Settings, *, guild_id: str | None = None) -> Runtime
         )
     if guild_id is not None:
         try:
-            training.serve_active(runtime, build_registry(settings, guild_id))
+            serve_active(runtime, build_registry(settings, guild_id))
         except BaseException:
             runtime.close()
             raise
@@ -82,7 +80,7 @@ def build_runtime(settings: Settings, *, guild_id: str | None = None) -> Runtime
 def build_remote_runtime(settings: Settings) -> RemoteRuntime:
     """A runtime generating on the OpenAI-compatible server at ``LOOPBOT_MODEL_SERVER_URL``."""
     from adapters.errors import AdapterError
-    from adapters.remote import RemoteRuntime
+    from adapters.serving import RemoteRuntime
 
     if not settings.model.base:
         raise AdapterError(
@@ -163,7 +161,7 @@ def build_routing(
     ``embed_query``: the knowledge base's cached query embedding, so a question is embedded once."""
     from functools import cache
 
-    from adapters.routing import QuestionRouting
+    from adapters.serving import QuestionRouting
     from knowledge.quoting import fact_answers
 
     if settings.model.adapter_min_similarity <= 0:
@@ -231,7 +229,7 @@ def build_answer_service(
     settings: Settings, *, kb: KnowledgeBase | None = None, runtime: Runtime | None = None
 ) -> AnswerService:
     """The answer chain over ``kb`` (built if not given) and ``runtime`` (built if not given)."""
-    from adapters.routing import routed
+    from adapters.serving import routed
     from knowledge.chain import AnswerService
 
     kb = kb if kb is not None else build_knowledge_base(settings)

@@ -29,7 +29,6 @@ Pair ids are never reused (``AUTOINCREMENT``): the trainer records them in an ad
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +56,13 @@ from feedback.records import (
     ImportReport,
     Pair,
     VoteResult,
+)
+from feedback.rows import (
+    attach_messages,
+    require_answer,
+    resolve_correction,
+    write_correction,
+    write_correction_vote,
 )
 
 
@@ -125,14 +131,14 @@ class FeedbackLog:
                 ),
             )
             answer_id = int(cursor.lastrowid or 0)
-            self._attach_messages(conn, answer_id, message_ids)
+            attach_messages(conn, answer_id, message_ids)
         return answer_id
 
     def add_message_ids(self, answer_id: int, message_ids: Sequence[str]) -> None:
         """Attach more Discord messages to an answer (a long answer is split over several)."""
         with self.db.transaction() as conn:
-            self._require_answer(conn, answer_id)
-            self._attach_messages(conn, answer_id, message_ids)
+            require_answer(conn, answer_id)
+            attach_messages(conn, answer_id, message_ids)
 
     def answer_for_message(self, message_id: str) -> AnswerRecord | None:
         """The answer a bot message belongs to, or None (not an answer, or forgotten)."""
@@ -165,7 +171,7 @@ class FeedbackLog:
         if value not in (1, -1):
             raise FeedbackError(f"a vote is 1 (👍) or -1 (👎), got {value!r}.")
         with self.db.transaction() as conn:
-            self._require_answer(conn, answer_id)
+            require_answer(conn, answer_id)
             if present:
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO votes (answer_id, user_id, value, created_at) VALUES (?, ?, ?, ?)",
@@ -214,39 +220,10 @@ class FeedbackLog:
         _text(text, "correction")
         text = text.strip()
         with self.db.transaction() as conn:
-            self._require_answer(conn, answer_id)
-            existing = None
-            if message_id is not None:
-                existing = conn.execute(
-                    "SELECT id, answer_id FROM corrections WHERE message_id = ?", (str(message_id),)
-                ).fetchone()
-            if existing is not None:
-                if existing["answer_id"] != answer_id:
-                    raise FeedbackError(
-                        f"message {message_id} is already a correction of answer {existing['answer_id']}."
-                    )
-                correction_id = int(existing["id"])
-                conn.execute(
-                    "UPDATE corrections SET text = ?, trusted = MAX(trusted, ?),"
-                    " votes_needed = COALESCE(?, votes_needed) WHERE id = ?",
-                    (text, int(trusted), votes_needed, correction_id),
-                )
-            else:
-                cursor = conn.execute(
-                    "INSERT INTO corrections (answer_id, author_id, text, message_id, trusted, votes_needed,"
-                    " created_at, private) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        answer_id,
-                        str(author_id),
-                        text,
-                        None if message_id is None else str(message_id),
-                        int(trusted),
-                        votes_needed,
-                        now_iso(),
-                        int(private),
-                    ),
-                )
-                correction_id = int(cursor.lastrowid or 0)
+            require_answer(conn, answer_id)
+            correction_id = write_correction(
+                conn, answer_id, str(author_id), text, message_id, trusted, votes_needed, private
+            )
             evaluate_correction(conn, correction_id)
             return load_correction(conn, correction_id)
 
@@ -267,22 +244,8 @@ class FeedbackLog:
         if votes_needed < 1:
             raise FeedbackError(f"votes_needed must be at least 1, got {votes_needed}.")
         with self.db.transaction() as conn:
-            correction_id = self._resolve_correction(conn, correction)
-            if present:
-                conn.execute(
-                    "INSERT INTO correction_votes (correction_id, user_id, trusted, created_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (correction_id, user_id)"
-                    " DO UPDATE SET trusted = excluded.trusted",
-                    (correction_id, str(user_id), int(trusted), now_iso()),
-                )
-            else:
-                conn.execute(
-                    "DELETE FROM correction_votes WHERE correction_id = ? AND user_id = ?",
-                    (correction_id, str(user_id)),
-                )
-            conn.execute(
-                "UPDATE corrections SET votes_needed = ? WHERE id = ?", (votes_needed, correction_id)
-            )
+            correction_id = resolve_correction(conn, correction)
+            write_correction_vote(conn, correction_id, str(user_id), present, trusted, votes_needed)
             evaluate_correction(conn, correction_id)
             return load_correction(conn, correction_id)
 
@@ -430,37 +393,3 @@ class FeedbackLog:
                 guild_id=None if guild_id is None else str(guild_id),
                 owner_id=None if owner_id is None else str(owner_id),
             )
-
-    # ---- helpers -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _require_answer(conn: sqlite3.Connection, answer_id: int) -> None:
-        if conn.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
-            raise FeedbackError(
-                f"answer {answer_id} is not in the feedback log (it may have been forgotten)."
-            )
-
-    @staticmethod
-    def _attach_messages(conn: sqlite3.Connection, answer_id: int, message_ids: Sequence[str]) -> None:
-        for message_id in message_ids:
-            row = conn.execute(
-                "SELECT answer_id FROM answer_messages WHERE message_id = ?", (str(message_id),)
-            ).fetchone()
-            if row is not None and row[0] != answer_id:
-                raise FeedbackError(f"message {message_id} already belongs to answer {row[0]}.")
-            conn.execute(
-                "INSERT OR IGNORE INTO answer_messages (message_id, answer_id) VALUES (?, ?)",
-                (str(message_id), answer_id),
-            )
-
-    @staticmethod
-    def _resolve_correction(conn: sqlite3.Connection, correction: int | str) -> int:
-        if isinstance(correction, str):
-            row = conn.execute("SELECT id FROM corrections WHERE message_id = ?", (correction,)).fetchone()
-        else:
-            row = conn.execute("SELECT id FROM corrections WHERE id = ?", (int(correction),)).fetchone()
-        if row is None:
-            raise FeedbackError(
-                f"correction {correction!r} is not in the feedback log (it may have been forgotten)."
-            )
-        return int(row[0])

@@ -1,6 +1,6 @@
 """The answer chain: retrieve → prompt with numbered passages → generate → answer + sources.
 
-The model runtime is injected (``adapters.runtime.ModelRuntime`` or anything with ``generate``,
+The model runtime is injected (``adapters.serving.ModelRuntime`` or anything with ``generate``,
 ``agenerate`` and ``count_tokens``); the prompt layout comes from :mod:`adapters.prompt`, which
 training and the gate use too. The context block is kept exactly as it was put in the prompt,
 because the learning loop stores it as the Alpaca ``input`` of a training pair.
@@ -25,8 +25,7 @@ from adapters.prompt import (
     question_messages,
     with_system,
 )
-from adapters.routing import chosen
-from adapters.runtime import ACTIVE
+from adapters.serving import ACTIVE, AdapterChoice, Route
 from knowledge.errors import KnowledgeError
 from knowledge.evidence import is_grounded, is_japanese, is_non_answer, passage_scores, repeats_question
 from knowledge.questions import general_only, is_general, missing_names
@@ -109,7 +108,7 @@ class AnswerService:
         max_passages: int | None = None,
         max_sentences: int = 0,
         quote_evidence: bool = False,
-        route: Callable[[Any, str], Any] | None = None,
+        route: Route | None = None,
     ) -> None:
         if top_k < 1:
             raise KnowledgeError(f"top_k must be at least 1, got {top_k}")
@@ -127,8 +126,9 @@ class AnswerService:
         # Quote the passage sentence that best answers under the model's own (or instead of it,
         # when the model states what the passages do not say): see knowledge/evidence.py.
         self.quote_evidence = quote_evidence
-        # What of the chosen adapter (stack) answers a question: see adapters/routing.py. With routing,
-        # an adapter it sends a question to was taught on questions like it: its answer is labelled so.
+        # What of the chosen adapter (stack) answers a question: see adapters.serving.QuestionRouting.
+        # With routing, an adapter it sends a question to was taught on questions like it: its answer
+        # is labelled so.
         self.route = route
 
     # --- steps ------------------------------------------------------------------------------
@@ -219,7 +219,8 @@ class AnswerService:
             return "notes"
         if not self._searched(guild_id):
             return "open"
-        if self.route is not None and chosen.get("adapter") is not None:
+        routed = chosen.get("adapter")
+        if self.route is not None and isinstance(routed, AdapterChoice) and routed.names:
             return "taught"
         return "general" if is_general(question) else "nothing"
 
@@ -264,10 +265,10 @@ class AnswerService:
         guild_id: str | None,
         history: Sequence[dict[str, str]] = (),
         on_token: Callable[[str], None] | None = None,
-        adapter: Any = ACTIVE,
+        adapter: AdapterChoice = ACTIVE,
     ) -> Answer:
-        """Retrieve, prompt and generate (blocking). ``adapter``: the adapter to answer with (a
-        name, None for the base model; default: the runtime's active one)."""
+        """Retrieve, prompt and generate (blocking). ``adapter``: the adapters to answer with
+        (default: the runtime's active one)."""
         hits = self.retrieve(question, user_id=user_id, guild_id=guild_id)
         prepared = self._prepare(question, hits, history)
         chosen = self._adapter(prepared.question, adapter)
@@ -287,7 +288,7 @@ class AnswerService:
         guild_id: str | None,
         history: Sequence[dict[str, str]] = (),
         on_token: Callable[[str], None] | None = None,
-        adapter: Any = ACTIVE,
+        adapter: AdapterChoice = ACTIVE,
     ) -> Answer:
         """:meth:`answer` without blocking the event loop: retrieval, choosing the passages (which
         embeds their sentences) and the answer's finishing in a thread, generation queued."""
@@ -303,12 +304,13 @@ class AnswerService:
             )
         return await asyncio.to_thread(self._answer, prepared, generation, kind)
 
-    def _adapter(self, question: str, adapter: Any) -> dict[str, Any]:
-        """The runtime keyword for the adapter answering ``question``: ``adapter`` (default: the
+    def _adapter(self, question: str, adapter: AdapterChoice) -> dict[str, Any]:
+        """The runtime keyword for the adapters answering ``question``: ``adapter`` (default: the
         runtime's active one) as routing leaves it; no keyword for the active one unrouted."""
         if self.route is None:
-            return {} if adapter is ACTIVE else {"adapter": adapter}
-        return {"adapter": self.route(chosen(self.runtime, adapter), question)}
+            return {} if adapter == ACTIVE else {"adapter": adapter}
+        active = getattr(self.runtime, "active_adapter", None)
+        return {"adapter": self.route(adapter.resolve(active), question)}
 
     def _searched(self, guild_id: str | None) -> bool:
         """Whether a knowledge base was consulted (a DM has none: no 'nothing found' note there)."""

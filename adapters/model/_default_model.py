@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterError
+from adapters.model import _calibration
 
 PLAIN_NAME = "smollm2-135m-instruct"
 GPTQ_NAME = "smollm2-135m-instruct-gptq"
@@ -35,7 +36,7 @@ MARKER = "loopbot-prepared.json"
 
 # Quantization recipe, chosen with bench/quantization_recipes.py (regression accuracy and KL divergence
 # from the fp32 model, served in bf16 as the bot serves it). Group 32 is the smallest group the CPU
-# inference kernel accepts; the calibration text is adapters/_calibration.py.
+# inference kernel accepts; the calibration text is adapters/model/_calibration.py.
 BITS = 4
 GROUP_SIZE = 32
 DESC_ACT = False  # act-group-aware ordering (gptqmodel default) instead: measured better
@@ -203,18 +204,16 @@ def quantize(
     gc.collect()
 
 
-def _calibration(plain: Path, echo: Callable[[str], None], progress: bool) -> tuple[list[str], str]:
+def _calibration_texts(plain: Path, echo: Callable[[str], None], progress: bool) -> tuple[list[str], str]:
     """The shipped calibration texts if they were made from this model file and prompt, else new ones."""
-    from adapters._calibration import build_calibration, shipped_calibration
-
-    texts = shipped_calibration(gguf_path())
+    texts = _calibration.shipped_calibration(gguf_path())
     if texts is not None:
         return texts, "shipped"
     echo(
         "The shipped calibration does not match this model file or prompt: generating it (about 30 s; "
-        "`python -m adapters._calibration` regenerates the shipped one)."
+        "`python -m adapters.model` regenerates the shipped one)."
     )
-    return build_calibration(plain, progress=progress), "generated"
+    return _calibration.build_calibration(plain, progress=progress), "generated"
 
 
 def prepare_default_model(
@@ -247,7 +246,7 @@ def prepare_default_model(
             convert_gguf(tmp)
             _write_marker(tmp, source=GGUF_FILE, kind="plain fp32")
     if calibration_fn is None:
-        texts, origin = _calibration(plain, echo, progress)
+        texts, origin = _calibration_texts(plain, echo, progress)
     else:
         texts, origin = calibration_fn(plain), "custom"
     say(f"GPTQ {BITS}-bit quantization on {len(texts)} {origin} calibration texts (about 2 min on 2 cores)")

@@ -1,4 +1,5 @@
-"""Loading a base model (GPTQ or plain) and checking LoRA adapter directories before peft sees them."""
+"""Loading a base model (GPTQ or plain): resolving where it is, reading its config, picking device,
+kernel and dtype, and the shapes of its layers (what a LoRA adapter must fit)."""
 
 from __future__ import annotations
 
@@ -167,56 +168,3 @@ def module_shapes(model: Any) -> dict[str, tuple[int, int]]:
         if isinstance(inp, int) and isinstance(out, int):
             shapes[name] = (inp, out)
     return shapes
-
-
-def check_adapter_dir(path: Path, shapes: dict[str, tuple[int, int]], base_name: str) -> dict[str, Any]:
-    """Validate a LoRA adapter directory against the loaded base; return its adapter_config.
-
-    ``shapes`` is :func:`module_shapes` of the base model before any adapter was attached.
-    Raises AdapterError when the directory is missing, its files are unreadable, or its LoRA
-    matrices do not fit the base model's layers (an adapter trained for another base).
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise AdapterError(
-            f"Adapter directory {path} does not exist: check the path or the adapter registry."
-        )
-    config_file = path / "adapter_config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as error:
-        raise AdapterError(
-            f"Adapter {path} is corrupt: cannot read adapter_config.json ({error}). Retrain or restore it."
-        ) from None
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise AdapterError(
-            f"Adapter {path} is corrupt: adapter_model.safetensors is missing. Retrain or restore it."
-        )
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt") as handle:
-            tensors = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
-    except Exception as error:  # safetensors raises several types for a damaged file
-        raise AdapterError(
-            f"Adapter {path} is corrupt: cannot read adapter_model.safetensors ({error}). Retrain or restore it."
-        ) from None
-    trained_for = config.get("base_model_name_or_path") or "an unknown base"
-    for key, shape in tensors.items():
-        match = re.match(r"^(?:base_model\.model\.)?(.*)\.(lora_[AB])(?:\.[^.]+)?\.weight$", key)
-        if not match or len(shape) != 2:
-            continue
-        module, kind = match.groups()
-        expected = shapes.get(module)
-        fits = expected is not None and (
-            shape[1] == expected[0] if kind == "lora_A" else shape[0] == expected[1]
-        )
-        if not fits:
-            raise AdapterError(
-                f"Adapter {path} was trained for a different base model ({trained_for}): its layer {module} "
-                f"does not fit {base_name}. Train an adapter for this base or change LOOPBOT_MODEL_BASE."
-            )
-    return config

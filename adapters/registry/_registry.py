@@ -1,14 +1,14 @@
-"""Versioned LoRA adapters on disk: the only module that knows the registry's layout.
+"""One registry: versioned LoRA adapters under a root directory, an active pointer and its history.
 
-One registry per guild: ``<adapters dir>/guilds/<guild id>/`` (see :func:`guild_registry`).
-Layout under a registry root::
+Layout under a registry root (a version's own files: :mod:`adapters.registry._version`)::
 
-    v0001/                  a peft adapter directory (adapter_config.json + safetensors)
+    v0001/                  a LoRA adapter directory (adapter_config.json + adapter_model.safetensors)
         loopbot.json        metadata: version, base model, parent, data hash, pair ids, metrics, ...
     v0002/ ...
     active.json             {"active": "v0002", "stack": ["v0001", "v0002"], "events": [...]}
     .staging/<run>/         training runs in progress (never listed, never active)
     .failed/<run>/          the last few failed runs, kept for their train.log
+    cache-<key>.json        data derived from the base model that training reuses (anchor answers, ...)
 
 Crash safety comes from two atomic primitives: a finished run is published with one ``os.rename``
 of its staging directory to ``vNNNN`` (a half-written run therefore never looks like a version),
@@ -26,120 +26,30 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterError
+from adapters.registry._version import (
+    GATE_REPORT_FILE,
+    METADATA_FILE,
+    REGRESSION_FILE,
+    SCOPE_FILE,
+    TRAINING_DATA_FILES,
+    WEIGHTS_FILE,
+    AdapterVersion,
+    Stage,
+    fsync_dir,
+    write_json_atomic,
+)
 
-METADATA_FILE = "loopbot.json"
-DATASET_FILE = "dataset.jsonl"  # the training rows a version was trained on
-EVAL_DATASET_FILE = "eval.jsonl"  # the rows held out of its training to measure an eval loss on
-# Its preference rows (a correction chosen over the answer it replaced), when preference training ran
-PREFERENCE_DATASET_FILE = "preference.jsonl"
-# Every file of a version that holds members' training text (a forget deletes them)
-TRAINING_DATA_FILES = (DATASET_FILE, EVAL_DATASET_FILE, PREFERENCE_DATASET_FILE)
-LEARNING_CURVE_FILE = "learning_curve.csv"  # its train loss per step, eval loss per epoch (numbers only)
-GATE_REPORT_FILE = "gate_report.csv"  # the gate's per-question report of a version
-# The version's own answers to the regression set at its gate, reused when it is the active one
-REGRESSION_FILE = "regression_answers.json"
-# The questions a version was taught (corrections and their rephrasings; not 👍 answers, not
-# anchors): it answers only questions close to one of them (adapters/routing.py)
-SCOPE_FILE = "questions.json"
-ACTIVE_FILE = "active.json"
 STAGING_DIR = ".staging"
 FAILED_DIR = ".failed"
 LOCK_FILE = ".train.lock"
+ACTIVE_FILE = "active.json"
 KEEP_FAILED = 5
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
-# peft writes one of these; a version directory without either is not a usable adapter.
-_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-@dataclass
-class AdapterVersion:
-    """One published adapter version and its metadata (``loopbot.json``)."""
-
-    version: str
-    path: Path
-    base_model: str = ""
-    parent: str | None = None
-    data_hash: str = ""
-    pair_ids: list[str] = field(default_factory=list)
-    pair_count: int = 0
-    anchor_count: int = 0  # replayed base-model answers trained on too (not feedback pairs)
-    heldout_pair_ids: list[str] = field(default_factory=list)  # the gate's pairs (not in the weights)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    created: float = 0.0
-    gate_report: str | None = None
-    train_config: dict[str, Any] = field(default_factory=dict)
-    # The name a runtime loads it under: unique across registries (``g<guild>-v0003``), never stored.
-    served_name: str = ""
-
-    def forgotten_pairs(self, forgotten_pair_ids: Iterable[int | str]) -> set[str]:
-        """Which of ``forgotten_pair_ids`` this version was trained on (empty: it can be served)."""
-        return {str(i) for i in forgotten_pair_ids} & set(self.pair_ids)
-
-    def to_json(self) -> dict[str, Any]:
-        """The metadata as stored in ``loopbot.json`` (the path and served name are implied)."""
-        data = asdict(self)
-        data.pop("path")
-        data.pop("served_name")
-        return data
-
-    @classmethod
-    def from_dir(cls, path: Path, scope: str = "") -> AdapterVersion:
-        """Read a version directory's metadata; a missing or broken file raises :class:`AdapterError`."""
-        meta_path = path / METADATA_FILE
-        try:
-            data = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise AdapterError(
-                f"Adapter metadata {meta_path} is missing or unreadable ({error}). "
-                "Delete the directory or restore it from a backup."
-            ) from None
-        known = {f for f in cls.__dataclass_fields__ if f not in ("path", "served_name")}
-        data = {k: v for k, v in data.items() if k in known}
-        data["version"] = path.name
-        return cls(path=path, served_name=f"{scope}-{path.name}" if scope else path.name, **data)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` as JSON so readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-class Stage:
-    """A training run's private directory; :meth:`AdapterRegistry.publish` turns it into a version."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __repr__(self) -> str:
-        return f"Stage({str(self.path)!r})"
 
 
 class AdapterRegistry:
@@ -225,12 +135,13 @@ class AdapterRegistry:
     def publish(self, stage: Stage, metadata: dict[str, Any]) -> AdapterVersion:
         """Write ``metadata`` into the staged run and rename it to the next free ``vNNNN``.
 
-        The stage must hold a complete peft adapter. The new version is not made active.
+        The stage must hold a complete adapter in the one weights format the runtime loads
+        (``adapter_model.safetensors``). The new version is not made active.
         """
-        if not any((stage.path / name).is_file() for name in _WEIGHT_FILES):
+        if not (stage.path / WEIGHTS_FILE).is_file():
             raise AdapterError(
-                f"Training run {stage.path} has no adapter weights; the run did not finish. "
-                "See train.log in that directory."
+                f"Training run {stage.path} has no {WEIGHTS_FILE}; the run did not finish or saved "
+                "another format. See train.log in that directory."
             )
         metadata = dict(metadata)
         metadata.setdefault("created", time.time())
@@ -243,7 +154,7 @@ class AdapterRegistry:
                 os.rename(stage.path, self.root / version)
             except OSError:
                 continue  # another process took this number first; try the next one
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return self.get(version)
         raise AdapterError(f"Could not find a free version number under {self.root}.")
 
@@ -380,70 +291,3 @@ class AdapterRegistry:
         events = list(state.get("events", []))
         events.append({"action": action, "version": active, "time": time.time()})
         write_json_atomic(self.root / ACTIVE_FILE, {"active": active, "stack": stack, "events": events})
-
-
-GUILDS_DIR = "guilds"
-MEMBERS_DIR = "members"
-
-
-def guild_registry(adapters_dir: Path | str, guild_id: str) -> AdapterRegistry:
-    """The registry of one guild's adapters, ``<adapters_dir>/guilds/<guild_id>``; its versions are
-    served as ``g<guild_id>-vNNNN``. Guild ids are Discord snowflakes (digits)."""
-    if not str(guild_id).isdigit():
-        raise AdapterError(f"Invalid guild id {guild_id!r}: pass the Discord server id (digits).")
-    return AdapterRegistry(Path(adapters_dir) / GUILDS_DIR / str(guild_id), guild_id=str(guild_id))
-
-
-def member_registry(adapters_dir: Path | str, member_id: str) -> AdapterRegistry:
-    """The registry of one member's own adapters, ``<adapters_dir>/members/<member_id>``, trained on
-    their personal pairs only and served only to them; its versions are served as ``m<id>-vNNNN``."""
-    if not str(member_id).isdigit():
-        raise AdapterError(f"Invalid member id {member_id!r}: pass the Discord user id (digits).")
-    return AdapterRegistry(Path(adapters_dir) / MEMBERS_DIR / str(member_id), member_id=str(member_id))
-
-
-def _ids_under(root: Path) -> builtins.list[str]:
-    """The Discord ids (digit-named directories) under ``root``, sorted; none if it does not exist."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
-
-
-def guild_ids(adapters_dir: Path | str) -> builtins.list[str]:
-    """The guilds that have a registry under ``adapters_dir``."""
-    return _ids_under(Path(adapters_dir) / GUILDS_DIR)
-
-
-def member_ids(adapters_dir: Path | str) -> builtins.list[str]:
-    """The members who have an adapter registry of their own under ``adapters_dir``."""
-    return _ids_under(Path(adapters_dir) / MEMBERS_DIR)
-
-
-def all_registries(adapters_dir: Path | str) -> builtins.list[AdapterRegistry]:
-    """Every registry under ``adapters_dir``: each guild's, the one from before per-guild adapters, and
-    each member's own (trained on shared pairs too, beside theirs: a forget must reach them)."""
-    return [
-        AdapterRegistry(adapters_dir),
-        *(guild_registry(adapters_dir, g) for g in guild_ids(adapters_dir)),
-        *(member_registry(adapters_dir, m) for m in member_ids(adapters_dir)),
-    ]
-
-
-def adopt_legacy_versions(adapters_dir: Path | str, guild_id: str) -> int:
-    """Move the versions of a registry from before per-guild adapters (``vNNNN/``, ``active.json``,
-    failed runs and caches at the top of ``adapters_dir``) into ``guild_id``'s registry, keeping
-    their names, metadata and history. Only into a guild registry that has no version yet; returns
-    how many versions moved (0 when there was nothing to adopt)."""
-    top = Path(adapters_dir)
-    target = guild_registry(top, guild_id)
-    legacy = AdapterRegistry(top)
-    versions = legacy.versions()
-    if not versions or target.versions():
-        return 0
-    target.root.mkdir(parents=True, exist_ok=True)
-    with legacy.training_lock():
-        for child in top.iterdir():
-            if child.name == GUILDS_DIR or child.name == LOCK_FILE:
-                continue
-            os.rename(child, target.root / child.name)
-    _fsync_dir(target.root)
-    _fsync_dir(top)
-    return len(versions)

@@ -3,7 +3,7 @@
 One worker thread runs :meth:`BatchEngine.run`. Each step it runs the queued control jobs (adapter
 loads and unloads), lets finished and cancelled requests leave, prefills new requests (members'
 questions before background work such as the gate's evaluation), then decodes one token for every
-row at once, each row with its own adapters (:class:`adapters._lora.LoraBank`).
+row at once, each row with its own adapters (:class:`adapters.serving._lora.LoraBank`).
 
 Rows of different lengths share one key/value cache, left-padded: a request that joins mid-generation
 is prefilled (in one forward with the others admitted in the same step whose prompts are of a similar
@@ -23,76 +23,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from adapters._lora import LoraBank
 from adapters._memory import release_free_memory
-from adapters._streaming import _Streamer, penalise_repeats
 from adapters.errors import AdapterError
+from adapters.serving._lora import LoraBank
+from adapters.serving._requests import (
+    BACKGROUND,
+    INTERACTIVE,
+    Generation,
+    Request,
+    RuntimeBusy,
+    _Job,
+    prefill_groups,
+)
+from adapters.serving._streaming import _Streamer, choose_tokens
 
 log = logging.getLogger(__name__)
 
 # A decode step whose rows x cache length is at most this runs on one CPU thread (see BatchEngine).
 ONE_THREAD_DECODE_WORK = 8192
-# Prompts admitted in the same step are prefilled in one forward, left-padded to the longest, while
-# the padding stays under this share of their tokens and the forward under PREFILL_MAX_TOKENS
-# (bench/prefill_batching.py): 8 short asks at once get their first tokens twice as soon and decode
-# 3-11 % faster; ~1,000-token RAG prompts four to a 4,096-token forward finished a second later (the
-# padded prompts lose SDPA's causal kernel), so long prompts go alone.
-PREFILL_MAX_PADDING = 0.25
-PREFILL_MAX_TOKENS = 1024
-INTERACTIVE = 0  # a member is waiting for it
-BACKGROUND = 1  # evaluation and other work nobody watches: runs when members' questions leave room
-
-
-class RuntimeBusy(AdapterError):
-    """Too many questions are already waiting; the message says how many and what to do."""
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One finished generation: the text (stop string excluded) and how it was produced."""
-
-    text: str
-    adapter: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    first_token_seconds: float | None
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Decode speed after the first token (0 when fewer than two tokens were produced)."""
-        if self.first_token_seconds is None or self.completion_tokens < 2:
-            return 0.0
-        return (self.completion_tokens - 1) / max(self.seconds - self.first_token_seconds, 1e-9)
-
-
-@dataclass(eq=False)
-class Request:
-    """One generation: its prompt, its adapters (fixed at submission), its limits and its callbacks."""
-
-    prompt_ids: list[int]
-    adapters: tuple[str, ...]  # applied together (their deltas add up); empty: the base model
-    max_new_tokens: int
-    temperature: float
-    stop: tuple[str, ...]
-    on_token: Callable[[str], None] | None
-    cancel: threading.Event
-    priority: int = INTERACTIVE
-    future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
-    # while it runs
-    streamer: _Streamer | None = None
-    generated: list[int] = field(default_factory=list)
-    position: int = 0  # position of the next token fed to the model
-
-
-@dataclass
-class _Job:
-    run: Callable[[], Any]
-    ready: Callable[[], bool] = lambda: True  # a job waits until this holds (e.g. an adapter falls idle)
-    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
 
 
 class BatchEngine:
@@ -133,7 +83,7 @@ class BatchEngine:
 
         self._threads = torch.get_num_threads()
         self.one_thread_decode_work = one_thread_decode_work  # 0: every step on all threads
-        # (ids, positions, mask, cache) -> next-token logits for a decode step (adapters._fastpath.LlamaDecode);
+        # (ids, positions, mask, cache) -> next-token logits for a decode step (adapters.serving._decode.LlamaDecode);
         # None: the model's forward
         self.decode_step = decode_step
         # transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns
@@ -193,7 +143,7 @@ class BatchEngine:
         """Whether a queued or running request was submitted with ``adapter``."""
         with self._lock:
             waiting = [r for _, _, r in self._waiting]
-        return any(adapter in r.adapters for r in [*waiting, *self._rows, *self._starting])
+        return any(adapter in r.adapter.names for r in [*waiting, *self._rows, *self._starting])
 
     def counts(self) -> dict[str, int]:
         """How many requests run and wait, by kind."""
@@ -281,7 +231,7 @@ class BatchEngine:
         pick each one's first token, then join the batch (padded to its length)."""
         import torch
 
-        from adapters._cache import growing_cache  # imports transformers: only once a model serves
+        from adapters.serving._cache import growing_cache  # imports transformers: only once a model serves
 
         for request in group:
             request.streamer = _Streamer(self.tokenizer, request.stop, request.on_token, request.cancel)
@@ -295,7 +245,7 @@ class BatchEngine:
             if any(pads):
                 padded = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
             cache: Any = growing_cache(self.model.config)
-            self.bank.use([r.adapters for r in group])
+            self.bank.use([r.adapter.names for r in group])
             out = self.model(
                 input_ids=ids.to(self._device),
                 use_cache=True,
@@ -356,7 +306,7 @@ class BatchEngine:
         ids = torch.tensor([[r.generated[-1]] for r in rows], device=self._device)
         positions = torch.tensor([[r.position] for r in rows], device=self._device)
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
-        self.bank.use([r.adapters for r in rows])
+        self.bank.use([r.adapter.names for r in rows])
         small = len(rows) * self._mask.shape[1] <= self.one_thread_decode_work
         self._use_threads(1 if small else self._threads)
         if self.decode_step is not None:
@@ -385,22 +335,10 @@ class BatchEngine:
             torch.set_num_threads(count)
 
     def _choose(self, logits: Any, rows: Sequence[Request]) -> list[int]:
-        """The next token of each row: greedy, or sampled (top-p 0.95) when it has a temperature."""
-        import torch
-
-        logits = logits.float()
-        if self.repetition_penalty != 1.0:
-            for i, request in enumerate(rows):
-                if request.generated:
-                    logits[i] = penalise_repeats(logits[i], request.generated, self.repetition_penalty)
-        tokens = logits.argmax(dim=-1).tolist()
-        for i, request in enumerate(rows):
-            if request.temperature > 0:
-                probs = torch.softmax(logits[i] / request.temperature, dim=-1)
-                ordered, index = probs.sort(descending=True)
-                ordered[(ordered.cumsum(0) - ordered) > 0.95] = 0
-                tokens[i] = int(index[torch.multinomial(ordered / ordered.sum(), 1)])
-        return [int(t) for t in tokens]
+        """The next token of each row (see :func:`choose_tokens`)."""
+        return choose_tokens(
+            logits, [r.generated for r in rows], [r.temperature for r in rows], self.repetition_penalty
+        )
 
     def _accept(self, request: Request, token: int) -> bool:
         """Record ``token`` for ``request``; False (and the request is answered) when it is done."""
@@ -430,7 +368,7 @@ class BatchEngine:
         streamer.end()
         return Generation(
             text=streamer.final_text().strip(),
-            adapter="+".join(request.adapters) or None,
+            adapter="+".join(request.adapter.names) or None,
             prompt_tokens=len(request.prompt_ids),
             completion_tokens=len(request.generated),
             seconds=time.perf_counter() - streamer.started,
@@ -459,21 +397,3 @@ class BatchEngine:
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
-
-
-def prefill_groups(requests: Sequence[Request]) -> list[list[Request]]:
-    """``requests`` grouped for prefilling together: by prompt length, a group grows while padding
-    every prompt to its longest costs at most ``PREFILL_MAX_PADDING`` of its tokens and the forward
-    stays within ``PREFILL_MAX_TOKENS`` (a long RAG prompt is not held up by, nor pads, short ones)."""
-    groups: list[list[Request]] = []
-    for request in sorted(requests, key=lambda r: len(r.prompt_ids)):
-        group = groups[-1] if groups else None
-        if group is not None:
-            longest = len(request.prompt_ids)  # sorted: the newcomer is the longest
-            tokens = sum(len(r.prompt_ids) for r in group) + longest
-            padded = longest * (len(group) + 1)
-            if padded <= (1 + PREFILL_MAX_PADDING) * tokens and padded <= PREFILL_MAX_TOKENS:
-                group.append(request)
-                continue
-        groups.append([request])
-    return groups

@@ -7,10 +7,12 @@ model's linear modules (or, for layers the serving fast paths multiply together,
 output): ``y = base(x)`` once for the batch, then ``y[i] += scale * B_i(A_i(x[i]))``
 with each row's own adapter, computed in fp32 as peft does (tested against peft's output per row).
 A row may carry several adapters (their deltas add up: a member's adapter stacked on the guild's).
+Before an adapter is read, :func:`check_adapter_dir` checks that its directory is whole and fits the base.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.errors import AdapterError
+from adapters.registry import ADAPTER_CONFIG_FILE, WEIGHTS_FILE
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(.*)\.(lora_[AB])(?:\.[^.]+)?\.weight$")
 
@@ -63,7 +66,7 @@ def read_adapter(path: Path, config: dict[str, Any]) -> dict[str, _Delta]:
         )
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path / "adapter_model.safetensors"))
+    tensors = load_file(str(path / WEIGHTS_FILE))
     pairs: dict[str, dict[str, Any]] = {}
     for key, tensor in tensors.items():
         match = _KEY.match(key)
@@ -117,7 +120,7 @@ class LoraBank:
     def _restack(self) -> None:
         names = list(self._adapters)
         targeted = {m for deltas in self._adapters.values() for m in deltas}
-        # Layers the serving fast paths multiply together (adapters/_fastpath.py) get one delta for
+        # Layers the serving fast paths multiply together (adapters/serving/_fastpath.py) get one delta for
         # the group, added to their joint output: two matmuls for q/k/v instead of two each, no hooks.
         name_of = {id(module): name for name, module in self._modules.items()}
         groups = {
@@ -201,7 +204,7 @@ class LoraBank:
                     )
             return total.to(output.dtype)
 
-        # for the native decode step (adapters/_fastpath.py), which adds the deltas itself
+        # for the native decode step (adapters/serving/_fastpath.py), which adds the deltas itself
         apply.in_use = lambda: bool(self._plan)  # type: ignore[attr-defined]  # any row with an adapter
         apply.stack = lambda: self._stacks[key]  # type: ignore[attr-defined]
         apply.slots = self.slots  # type: ignore[attr-defined]
@@ -217,3 +220,56 @@ class LoraBank:
                 for slots in self._plan
             ]
         )
+
+
+def check_adapter_dir(path: Path, shapes: dict[str, tuple[int, int]], base_name: str) -> dict[str, Any]:
+    """Validate a LoRA adapter directory against the loaded base; return its adapter_config.
+
+    ``shapes`` is :func:`adapters.model.module_shapes` of the base model before any adapter was attached.
+    Raises AdapterError when the directory is missing, its files are unreadable, or its LoRA
+    matrices do not fit the base model's layers (an adapter trained for another base).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(
+            f"Adapter directory {path} does not exist: check the path or the adapter registry."
+        )
+    config_file = path / ADAPTER_CONFIG_FILE
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise AdapterError(
+            f"Adapter {path} is corrupt: cannot read adapter_config.json ({error}). Retrain or restore it."
+        ) from None
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise AdapterError(
+            f"Adapter {path} is corrupt: adapter_model.safetensors is missing. Retrain or restore it."
+        )
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as handle:
+            tensors = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise AdapterError(
+            f"Adapter {path} is corrupt: cannot read adapter_model.safetensors ({error}). Retrain or restore it."
+        ) from None
+    trained_for = config.get("base_model_name_or_path") or "an unknown base"
+    for key, shape in tensors.items():
+        match = re.match(r"^(?:base_model\.model\.)?(.*)\.(lora_[AB])(?:\.[^.]+)?\.weight$", key)
+        if not match or len(shape) != 2:
+            continue
+        module, kind = match.groups()
+        expected = shapes.get(module)
+        fits = expected is not None and (
+            shape[1] == expected[0] if kind == "lora_A" else shape[0] == expected[1]
+        )
+        if not fits:
+            raise AdapterError(
+                f"Adapter {path} was trained for a different base model ({trained_for}): its layer {module} "
+                f"does not fit {base_name}. Train an adapter for this base or change LOOPBOT_MODEL_BASE."
+            )
+    return config

@@ -1,4 +1,4 @@
-"""The native decode kernels (``adapters/csrc/decode.cpp``), compiled on this machine on first use.
+"""The native decode kernels (``adapters/serving/csrc/decode.cpp``), compiled on this machine on first use.
 
 A decode step written out in Python still pays ~1.5-2 us of dispatch for each of ~85 small torch ops a
 decoder layer (half of a one-row step); the native layer does the same arithmetic in one call

@@ -2,7 +2,7 @@
 
 Past one machine, the GPTQ base is served by vLLM with ``--enable-lora``: one server holds many
 adapters and picks one per request by the request's ``model`` field. :class:`RemoteRuntime` has the
-same public surface as :class:`adapters.runtime.ModelRuntime` (``generate``/``submit``/``agenerate``,
+same public surface as :class:`adapters.serving.ModelRuntime` (``generate``/``submit``/``agenerate``,
 ``load_adapter``/``set_active_adapter``, ``info``), so the answer chain, the bot and the hot swap use
 it unchanged. Adapters are loaded at run time through ``/v1/load_lora_adapter`` under versioned names
 (vLLM reports stale prefix caches when a name is reloaded, see docs/PLATFORM_NOTES.md, "Serving many adapters").
@@ -20,12 +20,12 @@ from typing import Any
 
 from adapters.errors import AdapterError
 from adapters.prompt import with_system
-from adapters.runtime import ACTIVE, INTERACTIVE, Generation, _AdapterChoice
+from adapters.serving._base import RuntimeBase
+from adapters.serving._choice import ACTIVE, AdapterChoice
+from adapters.serving._requests import INTERACTIVE, Generation
 
-__all__ = ["RemoteRuntime"]
 
-
-class RemoteRuntime(_AdapterChoice):
+class RemoteRuntime(RuntimeBase):
     """Generation through an OpenAI-compatible ``/v1/chat/completions`` endpoint, streaming."""
 
     def __init__(
@@ -113,7 +113,7 @@ class RemoteRuntime(_AdapterChoice):
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         stop: Sequence[str] = (),
-        adapter: Any = ACTIVE,
+        adapter: AdapterChoice | str | None = ACTIVE,
         on_token: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
         priority: int = INTERACTIVE,
@@ -127,10 +127,9 @@ class RemoteRuntime(_AdapterChoice):
         """
         if not messages:
             raise AdapterError("Nothing to answer: the message list is empty.")
-        names = self._resolve_adapters(adapter)
-        # vLLM applies one LoRA per request: of a stack (the guild's, then a member's), the last and
+        # vLLM applies one LoRA per request: of a stack (the guild's, then a member's), the top and
         # most specific one answers.
-        name = names[-1] if names else None
+        name = self._resolve(adapter).top
         chat = with_system(messages, self.default_system_prompt if system_prompt is None else system_prompt)
         body = {
             "model": name or self._model,

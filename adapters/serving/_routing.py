@@ -1,8 +1,8 @@
 """Which questions an adapter answers: the ones about a fact it was taught.
 
 A LoRA taught a handful of community facts also changes how the model answers everything else:
-through the 70 general questions of the regression set, every adapter the loop trained lost 13-29 of
-the base model's 62 answers, whatever the recipe (bench/recipe_sweep.py). So a version answers only
+through the 70 gradable questions of the regression set (the product's 14 and 56 general ones), every
+adapter the loop trained lost 13-29 of the base model's 62 answers, whatever the recipe (bench/recipe_sweep.py). So a version answers only
 the questions of its *scope*: the questions of its taught pairs (corrections, imported facts) and
 their rephrasings, and its parent's when it continued from one; not its 👍 answers (the base gave them
 already: a 👍 on "What is the capital of France?" put every capital in scope and cost 8 of 70 general
@@ -27,25 +27,27 @@ A version without a scope file (trained before routing, or its file removed by a
 it is not served anyway) answers every question, as before; one whose scope holds no answers (trained
 before they were kept) is judged on its questions alone. ``min_similarity`` 0 turns routing off.
 The scope is the member text a version was trained on: it lives in the version's directory, beside
-its dataset, and a forget deletes both.
+its dataset (the registry reads and writes it: :func:`adapters.registry.write_scope`), and a forget
+deletes both.
+
+A route narrows an :class:`~adapters.serving.AdapterChoice` for one question and returns another; the
+gate, the regression run and the answer chain take it as a :data:`~adapters.serving.Route`
+(:func:`routed`).
 """
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from adapters.registry import SCOPE_FILE, write_json_atomic
-from adapters.runtime import ACTIVE
+from adapters.registry import scope_entries, scope_stamp
+from adapters.serving._choice import AdapterChoice, Route, unrouted
 
-# What answers: an adapter's served name, or several stacked (a member's over the guild's).
-Served = str | tuple[str, ...]
 # Paraphrases of taught questions scored >= 0.5 with MiniLM, the regression set's general questions
 # <= 0.44 against the same 40 facts (bench/learning_proof.py's facts; see the README).
 DEFAULT_MIN_SIMILARITY = 0.5
@@ -55,61 +57,6 @@ DEFAULT_SAME_QUESTION = 0.85
 # it was taught for, speaks of what ``question`` asks about; ``reworded``: the question is nearly one
 # of them (then it only must not name another subject).
 About = Callable[[str, str, str, bool], bool]
-
-
-def stack_names(served: Served | None) -> tuple[str, ...]:
-    """A served stack as a tuple of names (a one-name tuple is that name; the bare base is ())."""
-    return () if served is None else (served,) if isinstance(served, str) else tuple(served)
-
-
-def chosen(runtime: Any, adapter: Any) -> Served | None:
-    """The stack an ``adapter`` argument names: ``ACTIVE`` is the runtime's active adapter now."""
-    return getattr(runtime, "active_adapter", None) if adapter is ACTIVE else adapter
-
-
-def as_served(names: Sequence[str]) -> Served | None:
-    """The served form of a stack: None for none, the name for one, else the tuple."""
-    return None if not names else names[0] if len(names) == 1 else tuple(names)
-
-
-def write_scope(
-    directory: Path, taught: Iterable[str | tuple[str, str]], parent: Path | None = None
-) -> list[str]:
-    """Write a version's scope: the ``taught`` questions (each alone or as ``(question, answer)``)
-    and, continuing from ``parent``, the parent's; each question once. Returns the questions."""
-    entries: dict[str, str] = {}
-    inherited = _read(parent) if parent is not None else None
-    for question, answer in [*(inherited or ()), *(_entry(item) for item in taught)]:
-        if question and question not in entries:
-            entries[question] = answer
-    write_json_atomic(directory / SCOPE_FILE, {"questions": list(entries), "answers": list(entries.values())})
-    return list(entries)
-
-
-def _entry(item: str | tuple[str, str]) -> tuple[str, str]:
-    question, answer = (item, "") if isinstance(item, str) else item
-    return question.strip(), answer.strip()
-
-
-def read_scope(directory: Path) -> list[str] | None:
-    """A version's scope questions, or None when it has none (trained before routing: it answers
-    everything)."""
-    entries = _read(directory)
-    return None if entries is None else [question for question, _ in entries]
-
-
-def _read(directory: Path) -> list[tuple[str, str]] | None:
-    try:
-        data = json.loads((directory / SCOPE_FILE).read_text(encoding="utf-8"))
-        questions = [str(q) for q in data["questions"]]
-        answers = [str(a) for a in data.get("answers", ())]
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None  # unreadable: answer everything rather than nothing, as without a scope
-    if len(answers) != len(questions):
-        answers = [""] * len(questions)  # written before answers were kept
-    return list(zip(questions, answers, strict=True))
 
 
 class _Scope(NamedTuple):
@@ -125,7 +72,7 @@ def _unit(rows: Any) -> np.ndarray:
 
 
 class QuestionRouting:
-    """Routes each question to the part of a served stack whose scope covers it (thread-safe).
+    """Routes each question to the part of a chosen stack whose scope covers it (thread-safe).
 
     ``embed_documents`` and ``embed_query`` are the knowledge base's embedder's (any vectors; they
     are normalised here); a scope is embedded once per version directory and kept. ``about``: see
@@ -172,29 +119,26 @@ class QuestionRouting:
             for i in close
         )
 
-    def route(self, runtime: Any, served: Served | None, question: str) -> Served | None:
-        """What of ``served`` (names loaded on ``runtime``) answers ``question``: the stack up to its
-        topmost adapter whose scope covers the question (None: the bare base)."""
-        names = stack_names(served)
+    def route(self, runtime: Any, choice: AdapterChoice, question: str) -> AdapterChoice:
+        """What of ``choice`` (names loaded on ``runtime``) answers ``question``: the stack up to its
+        topmost adapter whose scope covers the question (none covers it: the bare base)."""
+        names = choice.names
         if not names or self.min_similarity <= 0:
-            return served
+            return choice
         for depth in range(len(names), 0, -1):
             directory = _adapter_path(runtime, names[depth - 1])
             if directory is None or self.covers(directory, question):
-                return as_served(names[:depth])
-        return None
+                return choice.up_to(depth)
+        return choice.up_to(0)
 
     def _scope(self, directory: Path) -> _Scope | None:
         # Keyed by the file's stamp too: a scope a forget deleted is dropped at the next look.
-        try:
-            stamp: int | None = (directory / SCOPE_FILE).stat().st_mtime_ns
-        except OSError:
-            stamp = None
+        stamp = scope_stamp(directory)
         with self._lock:
             kept = self._scopes.get(directory)
             if kept is not None and kept[0] == stamp:
                 return kept[1]
-        entries = _read(directory) if stamp is not None else None
+        entries = scope_entries(directory) if stamp is not None else None
         scope = None
         if entries is not None:
             questions = [question for question, _ in entries]
@@ -215,9 +159,10 @@ def _adapter_path(runtime: Any, name: str) -> Path | None:
     return path_of(name) if callable(path_of) else None
 
 
-def routed(runtime: Any, routing: QuestionRouting | None) -> Callable[[Served | None, str], Served | None]:
-    """``routing.route`` on ``runtime`` as a ``(served, question) -> served`` function (identity
-    without routing), the form the gate and the answer service take."""
+def routed(runtime: Any, routing: QuestionRouting | None) -> Route:
+    """``routing.route`` on ``runtime`` as a :data:`~adapters.serving.Route` (``(choice, question) ->
+    choice``; without routing every question gets the whole choice), the form the gate, the regression
+    run and the answer service take."""
     if routing is None:
-        return lambda served, question: served
-    return lambda served, question: routing.route(runtime, served, question)
+        return unrouted
+    return lambda choice, question: routing.route(runtime, choice, question)

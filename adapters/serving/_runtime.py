@@ -1,10 +1,10 @@
 """The model runtime: one base model (GPTQ 4-bit or plain) with several unmerged LoRA adapters.
 
 Generation runs on ONE worker thread that decodes every request in flight together (continuous
-batching, :mod:`adapters._batching`): a request joins the running batch at the next step and leaves
+batching, :mod:`adapters.serving._engine`): a request joins the running batch at the next step and leaves
 it the step it finishes. Each request carries its own adapter, resolved when it is submitted, so
 switching the active adapter never changes a request already queued or in flight; rows with
-different adapters share a forward (:mod:`adapters._lora`). Adapters are loaded and unloaded between
+different adapters share a forward (:mod:`adapters.serving._lora`). Adapters are loaded and unloaded between
 steps, an unload once no request submitted with it remains. Members' questions go before background
 work (``priority=BACKGROUND``: the gate's evaluation), and past ``max_waiting`` queued questions a
 new one is refused with :class:`RuntimeBusy`. Callers get blocking (:meth:`ModelRuntime.generate`),
@@ -13,147 +13,28 @@ future (:meth:`ModelRuntime.submit`) and asyncio (:meth:`ModelRuntime.agenerate`
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from adapters import _fastpath, _native
-from adapters._batching import (
-    BACKGROUND,
-    INTERACTIVE,
-    ONE_THREAD_DECODE_WORK,
-    BatchEngine,
-    Generation,
-    Request,
-    RuntimeBusy,
-)
-from adapters._loading import check_adapter_dir, gptq_settings, load_base_model, module_shapes
-from adapters._lora import read_adapter
 from adapters.errors import AdapterError
+from adapters.model import gptq_settings, load_base_model, module_shapes
 from adapters.prompt import fold_system, plain_transcript, with_system
+from adapters.serving import _fastpath, _native
+from adapters.serving._base import RuntimeBase
+from adapters.serving._choice import ACTIVE, AdapterChoice
+from adapters.serving._decode import LlamaDecode
+from adapters.serving._engine import ONE_THREAD_DECODE_WORK, BatchEngine
+from adapters.serving._lora import check_adapter_dir, read_adapter
+from adapters.serving._requests import INTERACTIVE, Generation, Request
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ACTIVE",
-    "BACKGROUND",
-    "INTERACTIVE",
-    "Generation",
-    "ModelRuntime",
-    "Runtime",
-    "RuntimeBusy",
-    "load_base_model",
-]
 
-ACTIVE: Any = object()  # sentinel: "use the adapter active when the request is submitted"
-
-
-class Runtime(Protocol):
-    """What serving needs from a model runtime: in-process :class:`ModelRuntime` and
-    :class:`adapters.remote.RemoteRuntime` both provide it."""
-
-    @property
-    def active_adapter(self) -> str | None: ...
-
-    @property
-    def adapters(self) -> list[str]: ...
-
-    def set_active_adapter(self, name: str | None) -> None: ...
-
-    def load_adapter(self, name: str, path: Path) -> None: ...
-
-    def adapter_path(self, name: str) -> Path | None: ...
-
-    def unload_adapter(self, name: str) -> None: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def info(self) -> dict[str, Any]: ...
-
-    @property
-    def submit(self) -> Callable[..., concurrent.futures.Future[Generation]]:
-        """Queue a generation (see :meth:`ModelRuntime.submit` for the arguments)."""
-        ...
-
-    def generate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation: ...
-
-    async def agenerate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation: ...
-
-    def close(self) -> None: ...
-
-
-class _AdapterChoice:
-    """What every runtime shares: the loaded adapter names, the active one, and the blocking and
-    asyncio wrappers around ``submit`` (in-process :class:`ModelRuntime` and
-    :class:`adapters.remote.RemoteRuntime` differ only in how ``submit`` generates)."""
-
-    _adapters: dict[str, Path]
-    _active: str | None
-    _lock: threading.Lock
-
-    submit: Callable[..., concurrent.futures.Future[Generation]]  # each runtime's own way to generate
-
-    @property
-    def active_adapter(self) -> str | None:
-        """The adapter new requests use by default; None means the base model alone."""
-        return self._active
-
-    @property
-    def adapters(self) -> list[str]:
-        """Names of the loaded adapters, in load order."""
-        return list(self._adapters)
-
-    def set_active_adapter(self, name: str | None) -> None:
-        """Make ``name`` the default adapter of new requests (None: base model only)."""
-        if name is not None and name not in self._adapters:
-            raise AdapterError(
-                f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
-            )
-        with self._lock:
-            self._active = name
-
-    def _resolve_adapters(self, adapter: Any) -> tuple[str, ...]:
-        """The adapters a request is answered with: ``ACTIVE`` (the active one now), None (the base
-        model), a name, or a tuple of names applied together (a member's adapter on the guild's)."""
-        chosen = self._active if adapter is ACTIVE else adapter
-        names = tuple(chosen) if isinstance(chosen, tuple | list) else (chosen,) if chosen is not None else ()
-        for name in names:
-            if name not in self._adapters:
-                raise AdapterError(
-                    f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
-                )
-        return names
-
-    def generate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation:
-        """Blocking :meth:`submit`; safe to call from many threads at once."""
-        return self.submit(messages, **kwargs).result()
-
-    async def agenerate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation:
-        """Generate without blocking the event loop; ``on_token`` is called on the loop thread.
-
-        Cancelling the awaiting task stops the generation at the next token.
-        """
-        loop = asyncio.get_running_loop()
-        callback = kwargs.pop("on_token", None)
-        if callback is not None:
-            kwargs["on_token"] = lambda piece: loop.call_soon_threadsafe(callback, piece)
-        cancel = threading.Event()
-        future = self.submit(messages, cancel=cancel, **kwargs)
-        try:
-            result: Generation = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            cancel.set()
-            raise
-        # Let the callbacks scheduled by the worker run before the caller sees the result.
-        await asyncio.sleep(0)
-        return result
-
-
-def _decode_step_info(decode_step: _fastpath.LlamaDecode | None, native_decode: bool) -> str:
+def _decode_step_info(decode_step: LlamaDecode | None, native_decode: bool) -> str:
     """How decode steps run, for ``info()``: and when not natively, why not."""
     if decode_step is None:
         return "the model's forward"
@@ -163,7 +44,7 @@ def _decode_step_info(decode_step: _fastpath.LlamaDecode | None, native_decode: 
     return f"written out in Python (native kernels: {why})"
 
 
-class ModelRuntime(_AdapterChoice):
+class ModelRuntime(RuntimeBase):
     """A loaded base model + LoRA adapters, batching generations on one worker thread.
 
     Build with :meth:`load`. ``max_batch``: requests decoded together; ``max_waiting``: members'
@@ -201,7 +82,7 @@ class ModelRuntime(_AdapterChoice):
         # before the model's first forward: gptqmodel repacks each layer's weights for its kernel then
         cpu_fast = fast_paths and device == "cpu"
         self._fast_paths = _fastpath.install(model) if cpu_fast else {}
-        decode_step = _fastpath.LlamaDecode.for_model(model, native_decode) if cpu_fast else None
+        decode_step = LlamaDecode.for_model(model, native_decode) if cpu_fast else None
         if cpu_fast:
             self._fast_paths["decode_step"] = _decode_step_info(decode_step, native_decode)
         # Decoding that stops: a small model otherwise loops ("You can't. You can't. ...").
@@ -241,8 +122,9 @@ class ModelRuntime(_AdapterChoice):
         ``dtype``: see :func:`load_base_model` (``auto``: bf16 for GPTQ on CPU, the fast path).
         ``threads`` > 0 sets torch's CPU threads (process-wide). The keyword defaults apply to
         :meth:`generate` calls that do not pass their own. ``fast_paths=False`` serves without
-        :mod:`adapters._fastpath` and decodes every step on all threads (benchmarks compare the two);
-        ``native_decode=False`` keeps the fast paths but decodes in Python (:mod:`adapters._native`).
+        :mod:`adapters.serving._fastpath` and decodes every step on all threads (benchmarks compare the
+        two); ``native_decode=False`` keeps the fast paths but decodes in Python
+        (:mod:`adapters.serving._native`).
         """
         import torch
 
@@ -412,22 +294,22 @@ class ModelRuntime(_AdapterChoice):
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         stop: Sequence[str] = (),
-        adapter: Any = ACTIVE,
+        adapter: AdapterChoice | str | None = ACTIVE,
         on_token: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
         priority: int = INTERACTIVE,
     ) -> concurrent.futures.Future[Generation]:
         """Queue a generation; the future resolves to a :class:`Generation`.
 
-        The adapter is fixed now (``ACTIVE`` = the active one at this moment; a tuple of names stacks
-        them, their LoRA deltas added). ``on_token`` is
-        called on the worker thread with each new piece of text. Setting ``cancel`` stops early
+        ``adapter``: an :class:`AdapterChoice` (several names stack, their LoRA deltas added), one
+        adapter's name, or None for the base model; it is fixed now (:data:`ACTIVE`: the active one at
+        this moment). ``on_token`` is called on the worker thread with each new piece of text. Setting ``cancel`` stops early
         (the answer so far is the result). ``priority=BACKGROUND`` for work no member waits on.
         RuntimeBusy when too many members' questions already wait.
         """
         if not messages:
             raise AdapterError("Nothing to answer: the message list is empty.")
-        names = self._resolve_adapters(adapter)
+        choice = self._resolve(adapter)
         limit = self.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit < 1:
             raise AdapterError("max_new_tokens must be at least 1.")
@@ -435,7 +317,7 @@ class ModelRuntime(_AdapterChoice):
         ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = Request(
             prompt_ids=list(ids),
-            adapters=names,
+            adapter=choice,
             max_new_tokens=limit,
             temperature=self.default_temperature if temperature is None else temperature,
             stop=tuple(stop),

@@ -1,5 +1,5 @@
 """Streaming for the runtime: incremental decoding, stop strings held back, early stop (a stop string,
-or the answer looping)."""
+or the answer looping), and the choice of each row's next token."""
 
 from __future__ import annotations
 
@@ -96,3 +96,25 @@ def penalise_repeats(scores: Any, generated: Sequence[int], penalty: float) -> A
     seen = torch.tensor(sorted(set(generated)), dtype=torch.long, device=scores.device)
     values = scores.index_select(0, seen)
     return scores.index_copy(0, seen, torch.where(values < 0, values * penalty, values / penalty))
+
+
+def choose_tokens(
+    logits: Any, generated: Sequence[Sequence[int]], temperatures: Sequence[float], penalty: float
+) -> list[int]:
+    """The next token of each row: greedy, or sampled (top-p 0.95) when it has a temperature;
+    ``generated``: each row's answer so far (penalised by :func:`penalise_repeats` unless ``penalty`` is 1)."""
+    import torch
+
+    logits = logits.float()
+    if penalty != 1.0:
+        for i, tokens in enumerate(generated):
+            if tokens:
+                logits[i] = penalise_repeats(logits[i], tokens, penalty)
+    chosen = logits.argmax(dim=-1).tolist()
+    for i, temperature in enumerate(temperatures):
+        if temperature > 0:
+            probs = torch.softmax(logits[i] / temperature, dim=-1)
+            ordered, index = probs.sort(descending=True)
+            ordered[(ordered.cumsum(0) - ordered) > 0.95] = 0
+            chosen[i] = int(index[torch.multinomial(ordered / ordered.sum(), 1)])
+    return [int(t) for t in chosen]

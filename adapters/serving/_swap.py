@@ -6,9 +6,9 @@ was submitted with (the runtime fixes the adapter per job) and the switch is one
 Old versions are unloaded only once they have been out of use for a whole swap, so no queued
 request can lose its adapter.
 
-:func:`swap_to` moves the runtime's default adapter (the CLI, one-guild setups). An
-:class:`AdapterRouter` serves a different adapter per scope (a guild) on one runtime: the bot
-answers each guild's questions with that guild's adapter.
+:func:`swap_to` moves the runtime's default adapter (the CLI, one-guild setups). A
+:class:`ServedAdapters` serves a different version per scope (a guild, a member) on one runtime and
+keeps loaded what the scopes use; the bot asks it which version a guild's questions get.
 """
 
 from __future__ import annotations
@@ -61,11 +61,12 @@ def sync_with_registry(runtime: Any, registry: AdapterRegistry) -> str | None:
     return name
 
 
-class AdapterRouter:
-    """Which adapter answers each scope (a guild) on one shared runtime.
+class ServedAdapters:
+    """Which version each scope (a guild, a member) is served on one shared runtime, and which
+    adapters that keeps loaded.
 
     Each scope keeps its current and its previous adapter loaded (requests queued before a swap
-    still find theirs); an adapter the router served that no scope uses either way is unloaded.
+    still find theirs); an adapter it served that no scope uses either way is unloaded.
     Adapters loaded by others (a candidate being gated) are never unloaded here. Thread-safe.
     """
 
@@ -76,12 +77,12 @@ class AdapterRouter:
         self._served: set[str] = set()
         self._lock = threading.Lock()
 
-    def adapter_for(self, scope: str) -> str | None:
-        """The served name answering ``scope`` now (None: the base model)."""
+    def name_for(self, scope: str) -> str | None:
+        """The served name of the version ``scope`` gets now (None: none, the base model)."""
         return self._current.get(scope)
 
     def scopes(self) -> list[str]:
-        """The scopes routed so far."""
+        """The scopes served so far."""
         return list(self._current)
 
     def swap(self, scope: str, version: AdapterVersion | None) -> str | None:
@@ -100,7 +101,7 @@ class AdapterRouter:
             return previous
 
     def drop(self, scope: str) -> None:
-        """Stop routing ``scope`` and unload what only it used, its previous adapter included (a
+        """Stop serving ``scope`` and unload what only it used, its previous adapter included (a
         forgotten member's own adapter leaves memory; the runtime lets requests using it finish)."""
         with self._lock:
             self._current.pop(scope, None)

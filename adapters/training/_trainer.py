@@ -1,49 +1,44 @@
 """LoRA training on the GPTQ base, in its own process, published through the registry.
 
 :func:`train_adapter` writes the dataset and a config into a registry staging directory, runs
-``python -m adapters._train_worker CONFIG.json`` (peft + TRL ``SFTTrainer``), turns the child's
+``python -m adapters.training._worker CONFIG.json`` (peft + TRL ``SFTTrainer``), turns the child's
 JSON-lines progress into a tqdm bar and callbacks, sends the child's stderr to ``train.log`` in the
 run directory, and publishes the run as a new version only after the child exited 0. A killed or
 failed child leaves the registry exactly as it was (the run is kept under ``.failed/`` for its log).
 
-Training examples are conversational prompt/completion records, so TRL computes the loss on the
-completion only; the prompt is built by :func:`adapters.prompt.training_messages`, the same module the
-answer chain renders its prompts with (system prompt, context passages, question).
+What it trains on (pairs, anchors, rephrasings, preferences) is built in
+:mod:`adapters.training._examples`; what the process does, in :mod:`adapters.training._worker`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from adapters._memory import release_free_memory
 from adapters.errors import AdapterError
-from adapters.prompt import REPHRASE_SYSTEM_PROMPT, question_messages, rephrase_messages, training_messages
-from adapters.registry import (
-    DATASET_FILE,
-    EVAL_DATASET_FILE,
-    PREFERENCE_DATASET_FILE,
-    AdapterRegistry,
-    AdapterVersion,
-)
-from adapters.routing import write_scope
+from adapters.registry import AdapterRegistry, AdapterVersion
+from adapters.training._examples import PreferenceExample, TrainingExample, data_hash
 
 ProgressCallback = Callable[[dict[str, Any]], None]
-# Pairs that teach a fact: a member's accepted correction, or a pair an owner imported. Always trained
-# on (never held out), rephrased, and in the adapter's scope; a 👍 answer ("positive") is none of these.
-TAUGHT_KINDS = ("corrected", "taught")
+WORKER_MODULE = "adapters.training._worker"  # run as ``python -m``: the training process's entry
 PREFERENCE_METHODS = ("off", "dpo")
-# With gradient checkpointing "auto": rows longer than this (prompt + answer tokens) turn it on.
-CHECKPOINT_FROM_TOKENS = 128
+# Where in its stage the training process reads and writes: not part of the version's train_config.
+_STAGE_PATHS = (
+    "dataset",
+    "eval_dataset",
+    "preference_dataset",
+    "output_dir",
+    "result_file",
+    "learning_curve",
+)
 
 
 class NotEnoughPairs(AdapterError):
@@ -86,19 +81,19 @@ class TrainingOptions:
     gradient_checkpointing: bool | str = True
     # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
     backend: str = "torch"
-    # Dequantize the frozen base's int4 layers once, before training (_train_worker.dequantized): the
+    # Dequantize the frozen base's int4 layers once, before training (adapters.training._peft.dequantized): the
     # same loss, a step 29-33 % faster (the kernel dequantizes every layer in every forward), +0.4-0.5 GB.
     # Off by default until a larger comparison settles it: with checkpointing "auto", 9/20 facts in
     # other words where the kernel path gave 10-11 (bench/README.md, "Faster training").
     dequantize: bool = False
     # Without ``dequantize``: torch.compile the kernel's dequantization only for runs of at least this
     # many steps: it saves ~0.6 s per step on short rows, but a first compile costs memory and a C++
-    # compiler (_train_worker).
+    # compiler (adapters.training._worker).
     compile_min_steps: int = 80
-    # Score only the answer's positions through the LM head (see _train_worker.score_completions_only);
+    # Score only the answer's positions through the LM head (see _peft.score_completions_only);
     # False is for benchmarks measuring what that saves.
     score_completions_only: bool = True
-    # Preference training after the SFT steps (adapters/_train_worker._prefer): "dpo" trains each
+    # Preference training after the SFT steps (adapters/training/_worker._prefer): "dpo" trains each
     # correction over the answer it replaced; "off" does not (the default: bench/learning_proof.py
     # --preference dpo measured what it changes, README "Preference training").
     preference: str = "off"
@@ -135,203 +130,6 @@ class TrainingOptions:
         return self.steps or max(1, math.ceil(self.epochs * rows / self.batch_size))
 
 
-@dataclass
-class TrainingExample:
-    """One Alpaca pair turned into a conversational prompt/completion record."""
-
-    pair_id: str
-    prompt: list[dict[str, str]]
-    completion: str
-    extra: dict[str, Any] = field(default_factory=dict)
-    # In the adapter's scope (adapters/routing.py): a taught pair's question or its rephrasing. "" for
-    # 👍 answers (the base gave them already) and anchors: the base keeps answering those questions.
-    question: str = ""
-
-    def record(self) -> dict[str, Any]:
-        """The TRL dataset row: conversational prompt/completion (→ completion-only loss)."""
-        return {"prompt": self.prompt, "completion": [{"role": "assistant", "content": self.completion}]}
-
-
-@dataclass
-class PreferenceExample:
-    """A correction preferred over the answer it replaced: one DPO row."""
-
-    pair_id: str
-    prompt: list[dict[str, str]]
-    chosen: str
-    rejected: str
-
-    def record(self) -> dict[str, Any]:
-        """The TRL preference row: conversational prompt, chosen and rejected completions."""
-        return {
-            "prompt": self.prompt,
-            "chosen": [{"role": "assistant", "content": self.chosen}],
-            "rejected": [{"role": "assistant", "content": self.rejected}],
-        }
-
-
-def preference_examples(
-    pairs: Sequence[Any], rejected: Mapping[int, str], system_prompt: str
-) -> list[PreferenceExample]:
-    """A :class:`PreferenceExample` for each pair (``.id .instruction .input .output``) that has a
-    ``rejected`` text (by pair id: the answer a correction replaced) other than its own output."""
-    return [
-        PreferenceExample(
-            str(pair.id),
-            training_messages(pair.instruction, pair.input or "", system_prompt),
-            pair.output,
-            rejected[pair.id],
-        )
-        for pair in pairs
-        if rejected.get(pair.id, "").strip() and rejected[pair.id].strip() != pair.output.strip()
-    ]
-
-
-def examples_from_pairs(pairs: Sequence[Any], system_prompt: str) -> list[TrainingExample]:
-    """Turn feedback pairs (``.id .instruction .input .output``, ``.kind``) into training examples;
-    the question of a pair of a :data:`TAUGHT_KINDS` kind is in the adapter's scope (a pair without a
-    kind counts as a correction)."""
-    return [
-        TrainingExample(
-            pair_id=str(pair.id),
-            prompt=training_messages(pair.instruction, pair.input or "", system_prompt),
-            completion=pair.output,
-            question=pair.instruction if getattr(pair, "kind", "corrected") in TAUGHT_KINDS else "",
-        )
-        for pair in pairs
-    ]
-
-
-def anchor_questions(count: int) -> list[str]:
-    """The first ``count`` general questions replayed as anchors (none is a regression question).
-
-    The same questions open the default model's calibration text, so the base answers them in
-    distribution."""
-    from adapters._calibration import INSTRUCTIONS
-
-    if not 0 <= count <= len(INSTRUCTIONS):
-        raise AdapterError(f"Anchors must be between 0 and {len(INSTRUCTIONS)} (got {count}).")
-    return list(INSTRUCTIONS[:count])
-
-
-def _base_model_texts(
-    runtime: Any,
-    conversations: Sequence[list[dict[str, str]]],
-    system_prompt: str,
-    max_new_tokens: int,
-    **options: Any,
-) -> list[str]:
-    """The base model's greedy replies (no adapter) to every conversation (no system turn: the runtime
-    puts ``system_prompt`` first itself), queued at once; ``options`` go to ``runtime.submit``."""
-    futures = [
-        runtime.submit(
-            turns,
-            system_prompt=system_prompt,
-            adapter=None,
-            temperature=0.0,
-            max_new_tokens=max_new_tokens,
-            **options,
-        )
-        for turns in conversations
-    ]
-    return [future.result().text.strip() for future in futures]
-
-
-def anchor_examples(
-    runtime: Any, questions: Sequence[str], system_prompt: str, *, max_new_tokens: int = 48
-) -> list[TrainingExample]:
-    """The base model's own greedy answers (no adapter) to general ``questions``, as training examples.
-
-    Mixed into a run (replay), they hold the adapter to the base model's behaviour on everything the
-    feedback pairs do not cover, so teaching community facts does not erode general answers.
-    """
-    from adapters.runtime import BACKGROUND
-
-    # Background priority: members' questions go first, and the queue's bound on waiting questions
-    # (LOOPBOT_MODEL_MAX_WAITING) is for members, so 40+ anchors queued at once are not refused.
-    answers = _base_model_texts(
-        runtime,
-        [question_messages(q, "") for q in questions],
-        system_prompt,
-        max_new_tokens,
-        priority=BACKGROUND,
-    )
-    return [
-        TrainingExample(f"anchor-{i}", training_messages(q, "", system_prompt), answer)
-        for i, (q, answer) in enumerate(zip(questions, answers, strict=True))
-        if answer
-    ]
-
-
-# Names and numbers a rephrasing must keep: a capitalised word after the first, a number, a word
-# with a digit ("heron42"). Without them "What is Ada's cat called?" may come back about some cat.
-_KEEP = re.compile(r"(?<=\S\s)[A-Z][\w'’-]*|\b\w*\d\w*\b")
-_LEADING_LABEL = re.compile(r"^\s*(?:rewritten|rephrased|new|other)?\s*(?:question|version)?\s*:\s*", re.I)
-
-
-def clean_rephrasing(original: str, text: str) -> str | None:
-    """The model's rephrasing of ``original`` as one question, or None when it is not usable.
-
-    Usable: its first line, stripped of a "Rewritten question:" label and quotes, ends in a question
-    mark (? or ？), is not the original again (case and punctuation aside), is between half and twice
-    (+30 characters) as long, and keeps every name and number of the original."""
-    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
-    line = _LEADING_LABEL.sub("", line).strip().strip("\"'“”").strip()
-    mark = re.search(r"[?？]", line)
-    if mark is None:
-        return None
-    line = line[: mark.end()]
-
-    def bare(value: str) -> str:
-        return " ".join(re.findall(r"\w+", value.lower()))
-
-    if bare(line) == bare(original) or not len(original) / 2 <= len(line) <= 2 * len(original) + 30:
-        return None
-    words = set(re.findall(r"\w+", line.lower()))
-    keep = {w.lower().split("'")[0].split("’")[0] for w in _KEEP.findall(original)}
-    return line if all(k in words for k in keep) else None
-
-
-def rephrased_examples(runtime: Any, pairs: Sequence[Any], system_prompt: str) -> list[TrainingExample]:
-    """Each pair's question (``.id .instruction .input .output``) in the base model's own other words,
-    as an extra row with the same answer: taught a fact asked one way, the adapter then answers it
-    asked another way too.
-
-    The rows keep their source pair's id, so forgetting the pair forgets them too. A rephrasing that
-    :func:`clean_rephrasing` rejects makes no row. Queued at background priority: members' questions
-    go first."""
-    from adapters.runtime import BACKGROUND
-
-    texts = _base_model_texts(
-        runtime,
-        [rephrase_messages(p.instruction) for p in pairs],
-        REPHRASE_SYSTEM_PROMPT,
-        32,
-        priority=BACKGROUND,
-    )
-    rows = []
-    for pair, text in zip(pairs, texts, strict=True):
-        other = clean_rephrasing(pair.instruction, text)
-        if other is not None:
-            rows.append(
-                TrainingExample(
-                    str(pair.id),
-                    training_messages(other, pair.input or "", system_prompt),
-                    pair.output,
-                    question=other,
-                )
-            )
-    return rows
-
-
-def data_hash(examples: Sequence[TrainingExample | PreferenceExample]) -> str:
-    """A stable hash of the training data: same pairs, same prompts → same hash."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(json.dumps(example.record(), sort_keys=True).encode("utf-8"))
-    return digest.hexdigest()[:16]
-
-
 def _child_env(shares_cores: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     if not shares_cores:
@@ -344,7 +142,7 @@ def _child_env(shares_cores: bool = True) -> dict[str, str]:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
     # The child must import this very checkout of loopbot, whatever its working directory.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -370,7 +168,7 @@ def _run_child(
         tqdm(total=total, desc="training", unit="step", disable=not show_progress, file=sys.stderr) as bar,
     ):
         child = subprocess.Popen(
-            [python, "-m", "adapters._train_worker", str(config_path)],
+            [python, "-m", WORKER_MODULE, str(config_path)],
             stdout=subprocess.PIPE,
             stderr=log,
             env=_child_env(shares_cores),
@@ -422,16 +220,16 @@ def train_adapter(
 ) -> AdapterVersion:
     """Train a LoRA on ``examples`` in a child process and publish it as a new (inactive) version.
 
-    ``anchors`` (see :func:`anchor_examples`) are trained on too but are not feedback pairs: they
+    ``anchors`` (see :func:`~adapters.training.anchor_examples`) are trained on too but are not feedback pairs: they
     count neither towards ``min_examples`` nor in the version's pair ids. Examples sharing a pair id (a
-    pair and its rephrasings, :func:`rephrased_examples`) count as one pair and share its passes.
+    pair and its rephrasings, :func:`~adapters.training.rephrased_examples`) count as one pair and share its passes.
     ``parent``: continue from that adapter's weights instead of a fresh LoRA. ``beneath``: train over
     that adapter, frozen (a member's over the guild's: served stacked, so trained stacked); only the
     new LoRA is saved, its ``train_config`` names the other. ``on_event`` receives the child's events
     (``start`` carries its ``pid``). ``evaluation``: rows kept out of training whose loss is measured
     after every epoch (``eval`` events, the metrics' ``eval_losses``); the version's
     ``learning_curve.csv`` holds both curves. ``preferences``: with ``options.preference`` "dpo",
-    trained after the SFT steps (:func:`adapters._train_worker._prefer`); ignored when it is "off".
+    trained after the SFT steps (:func:`adapters.training._worker._prefer`); ignored when it is "off".
     ``shares_cores``: a serving runtime answers members beside the training process (the bot), so its
     threads must not spin. Raises :class:`NotEnoughPairs` below ``min_examples`` and
     :class:`TrainingFailed` if the child fails or is killed.
@@ -446,22 +244,13 @@ def train_adapter(
     if not Path(base_model).exists():
         raise AdapterError(f"Base model {base_model} not found. Run `loopbot model prepare` first.")
     with registry.stage() as stage:
-        dataset = stage.path / DATASET_FILE
         rows = [*examples, *anchors]
-        dataset.write_text("".join(json.dumps(e.record()) + "\n" for e in rows), encoding="utf-8")
-        held_out = stage.path / EVAL_DATASET_FILE
-        if evaluation:
-            held_out.write_text("".join(json.dumps(e.record()) + "\n" for e in evaluation), encoding="utf-8")
+        dataset = stage.write_dataset(e.record() for e in rows)
+        held_out = stage.write_eval_dataset(e.record() for e in evaluation) if evaluation else None
         preferred = list(preferences) if options.preference != "off" else []
-        preference_rows = stage.path / PREFERENCE_DATASET_FILE
-        if preferred:
-            preference_rows.write_text("".join(json.dumps(e.record()) + "\n" for e in preferred), "utf-8")
-        # What it will answer (adapters/routing.py): its questions, never its anchors'.
-        write_scope(
-            stage.path,
-            ((e.question, e.completion) for e in examples if e.question),
-            parent.path if parent else None,
-        )
+        preference_rows = stage.write_preference_dataset(e.record() for e in preferred) if preferred else None
+        # What it will answer (adapters/serving/_routing.py): its questions, never its anchors'.
+        stage.write_scope(((e.question, e.completion) for e in examples if e.question), parent)
         config = {
             **asdict(options),
             # A pair's rephrasings share its passes: they add variety, not steps (bench/learning_proof.py).
@@ -469,24 +258,25 @@ def train_adapter(
             "base": str(base_model),
             "dataset": str(dataset),
             "output_dir": str(stage.path),
+            "result_file": str(stage.result_path),
+            "learning_curve": str(stage.learning_curve_path),
             "parent_adapter": str(parent.path) if parent else None,
             "beneath_adapter": str(beneath.path) if beneath else None,
-            "eval_dataset": str(held_out) if evaluation else None,
+            "eval_dataset": str(held_out) if held_out else None,
             # An epoch: one pass over the pairs and anchors (a pair's rephrasings share its passes).
             "eval_steps": max(1, math.ceil((len(pair_ids) + len(anchors)) / options.batch_size)),
-            "preference_dataset": str(preference_rows) if preferred else None,
+            "preference_dataset": str(preference_rows) if preference_rows else None,
             "preference_steps": (
                 max(1, math.ceil(options.preference_epochs * len(preferred) / options.batch_size))
                 if preferred
                 else 0
             ),
         }
-        config_path = stage.path / "train_config.json"
-        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        config_path = stage.write_config(config)
         try:
             done = _run_child(
                 config_path,
-                stage.path / "train.log",
+                stage.log_path,
                 config["steps"] + config["preference_steps"],
                 on_event,
                 show_progress,
@@ -510,10 +300,6 @@ def train_adapter(
                 "pair_count": len(pair_ids),
                 "anchor_count": len(anchors),
                 "metrics": {"train": metrics},
-                "train_config": {
-                    k: v
-                    for k, v in config.items()
-                    if k not in ("dataset", "eval_dataset", "preference_dataset", "output_dir")
-                },
+                "train_config": {k: v for k, v in config.items() if k not in _STAGE_PATHS},
             },
         )

@@ -1,4 +1,4 @@
-"""Child-process entry of a LoRA training run: ``python -m adapters._train_worker CONFIG.json``.
+"""Child-process entry of a LoRA training run: ``python -m adapters.training._worker CONFIG.json``.
 
 Training runs in its own process so the bot's event loop, memory and model stay untouched, and a
 crash or a kill cannot corrupt anything: the parent publishes the output directory only after this
@@ -8,8 +8,11 @@ run's ``train.log``.
 
 The base model is loaded through gptqmodel's ``torch`` kernel: through the default trainable CPU
 kernel (``auto_trainable``) the LoRA loss diverges (see docs/PLATFORM_NOTES.md, "Training"), while ``torch`` learns;
-with ``dequantize`` its layers are then dequantized once (:func:`dequantized`), the same weights
-without the per-forward dequantization. The saved adapter is an ordinary peft directory, served later through the fast kernel.
+with ``dequantize`` its layers are then dequantized once (:func:`~adapters.training._peft.dequantized`),
+the same weights without the per-forward dequantization. How the model is made ready for training
+(loaded through :mod:`adapters.model`, a frozen adapter beneath, peft's LoRA) is
+:mod:`adapters.training._peft`. The saved adapter is an ordinary peft directory, served later through
+the fast kernel.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapters.training._peft import (
+    add_frozen_adapter,
+    checkpointing,
+    dequantized,
+    load_base,
+    peft_model,
+    score_completions_only,
+)
+
 # Must be set before gptqmodel is imported: on a 2-core machine it refuses to start otherwise.
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,143 +44,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # stdout (banners, warnings) cannot corrupt the JSON lines.
 _protocol: Any = sys.stdout
 
-# Every linear projection of a Llama block: what is adapted when the run's config names none.
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
 
 def emit(event: str, **data: Any) -> None:
     """Write one progress event as a JSON line on stdout (the parent's only input)."""
     _protocol.write(json.dumps({"event": event, **data}) + "\n")
     _protocol.flush()
-
-
-def _load_base(base: str, backend: str) -> tuple[Any, Any]:
-    """The base model and tokenizer, loaded exactly as the runtime loads them but for the kernel."""
-    from adapters.runtime import load_base_model
-
-    return load_base_model(base, device="cpu", backend=backend)
-
-
-def dequantized(model: Any) -> int:
-    """Replace every GPTQ linear layer of ``model`` (gptqmodel's ``torch`` kernel) by a frozen fp32
-    ``nn.Linear`` holding the same dequantized weights; returns how many were replaced.
-
-    The base is frozen while a LoRA trains, so its int4 weights need dequantizing only once: the
-    kernel, in training mode, dequantizes every layer again in every forward, and with gradient
-    checkpointing once more in the backward pass. The layers keep their names, so the adapter is an
-    ordinary peft adapter served over the GPTQ model as before, and it learns the very weights that
-    will be served (not the unquantized model's)."""
-    import torch
-    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
-
-    replaced = 0
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, BaseQuantLinear) or not hasattr(module, "dequantize_weight"):
-            continue
-        with torch.no_grad():
-            weight = module.dequantize_weight().T.to(torch.float32).contiguous()
-        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-        linear.weight = torch.nn.Parameter(weight, requires_grad=False)
-        if module.bias is not None:
-            linear.bias = torch.nn.Parameter(module.bias.detach().to(torch.float32), requires_grad=False)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
-        replaced += 1
-    if replaced:  # a plain fp32 model now: peft and TRL treat it as one
-        model.config.quantization_config = None
-        model.is_quantized = False
-    return replaced
-
-
-def checkpointing(setting: Any, rows: list[dict[str, Any]], tokenizer: Any) -> bool:
-    """Whether to recompute activations in the backward pass: the setting, or with ``"auto"`` whether
-    a row (prompt + completion, as the chat template renders it) is longer than
-    :data:`adapters.training.CHECKPOINT_FROM_TOKENS` tokens: activations grow with the row, and on
-    short rows checkpointing costs time and saves no memory (adapters/training.py)."""
-    if setting != "auto":
-        return bool(setting)
-    from adapters.training import CHECKPOINT_FROM_TOKENS
-
-    for row in rows:
-        messages = [*row.get("prompt", []), *row.get("completion", row.get("chosen", []))]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > CHECKPOINT_FROM_TOKENS:
-            return True
-    return False
-
-
-def _peft_model(model: Any, config: dict[str, Any]) -> Any:
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-
-    checkpointing = bool(config.get("gradient_checkpointing", False))
-    if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    if config.get("parent_adapter"):
-        # Continue from the active adapter: its weights are the starting point and stay trainable.
-        return PeftModel.from_pretrained(model, config["parent_adapter"], is_trainable=True)
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    lora = LoraConfig(
-        r=config["rank"],
-        lora_alpha=config["alpha"],
-        lora_dropout=0.0,
-        target_modules=_targets(config.get("target_modules") or TARGET_MODULES, present),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
-def _targets(wanted: list[str], present: set[str]) -> list[str]:
-    """The wanted module names the model has; ValueError (the run fails with it) when none is."""
-    targets = [m for m in wanted if m in present]
-    if not targets:
-        raise ValueError(
-            f"none of the target modules {wanted} is in the model: check LOOPBOT_TRAIN_TARGET_MODULES"
-        )
-    return targets
-
-
-def _add_frozen_adapter(model: Any, path: str | None) -> None:
-    """Train over another adapter, frozen (a member's over the guild's): its LoRA delta is added to the
-    base layers' outputs by forward hooks, the runtime's own :class:`adapters._lora.LoraBank`, so the
-    LoRA peft trains on top sees exactly the stack it will be served in. None: nothing to add."""
-    if not path:
-        return
-    from adapters._lora import LoraBank, read_adapter
-
-    config = json.loads(Path(path, "adapter_config.json").read_text("utf-8"))
-    bank = LoraBank(model)
-    bank.add("beneath", read_adapter(Path(path), config))
-    bank.use([("beneath",)])  # one row's plan applies to every row of every batch
-
-
-def score_completions_only() -> bool:
-    """Make TRL's fused LM head score only the completion's positions on the CPU too.
-
-    TRL projects hidden states through the 49k-token LM head in tiles and keeps only positions with a
-    label; on CUDA/XPU it first drops the prompt's positions (``compact``), elsewhere it scores every
-    position and masks the prompt's out afterwards. Our rows are a long RAG prompt and a short answer,
-    so on the CPU that cost a quarter of the memory and of the time (bench/training_speed.py, 649-token
-    prompts: peak 3.9 → 3.0 GB, 70 → 52 s for 6 steps; same loss). Returns False, changing nothing, if
-    this TRL no longer decides it that way (the test suite checks it does).
-    """
-    import inspect
-
-    import trl.trainer.utils as trl_utils
-
-    fused = getattr(trl_utils, "add_fused_lm_head", None)
-    if fused is None or "compact = _use_triton(" not in inspect.getsource(fused):
-        return False
-    if sum(1 for line in inspect.getsource(trl_utils).splitlines() if "_use_triton(" in line) != 1:
-        return False  # the name decides something else too: leave it alone
-    trl_utils._use_triton = lambda device: True  # type: ignore[attr-defined]
-    return True
 
 
 def preference_steps(config: dict[str, Any]) -> int:
@@ -227,7 +107,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         torch._dynamo.config.disable = True
     output = Path(config["output_dir"])
     examples = [json.loads(line) for line in Path(config["dataset"]).read_text("utf-8").splitlines() if line]
-    model, tokenizer = _load_base(config["base"], config.get("backend", "torch"))
+    model, tokenizer = load_base(config["base"], config.get("backend", "torch"))
     if config.get("dequantize"):
         print(f"dequantized {dequantized(model)} GPTQ layers for training", file=sys.stderr)
     preference_rows = (
@@ -246,8 +126,8 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         ),
     }
     print(f"gradient checkpointing: {config['gradient_checkpointing']}", file=sys.stderr)
-    _add_frozen_adapter(model, config.get("beneath_adapter"))  # before peft wraps the layers
-    model = _peft_model(model, config)
+    add_frozen_adapter(model, config.get("beneath_adapter"))  # before peft wraps the layers
+    model = peft_model(model, config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     total = int(config["steps"])
@@ -311,7 +191,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
             model, tokenizer, config, preference_rows, Progress([], offset=total, phase="preference")
         )
     model.save_pretrained(str(output))
-    write_learning_curve(output, losses, eval_losses, eval_steps)
+    write_learning_curve(Path(config["learning_curve"]), losses, eval_losses, eval_steps)
     shutil.rmtree(output / "checkpoints", ignore_errors=True)
     seconds = time.perf_counter() - started
     return {
@@ -375,17 +255,15 @@ def _prefer(
 
 
 def write_learning_curve(
-    output: Path, losses: list[float], eval_losses: list[tuple[int, float]], epoch_steps: int
+    path: Path, losses: list[float], eval_losses: list[tuple[int, float]], epoch_steps: int
 ) -> None:
-    """The run's learning curve: ``learning_curve.csv`` (step, epoch, train loss, eval loss where
-    measured) and, when matplotlib is there, ``learning_curve.png``. Numbers only: no member text."""
+    """The run's learning curve: the CSV ``path`` the config names (step, epoch, train loss, eval loss
+    where measured) and, when matplotlib is there, a PNG beside it. Numbers only: no member text."""
     import csv
-
-    from adapters.registry import LEARNING_CURVE_FILE
 
     evaluated = dict(eval_losses)
     epochs = [step / max(1, epoch_steps) for step in range(1, len(losses) + 1)]
-    with (output / LEARNING_CURVE_FILE).open("w", newline="", encoding="utf-8") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", "epoch", "train_loss", "eval_loss"])
         for step, (epoch, loss) in enumerate(zip(epochs, losses, strict=True), start=1):
@@ -407,14 +285,14 @@ def write_learning_curve(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig((output / LEARNING_CURVE_FILE).with_suffix(".png"), dpi=100)
+    fig.savefig(path.with_suffix(".png"), dpi=100)
     plt.close(fig)
 
 
 def main(argv: list[str]) -> int:
     """Entry point: read the config file named on the command line, train, report, exit 0 or 1."""
     if len(argv) != 1:
-        print("usage: python -m adapters._train_worker CONFIG.json", file=sys.stderr)
+        print("usage: python -m adapters.training._worker CONFIG.json", file=sys.stderr)
         return 2
     global _protocol
     _protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
@@ -422,7 +300,7 @@ def main(argv: list[str]) -> int:
     config = json.loads(Path(argv[0]).read_text("utf-8"))
     emit("start", pid=os.getpid(), total=int(config["steps"]) + preference_steps(config))
     metrics = train(config)
-    Path(config["output_dir"], "result.json").write_text(json.dumps(metrics, indent=2), "utf-8")
+    Path(config["result_file"]).write_text(json.dumps(metrics, indent=2), "utf-8")
     emit("done", **metrics)
     return 0
 

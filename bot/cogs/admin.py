@@ -18,8 +18,9 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 from bot.cogs._common import has_role
+from bot.cogs._progress import describe_progress
 from bot.usecases.errors import user_errors
-from bot.usecases.training import describe_progress, promote, rollback
+from bot.usecases.serving import promote, rollback
 from feedback.privacy import guild_learning
 
 if TYPE_CHECKING:
@@ -117,7 +118,8 @@ class AdminCog(commands.Cog):
             return
         guild = str(interaction.guild_id)
         adapters, registry_for = self.services.adapters, self.services.registry_for
-        serving = await asyncio.to_thread(adapters.adapter_for, guild) if adapters is not None else None
+        choice = await asyncio.to_thread(adapters.choice_for, guild) if adapters is not None else None
+        serving = choice.label() if choice is not None and choice.names else None
         learning = await asyncio.to_thread(guild_learning, self.services.feedback_log, guild)
         lines = [
             f"**Adapter**: {serving or 'none (base model)'}",

@@ -28,7 +28,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from adapters.runtime import ACTIVE
+from adapters.serving import ACTIVE
 from bot.cogs._common import (
     ChannelOrder,
     StreamingEditor,
@@ -318,7 +318,7 @@ class AskCog(commands.Cog):
             # answer only the asker sees also gets their own adapter, trained on their personal pairs.
             member = str(user.id) if delivery.private else None
             adapter = (
-                await asyncio.to_thread(adapters.adapter_for, guild, member)
+                await asyncio.to_thread(adapters.choice_for, guild, member)
                 if adapters is not None
                 else ACTIVE
             )

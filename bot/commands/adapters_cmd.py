@@ -145,14 +145,14 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
 
 def train_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Run one training cycle and print what happened."""
-    from adapters.registry import LEARNING_CURVE_FILE
     from bot.usecases.training import run_training_cycle
     from bot.wiring import build_training_parts
 
     with _scope(args, settings, over_guild=True) as (guild, member, log), _stdout_to_stderr(args.json):
+        parts = build_training_parts(settings, log, guild_id=guild, member_id=member)
         report = run_training_cycle(
             settings,
-            build_training_parts(settings, log, guild_id=guild, member_id=member),
+            parts,
             if_needed=args.if_needed,
             from_active=args.from_active,
             show_progress=not args.no_progress,
@@ -185,9 +185,9 @@ def train_handler(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {report.gate.summary()}")
             print(f"  report: {report.gate.report_path}")
         evaluated = report.train_metrics.get("eval_losses") or []
-        if evaluated and report.gate is not None and report.gate.report_path is not None:
+        if evaluated and report.version is not None:
             losses = ", ".join(f"{loss:.2f}" for _, loss in evaluated)
-            curve = report.gate.report_path.parent / LEARNING_CURVE_FILE
+            curve = parts.registry.get(report.version).learning_curve_path
             print(
                 f"  eval loss after each epoch ({report.train_metrics.get('eval_rows')} held-out rows): {losses}"
             )
@@ -267,7 +267,7 @@ def list_handler(args: argparse.Namespace, settings: Settings) -> int:
 
 def promote_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Make ``args.version`` active. A running bot picks it up at its next registry sync."""
-    from bot.usecases.training import promote
+    from bot.usecases.serving import promote
 
     with _scope(args, settings) as (guild, member, log):
         version = promote(
@@ -279,7 +279,7 @@ def promote_handler(args: argparse.Namespace, settings: Settings) -> int:
 
 def rollback_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Re-activate the previously active version."""
-    from bot.usecases.training import rollback
+    from bot.usecases.serving import rollback
 
     with _scope(args, settings) as (guild, member, log):
         version = rollback(_registry(settings, guild, member), forgotten_pair_ids=log.forgotten_pair_ids())

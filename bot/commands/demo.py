@@ -66,7 +66,7 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the loop end to end; returns the before/after answers, the cycle report and timings."""
-    from adapters.default_model import default_model_dir, is_prepared, prepare_default_model
+    from adapters.model import default_model_dir, is_prepared, prepare_default_model
     from bot.usecases.asking import Asker, answer_and_record
     from bot.usecases.feedback import correct
     from bot.usecases.training import run_training_cycle

@@ -40,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def prepare_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Prepare the default model under the data dir and say where it is."""
-    from adapters.default_model import default_model_dir as final_dir
-    from adapters.default_model import is_prepared, prepare_default_model
+    from adapters.model import default_model_dir as final_dir
+    from adapters.model import is_prepared, prepare_default_model
 
     already = is_prepared(final_dir(settings.models_dir))
     started = time.perf_counter()
@@ -57,14 +57,14 @@ def prepare_handler(args: argparse.Namespace, settings: Settings) -> int:
 
 def _prepare_native_kernels() -> None:
     """Build the native decode kernels now (once per machine) rather than at the bot's first answer."""
-    from adapters import _native
+    from adapters.serving import load_native_kernels, native_kernels_dir
 
     started = time.perf_counter()
-    built = _native.build_dir()
+    built = native_kernels_dir()
     fresh = not built.exists()
     if fresh:
         print("building the native decode kernels (once, about 20 s)")
-    problem = _native.load()
+    problem = load_native_kernels()
     if problem is None:
         took = f" in {time.perf_counter() - started:.0f} s" if fresh else ""
         print(f"native decode kernels ready{took}: {built}")
@@ -87,14 +87,14 @@ def info_handler(args: argparse.Namespace, settings: Settings) -> int:
 
 def eval_handler(args: argparse.Namespace, settings: Settings) -> int:
     """Run the regression set on the configured model and write the CSV report."""
-    from adapters.evaluation import accuracy, load_regression_questions, run_regression, write_regression_csv
-    from adapters.runtime import ACTIVE
+    from adapters.gate import accuracy, load_regression_questions, run_regression, write_regression_csv
+    from adapters.serving import ACTIVE, BASE
     from bot.wiring import build_runtime
 
     questions = load_regression_questions(args.questions)
     runtime = build_runtime(settings)
     try:
-        adapter = ACTIVE if args.adapter is None else (None if args.adapter == "base" else args.adapter)
+        adapter = ACTIVE if args.adapter is None else (BASE if args.adapter == "base" else args.adapter)
         results = run_regression(
             runtime, adapter=adapter, questions=questions, system_prompt=settings.model.system_prompt
         )

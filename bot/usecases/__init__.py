@@ -11,6 +11,10 @@ discord.
 | :mod:`bot.usecases.asking` | answer and record, record an answer, the privacy probe |
 | :mod:`bot.usecases.feedback` | vote, correct, vote on a correction, publish a correction |
 | :mod:`bot.usecases.knowledge` | add documents, remember, forget a member |
-| :mod:`bot.usecases.training` | a training cycle, promote, roll back |
+| :mod:`bot.usecases.training` | a training cycle |
+| :mod:`bot.usecases.pairs` | which pairs a cycle trains on and the gate judges it on |
+| :mod:`bot.usecases.serving` | which adapter answers each guild and member, promote, roll back, retire |
+| :mod:`bot.usecases.privacy` | a member's data, consent and export; the server switch; retention |
+| :mod:`bot.usecases.limits` | per-member bounds on the write paths |
 | :mod:`bot.usecases.errors` | which errors a member or operator can fix |
 """

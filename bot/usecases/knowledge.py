@@ -145,7 +145,7 @@ def retire_stale_adapters(
     ``serve_member(member, version)``. Returns guild id -> the version now served there (None: the
     base model), for the guilds that changed: their next retrain leaves the pairs out."""
     from adapters.registry import all_registries
-    from bot.usecases.training import retire_forgotten
+    from bot.usecases.serving import retire_forgotten
 
     replaced: dict[str, str | None] = {}
     forgotten = log.forgotten_pair_ids()

@@ -38,7 +38,7 @@ def bot_runtime(tiny_gptq_dir: Path) -> Iterator[Any]:
 
     It samples (temperature 1): greedy decoding of random weights emits only whitespace at first.
     """
-    from adapters.runtime import ModelRuntime
+    from adapters.serving import ModelRuntime
 
     runtime = ModelRuntime.load(tiny_gptq_dir, device="cpu", max_new_tokens=16, temperature=1.0)
     yield runtime

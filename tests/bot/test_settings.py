@@ -9,7 +9,7 @@ import pytest
 
 from bot.settings import SettingsError, load_secrets, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

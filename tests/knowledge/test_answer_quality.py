@@ -10,7 +10,7 @@ from pathlib import Path
 import chromadb
 import pytest
 
-DATA = Path(__file__).resolve().parent.parent / "bench" / "data" / "answer_quality"
+DATA = Path(__file__).resolve().parents[2] / "bench" / "data" / "answer_quality"
 
 
 @pytest.mark.slow

@@ -13,10 +13,11 @@ import pytest
 
 from knowledge.errors import KnowledgeError
 from knowledge.lock import StoreLock
-from knowledge.store import KnowledgeBase, community_collection, personal_collection
+from knowledge.scopes import community_collection, personal_collection
+from knowledge.store import KnowledgeBase
 from knowledge.types import Chunk
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 A_RECORDS = [
     "Mochi sneezed twice a day in March 2024; the vet said it was a mild cold.",

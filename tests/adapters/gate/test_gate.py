@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from adapters.evaluation import RegressionQuestion, RegressionResult
-from adapters.gate import SETS, GateItem, GateThresholds, SetScore, decide, run_gate, token_f1
+from adapters.gate import (
+    SETS,
+    GateItem,
+    GateThresholds,
+    RegressionQuestion,
+    RegressionResult,
+    SetScore,
+    decide,
+    run_gate,
+    token_f1,
+)
+from adapters.serving import BASE, AdapterChoice
 
 SYSTEM = "You are loopbot, a test assistant."
 QUESTIONS = ["What colour is the club house door?", "Who baked the cake?", "When does the chess group meet?"]
@@ -152,10 +162,11 @@ def _regression(expected: list[str]) -> list[RegressionQuestion]:
 
 
 def _gate(runtime, candidate, active, report=None, known=None, **sets):
+    """The gate with ``candidate`` and ``active`` named (None: the bare base)."""
     return run_gate(
         runtime,
-        candidate=candidate,
-        active=active,
+        candidate=AdapterChoice.of(candidate),
+        active=AdapterChoice.of(active),
         pairs={name: _items(expected) for name, expected in sets.items() if name != "regression"},
         regression=_regression(sets["regression"]),
         report_path=report,
@@ -204,8 +215,8 @@ def test_gate_counts_the_rejected_answers_that_come_back(two_adapters, tmp_path:
     report = tmp_path / "gate.csv"
     result = run_gate(
         runtime,
-        candidate="b",
-        active="a",
+        candidate=AdapterChoice(("b",)),
+        active=AdapterChoice(("a",)),
         pairs={"taught": items},
         thresholds=GateThresholds(min_learned=0.0),
         regression=_regression(out["b"][1]),
@@ -246,7 +257,7 @@ def test_gate_refuses_a_candidate_that_broke_the_regression_set(two_adapters) ->
 def test_gate_against_the_bare_base(two_adapters) -> None:
     runtime, out = two_adapters
     result = _gate(runtime, "a", None, taught=out["a"][0], regression=out["a"][1])
-    assert result.active is None and result.sets["taught"].candidate == pytest.approx(1.0)
+    assert result.active == BASE and result.sets["taught"].candidate == pytest.approx(1.0)
     assert result.promote, result.reason
 
 
@@ -278,14 +289,14 @@ def test_gate_reuses_what_the_active_answered_before_and_always_asks_the_candida
     expected = out["a"][1]
     saved_b = [RegressionResult(q, e, e, True) for q, e in zip(REGRESSION, expected, strict=True)]
     saved_a = [RegressionResult(q, e, "stale", False) for q, e in zip(REGRESSION, expected, strict=True)]
-    known = {("b",): saved_b, ("a",): saved_a}
+    known = {AdapterChoice(("b",)): saved_b, AdapterChoice(("a",)): saved_a}
     result = _gate(runtime, "a", "b", known=known, taught=out["a"][0], regression=expected)
     # b itself answers none of a's answers: 1.0 can only come from what was saved
     regression = result.sets["regression"]
     assert (regression.active, regression.candidate) == (1.0, 1.0)
-    assert result.regression_answers[("b",)] == saved_b
-    assert [r.answer for r in result.regression_answers[("a",)]] == expected
-    other_set = {("b",): saved_b[:1]}
+    assert result.regression_answers[AdapterChoice(("b",))] == saved_b
+    assert [r.answer for r in result.regression_answers[AdapterChoice(("a",))]] == expected
+    other_set = {AdapterChoice(("b",)): saved_b[:1]}
     result = _gate(runtime, "a", "b", known=other_set, taught=out["a"][0], regression=expected)
     assert (result.sets["regression"].active, result.sets["regression"].candidate) == (0.0, 1.0)
 

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters import default_model
-from adapters.default_model import MARKER, default_model_dir, is_prepared, prepare_default_model
 from adapters.errors import AdapterError
-from adapters.evaluation import (
+from adapters.gate import (
     RegressionQuestion,
     accuracy,
     divergence_from_reference,
@@ -20,6 +18,8 @@ from adapters.evaluation import (
     run_regression,
     write_regression_csv,
 )
+from adapters.model import MARKER, default_model_dir, is_prepared, prepare_default_model
+from adapters.model import _default_model as default_model
 
 # ----- prepare: idempotent and atomic (no model work needed) ----------------------------------
 
@@ -81,7 +81,7 @@ def test_gguf_is_parsed_once_during_a_conversion() -> None:
 
 
 def test_calibration_prompts_are_not_the_regression_questions() -> None:
-    from adapters._calibration import INSTRUCTIONS, rag_prompts, topic_requests
+    from adapters.model._calibration import INSTRUCTIONS, rag_prompts, topic_requests
 
     regression = {q.question for q in load_regression_questions()}
     assert not regression & set(INSTRUCTIONS)  # the anchors: replayed in training, never what the gate asks
@@ -93,12 +93,12 @@ def test_calibration_prompts_are_not_the_regression_questions() -> None:
 
 
 def test_shipped_calibration_is_for_this_model_and_prompt() -> None:
-    from adapters._calibration import CALIBRATION_FILE, Recipe, shipped_calibration
+    from adapters.model._calibration import CALIBRATION_FILE, Recipe, shipped_calibration
 
     texts = shipped_calibration(default_model.gguf_path())
     assert texts is not None, (
         f"{CALIBRATION_FILE.name} was made from another model file, prompt or recipe: regenerate it with "
-        "`python -m adapters._calibration` (prepare would otherwise generate it on every machine)"
+        "`python -m adapters.model` (prepare would otherwise generate it on every machine)"
     )
     recipe = Recipe()
     assert len(texts) == recipe.n_chat + recipe.n_rag + recipe.n_prose + recipe.n_topics
@@ -107,21 +107,21 @@ def test_shipped_calibration_is_for_this_model_and_prompt() -> None:
 
 
 def test_prepare_generates_calibration_when_the_shipped_one_is_stale(tmp_path: Path, monkeypatch) -> None:
-    from adapters import _calibration
+    from adapters.model import _calibration
 
     monkeypatch.setattr(_calibration, "CALIBRATION_FILE", tmp_path / "absent.json.gz")
     built: list[Path] = []
     monkeypatch.setattr(_calibration, "build_calibration", lambda plain, **_: built.append(plain) or ["x"])
     said: list[str] = []
-    assert default_model._calibration(tmp_path, said.append, False) == (["x"], "generated")
-    assert built == [tmp_path] and "python -m adapters._calibration" in said[0]
+    assert default_model._calibration_texts(tmp_path, said.append, False) == (["x"], "generated")
+    assert built == [tmp_path] and "python -m adapters.model" in said[0]
 
 
 # ----- evaluation -----------------------------------------------------------------------------
 
 
 def test_packaged_regression_questions() -> None:
-    from adapters.evaluation import core_regression_questions
+    from adapters.gate import core_regression_questions
 
     core, questions = core_regression_questions(), load_regression_questions()
     assert len(core) == 15 and questions[:15] == core  # the product's fixed set comes first
@@ -176,7 +176,7 @@ def test_run_regression_and_csv(tiny_runtime, tmp_path: Path) -> None:
 def test_divergence_is_zero_against_itself_and_grows_with_noise(tiny_model_dir: Path) -> None:
     import torch
 
-    from adapters._loading import load_base_model
+    from adapters.model import load_base_model
 
     model, tokenizer = load_base_model(tiny_model_dir, dtype="float32")
     noisy, _ = load_base_model(tiny_model_dir, dtype="float32")
@@ -208,7 +208,7 @@ def test_shipped_calibration_matches_a_fresh_build(default_model_path: Path) -> 
     """The fp32 model's greedy answers are deterministic: building them here gives the shipped texts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adapters._calibration import Recipe, _answer_all, shipped_calibration
+    from adapters.model._calibration import Recipe, _answer_all, shipped_calibration
 
     shipped = shipped_calibration(default_model.gguf_path())
     assert shipped is not None
@@ -234,8 +234,8 @@ def test_default_model_answers_and_streams(default_runtime) -> None:
 
 @pytest.mark.slow
 def test_default_model_stays_close_to_the_unquantized_model(default_model_path: Path) -> None:
-    from adapters._fastpath import install
-    from adapters._loading import load_base_model
+    from adapters.model import load_base_model
+    from adapters.serving import install_fast_paths as install
     from bot.settings import DEFAULT_SYSTEM_PROMPT
 
     quantized, tokenizer = load_base_model(default_model_path, device="cpu")  # served dtype (bf16)

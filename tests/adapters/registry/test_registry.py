@@ -135,3 +135,14 @@ try:
 except AdapterError as error:
     print(error)
 """
+
+
+def test_registry_cache_round_trip_and_bad_keys(tmp_path) -> None:
+    from adapters.errors import AdapterError
+
+    registry = AdapterRegistry(tmp_path / "adapters")
+    assert registry.read_cache("anchors-x") is None
+    registry.write_cache("anchors-x", [{"a": 1}])
+    assert registry.read_cache("anchors-x") == [{"a": 1}]
+    with pytest.raises(AdapterError, match="Invalid cache key"):
+        registry.write_cache("../escape", [])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.runtime import BACKGROUND, ModelRuntime, RuntimeBusy
+from adapters.serving import BACKGROUND, BASE, AdapterChoice, ModelRuntime, RuntimeBusy
 
 QUESTION = [{"role": "user", "content": "What does Mochi the cat do in the morning?"}]
 
@@ -52,8 +52,8 @@ def test_lora_bank_matches_peft_per_row(tiny_gptq_dir: Path, tiny_model_dir: Pat
     import torch
     from peft import PeftModel
 
-    from adapters._loading import check_adapter_dir, load_base_model, module_shapes
-    from adapters._lora import LoraBank, read_adapter
+    from adapters.model import load_base_model, module_shapes
+    from adapters.serving import LoraBank, check_adapter_dir, read_adapter
 
     paths = {"a": make_lora_adapter(tiny_model_dir, seed=1), "b": make_lora_adapter(tiny_model_dir, seed=2)}
     model, tokenizer = load_base_model(tiny_gptq_dir, device="cpu")
@@ -201,8 +201,8 @@ def test_stacked_adapters_add_their_deltas(
     adapter stacked on the guild's)."""
     import torch
 
-    from adapters._loading import check_adapter_dir, load_base_model, module_shapes
-    from adapters._lora import LoraBank, read_adapter
+    from adapters.model import load_base_model, module_shapes
+    from adapters.serving import LoraBank, check_adapter_dir, read_adapter
 
     model, _ = load_base_model(tiny_gptq_dir, device="cpu")
     shapes = module_shapes(model)
@@ -238,7 +238,7 @@ def test_a_stack_of_adapters_is_served_and_named(
 ) -> None:
     tiny_runtime.load_adapter("guild", make_lora_adapter(tiny_model_dir, seed=1))
     tiny_runtime.load_adapter("member", make_lora_adapter(tiny_model_dir, seed=2))
-    stacked = tiny_runtime.generate(QUESTION, adapter=("guild", "member"))
+    stacked = tiny_runtime.generate(QUESTION, adapter=AdapterChoice(("guild", "member")))
     assert stacked.adapter == "guild+member"
     assert stacked.text not in {tiny_runtime.generate(QUESTION, adapter=a).text for a in ("guild", "member")}
 
@@ -272,10 +272,10 @@ def test_prompts_admitted_together_are_prefilled_together(tiny_runtime: ModelRun
 
 
 def test_prefill_groups_keep_padding_and_size_bounded() -> None:
-    from adapters._batching import PREFILL_MAX_TOKENS, Request, prefill_groups
+    from adapters.serving._requests import PREFILL_MAX_TOKENS, Request, prefill_groups
 
     def request(length: int) -> Request:
-        return Request([1] * length, (), 4, 0.0, (), None, threading.Event())
+        return Request([1] * length, BASE, 4, 0.0, (), None, threading.Event())
 
     lengths = [
         [len(r.prompt_ids) for r in g]

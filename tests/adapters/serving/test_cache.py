@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from adapters._cache import HEADROOM_MIN, GrowingLayer, growing_cache
+from adapters.serving._cache import HEADROOM_MIN, GrowingLayer, growing_cache
 
 
 def _greedy_logits(model: object, ids: torch.Tensor, cache: object, steps: int) -> torch.Tensor:
@@ -21,7 +21,7 @@ def _greedy_logits(model: object, ids: torch.Tensor, cache: object, steps: int) 
 
 
 def test_a_growing_cache_decodes_like_transformers_cache(tiny_model_dir: Path) -> None:
-    from adapters._loading import load_base_model
+    from adapters.model import load_base_model
 
     model, tokenizer = load_base_model(tiny_model_dir, device="cpu")
     ids = tokenizer(["Mochi sneezes in the morning"] * 2, return_tensors="pt")["input_ids"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from adapters.errors import AdapterError
-from adapters.remote import RemoteRuntime
+from adapters.serving import RemoteRuntime
 
 QUESTION = [{"role": "user", "content": "What is the capital of Japan?"}]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.evaluation import RegressionQuestion, run_regression
-from adapters.gate import GateItem, run_gate
-from adapters.registry import SCOPE_FILE
-from adapters.routing import QuestionRouting, read_scope, routed, write_scope
+from adapters.gate import GateItem, RegressionQuestion, run_gate, run_regression
+from adapters.registry import read_scope, write_scope
+from adapters.serving import BASE, AdapterChoice, QuestionRouting, routed
 
+SCOPE_FILE = "questions.json"  # a version's scope, as the registry lays it out
 SYSTEM = "You are loopbot, a test assistant."
 TAUGHT = ["What colour is the club house door?", "Who baked the cake for the spring fair?"]
 OTHER_WORDS = "Which colour is the door of the clubhouse?"
@@ -40,33 +40,46 @@ def scoped(tiny_runtime, tiny_model_dir: Path, make_lora_adapter, tmp_path: Path
 
 def test_an_adapter_answers_only_what_it_was_taught_and_its_rewordings(scoped, packaged_embeddings) -> None:
     routing = _routing(packaged_embeddings)
-    assert routing.route(scoped, "a", TAUGHT[0]) == "a"
-    assert routing.route(scoped, "a", OTHER_WORDS) == "a"
-    assert [routing.route(scoped, "a", q) for q in (*GENERAL, TAUGHT[1])] == [None, None, None]
-    assert routing.route(scoped, "old", GENERAL[0]) == "old"  # no scope: every question, as before
-    assert routing.route(scoped, None, TAUGHT[0]) is None
+    assert routing.route(scoped, AdapterChoice(("a",)), TAUGHT[0]) == AdapterChoice(("a",))
+    assert routing.route(scoped, AdapterChoice(("a",)), OTHER_WORDS) == AdapterChoice(("a",))
+    assert [routing.route(scoped, AdapterChoice(("a",)), q) for q in (*GENERAL, TAUGHT[1])] == [
+        BASE,
+        BASE,
+        BASE,
+    ]
+    assert routing.route(scoped, AdapterChoice(("old",)), GENERAL[0]) == AdapterChoice(
+        ("old",)
+    )  # no scope: every question, as before
+    assert routing.route(scoped, BASE, TAUGHT[0]) == BASE
     # 0 turns routing off; a threshold above every similarity leaves only the base.
-    assert _routing(packaged_embeddings, 0.0).route(scoped, "a", GENERAL[0]) == "a"
-    assert _routing(packaged_embeddings, 1.0).route(scoped, "a", OTHER_WORDS) is None
+    assert _routing(packaged_embeddings, 0.0).route(
+        scoped, AdapterChoice(("a",)), GENERAL[0]
+    ) == AdapterChoice(("a",))
+    assert _routing(packaged_embeddings, 1.0).route(scoped, AdapterChoice(("a",)), OTHER_WORDS) == BASE
 
 
 def test_a_stack_keeps_the_layers_whose_scope_covers_the_question(scoped, packaged_embeddings) -> None:
     """A member's adapter ``b`` over the guild's ``a``: her question gets both, the guild's question
     the guild's alone, anything else the base."""
     routing = _routing(packaged_embeddings)
-    assert routing.route(scoped, ("a", "b"), TAUGHT[1]) == ("a", "b")
-    assert routing.route(scoped, ("a", "b"), TAUGHT[0]) == "a"
-    assert routing.route(scoped, ("a", "b"), GENERAL[0]) is None
+    assert routing.route(scoped, AdapterChoice(("a", "b")), TAUGHT[1]) == AdapterChoice(("a", "b"))
+    assert routing.route(scoped, AdapterChoice(("a", "b")), TAUGHT[0]) == AdapterChoice(("a",))
+    assert routing.route(scoped, AdapterChoice(("a", "b")), GENERAL[0]) == BASE
 
 
 def test_a_rewritten_or_deleted_scope_is_read_again(scoped, packaged_embeddings) -> None:
     routing = _routing(packaged_embeddings)
     directory = scoped.adapter_path("a")
-    assert routing.route(scoped, "a", GENERAL[0]) is None
+    assert routing.route(scoped, AdapterChoice(("a",)), GENERAL[0]) == BASE
     write_scope(directory, [GENERAL[0]])
-    assert routing.route(scoped, "a", GENERAL[0]) == "a" and routing.route(scoped, "a", TAUGHT[0]) is None
+    assert (
+        routing.route(scoped, AdapterChoice(("a",)), GENERAL[0]) == AdapterChoice(("a",))
+        and routing.route(scoped, AdapterChoice(("a",)), TAUGHT[0]) == BASE
+    )
     (directory / SCOPE_FILE).unlink()  # a forget scrubbed it (the version is not served any more)
-    assert read_scope(directory) is None and routing.route(scoped, "a", TAUGHT[0]) == "a"
+    assert read_scope(directory) is None and routing.route(
+        scoped, AdapterChoice(("a",)), TAUGHT[0]
+    ) == AdapterChoice(("a",))
 
 
 def test_a_scope_keeps_each_question_once_and_inherits_its_parents(tmp_path: Path) -> None:
@@ -170,7 +183,7 @@ def test_the_gate_judges_the_candidate_as_it_will_be_served(
 
     def gate(route=None, report=None):
         return run_gate(
-            scoped, candidate="a", active=None, pairs={"taught": taught}, regression=regression,
+            scoped, candidate=AdapterChoice(("a",)), active=BASE, pairs={"taught": taught}, regression=regression,
             system_prompt=SYSTEM, max_new_tokens=12, route=route, report_path=report,
         )  # fmt: skip
 
@@ -179,7 +192,9 @@ def test_the_gate_judges_the_candidate_as_it_will_be_served(
     report = tmp_path / "gate.csv"
     result = gate(routed(scoped, _routing(packaged_embeddings)), report)
     assert result.promote, result.reason
-    assert result.regression_answers[("a",)] == result.regression_answers[()]  # the base's, asked once
+    assert (
+        result.regression_answers[AdapterChoice(("a",))] == result.regression_answers[BASE]
+    )  # the base's, asked once
     rows = list(csv.DictReader(report.open(encoding="utf-8")))
     assert [(r["set"], r["candidate_served"]) for r in rows] == [
         ("taught", "a"),

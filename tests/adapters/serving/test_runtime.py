@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.errors import AdapterError
-from adapters.runtime import ACTIVE, Generation, ModelRuntime
+from adapters.serving import ACTIVE, Generation, ModelRuntime
 
 QUESTION = [{"role": "user", "content": "What is the capital of Japan?"}]
 
@@ -225,7 +225,7 @@ def test_a_looping_answer_stops_generating(tiny_tokenizer_dir: Path) -> None:
 
     from transformers import AutoTokenizer
 
-    from adapters._streaming import _Streamer
+    from adapters.serving._streaming import _Streamer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     streamer = _Streamer(tokenizer, (), None, threading.Event())
@@ -252,10 +252,10 @@ def test_a_loop_the_last_checks_missed_is_cut_at_the_end(
 
     from transformers import AutoTokenizer
 
-    import adapters._streaming
-    from adapters._streaming import _Streamer
+    import adapters.serving._streaming
+    from adapters.serving._streaming import _Streamer
 
-    monkeypatch.setattr(adapters._streaming, "LOOP_CHECK_TOKENS", 10**9)  # no check until the end
+    monkeypatch.setattr(adapters.serving._streaming, "LOOP_CHECK_TOKENS", 10**9)  # no check until the end
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     streamer = _Streamer(tokenizer, (), None, threading.Event())
     for token in tokenizer("Prizes: The Purrsuit  The Purrsuit  The Purrsuit  The Purrsuit").input_ids:
@@ -275,7 +275,7 @@ def test_a_closed_runtime_lets_go_of_its_model(tiny_gptq_dir: Path) -> None:
     script = textwrap.dedent(
         f"""
         import gc, weakref
-        from adapters.runtime import ModelRuntime
+        from adapters.serving import ModelRuntime
 
         def build():
             runtime = ModelRuntime.load({str(tiny_gptq_dir)!r}, device="cpu", max_new_tokens=4)

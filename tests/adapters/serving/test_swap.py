@@ -1,4 +1,5 @@
-"""Hot swap on a running runtime: requests in flight keep their adapter, none fails; registry sync."""
+"""Hot swap on a running runtime: requests in flight keep their adapter, none fails; registry sync;
+one runtime serving each scope its own version (ServedAdapters)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.registry import AdapterRegistry
-from adapters.swap import KEEP_LOADED, swap_to, sync_with_registry
+from adapters.serving import KEEP_LOADED, swap_to, sync_with_registry
 
 QUESTION = [{"role": "user", "content": "What does the bot know about cats?"}]
 
@@ -90,46 +91,17 @@ def test_runtime_follows_promote_and_rollback(tiny_runtime, registry: AdapterReg
     assert "v0001" in tiny_runtime.adapters
 
 
-def test_build_runtime_serves_the_registry_active_version(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tiny_gptq_dir: Path,
-    tiny_model_dir: Path,
-    make_lora_adapter,
-) -> None:
-    from bot.settings import load_settings
-    from bot.wiring import build_registry, build_runtime
-
-    monkeypatch.setenv("LOOPBOT_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("LOOPBOT_MODEL_BASE", str(tiny_gptq_dir))
-    monkeypatch.setenv("LOOPBOT_MODEL_DEVICE", "cpu")
-    settings = load_settings()
-    registry = build_registry(settings, "1001")
-    assert registry.root == settings.adapters_dir / "guilds" / "1001"
-    with registry.stage() as stage:
-        for item in make_lora_adapter(tiny_model_dir, seed=31).iterdir():
-            shutil.copy(item, stage.path / item.name)
-        registry.publish(stage, {"base_model": str(tiny_gptq_dir)})
-    registry.promote("v0001")
-    runtime = build_runtime(settings, guild_id="1001")
-    try:
-        assert runtime.active_adapter == "g1001-v0001"
-        assert runtime.generate(QUESTION, max_new_tokens=4).adapter == "g1001-v0001"
-    finally:
-        runtime.close()
-
-
-def test_the_router_serves_each_scope_its_own_adapter_and_unloads_only_what_it_served(
+def test_served_adapters_give_each_scope_its_own_and_unload_only_what_they_loaded(
     tiny_runtime, registry: AdapterRegistry, make_lora_adapter, tiny_model_dir
 ) -> None:
-    from adapters.swap import AdapterRouter
+    from adapters.serving import ServedAdapters
 
-    router = AdapterRouter(tiny_runtime)
+    served = ServedAdapters(tiny_runtime)
     v1, v2, v3 = (registry.get(v) for v in ("v0001", "v0002", "v0003"))
-    router.swap("cats", v1)
-    router.swap("dogs", v2)
+    served.swap("cats", v1)
+    served.swap("dogs", v2)
     tiny_runtime.load_adapter("candidate", make_lora_adapter(tiny_model_dir, seed=40))  # e.g. being gated
-    assert (router.adapter_for("cats"), router.adapter_for("dogs"), router.adapter_for("birds")) == (
+    assert (served.name_for("cats"), served.name_for("dogs"), served.name_for("birds")) == (
         "v0001",
         "v0002",
         None,
@@ -137,9 +109,9 @@ def test_the_router_serves_each_scope_its_own_adapter_and_unloads_only_what_it_s
     reference = _reference(tiny_runtime, ["v0001", "v0002"])
     assert reference["v0001"] != reference["v0002"]
 
-    router.swap("cats", v3)  # v0001 stays loaded: cats' previous adapter (queued requests keep it)
+    served.swap("cats", v3)  # v0001 stays loaded: cats' previous adapter (queued requests keep it)
     assert set(tiny_runtime.adapters) == {"v0001", "v0002", "v0003", "candidate"}
-    router.swap("cats", None)  # v0001 is now nobody's current or previous: unloaded
+    served.swap("cats", None)  # v0001 is now nobody's current or previous: unloaded
     assert set(tiny_runtime.adapters) == {"v0002", "v0003", "candidate"}
-    assert router.adapter_for("cats") is None and router.adapter_for("dogs") == "v0002"
-    assert router.sync("dogs", registry) is None and router.adapter_for("dogs") is None  # nothing active
+    assert served.name_for("cats") is None and served.name_for("dogs") == "v0002"
+    assert served.sync("dogs", registry) is None and served.name_for("dogs") is None  # nothing active

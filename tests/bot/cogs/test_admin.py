@@ -61,7 +61,7 @@ async def test_admin_promotes_and_rolls_back_a_real_adapter(
     promoted = await world.dave.slash(world.channel, "adapter promote", version=version)
     assert version in promoted.response.content
     assert (
-        adapters.adapter_for(guild) == served == f"g{guild}-{version}"
+        adapters.choice_for(guild).top == served == f"g{guild}-{version}"
         and registry.active().version == version
     )
     # The next answer is generated, and logged, with that adapter.
@@ -73,7 +73,7 @@ async def test_admin_promotes_and_rolls_back_a_real_adapter(
 
     rolled = await world.dave.slash(world.channel, "adapter rollback")
     assert "base model" in rolled.response.content
-    assert adapters.adapter_for(guild) is None and registry.active() is None
+    assert adapters.choice_for(guild).top is None and registry.active() is None
 
 
 async def test_promoting_an_unknown_version_says_so(world) -> None:

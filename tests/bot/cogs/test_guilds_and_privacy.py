@@ -74,15 +74,15 @@ async def test_a_cli_promotion_reaches_the_running_bot_within_seconds(
     registry = guild_registry(world.bot.services.settings.adapters_dir, guild)
     version = publish(registry, make_lora_adapter(tiny_model_dir, seed=4))
     adapters = world.bot.services.adapters
-    assert adapters.adapter_for(guild) is None
+    assert adapters.choice_for(guild).top is None
 
     registry.promote(version.version)  # exactly what `loopbot adapters promote` does, from another process
     await world.env.advance_time(world.bot.services.settings.discord.registry_poll_seconds + 1)
 
-    assert adapters.adapter_for(guild) == version.served_name
+    assert adapters.choice_for(guild).top == version.served_name
     registry.rollback()
     await world.env.advance_time(world.bot.services.settings.discord.registry_poll_seconds + 1)
-    assert adapters.adapter_for(guild) is None
+    assert adapters.choice_for(guild).top is None
 
 
 async def test_a_corrupt_active_adapter_serves_the_base_model_with_a_warning(
@@ -148,7 +148,7 @@ async def test_private_feedback_never_reaches_shared_data_and_forget_reaches_eve
 
     assert "deleted 2 personal record(s)" in done.response.content  # the note and her private correction
     assert files_containing(settings.data_dir, "Quillback-4417") == []  # ...and finds nothing after
-    assert registry.active() is None and world.bot.services.adapters.adapter_for(guild) is None
+    assert registry.active() is None and world.bot.services.adapters.choice_for(guild).top is None
     refused = await world.dave.slash(world.channel, "adapter promote", version=old.version)
     assert refused.response.content.startswith("Nothing changed") and "forgotten" in refused.response.content
 

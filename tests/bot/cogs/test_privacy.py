@@ -150,7 +150,9 @@ async def test_learning_off_keeps_answering_learns_nothing_and_reaches_the_serve
 
     assert off.ephemeral and "Learning from you is **off**" in off.response.content
     assert "1 pair(s) that held your data left" in off.response.content
-    assert all_pairs(log, guild) == [] and registry.active() is None and adapters.adapter_for(guild) is None
+    assert (
+        all_pairs(log, guild) == [] and registry.active() is None and adapters.choice_for(guild).top is None
+    )
     # She is still answered; her questions, votes and corrections make no pair.
     second = await ask(world, world.alice, "Learnmark and a kitten?")
     assert log.answer_for_message(str(second.id)) is not None

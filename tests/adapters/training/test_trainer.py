@@ -12,8 +12,7 @@ import pytest
 
 from adapters.errors import AdapterError
 from adapters.prompt import training_messages
-from adapters.registry import AdapterRegistry
-from adapters.routing import read_scope
+from adapters.registry import AdapterRegistry, read_scope
 from adapters.training import (
     NotEnoughPairs,
     TrainingExample,
@@ -227,7 +226,7 @@ TAUGHT = [
 @pytest.mark.slow
 def test_taught_fact_is_answered_by_the_served_gptq_model(tmp_path: Path, default_model_path: Path) -> None:
     """Train through the ``torch`` kernel, serve through ``ModelRuntime.load`` (the fast kernel)."""
-    from adapters.runtime import ModelRuntime
+    from adapters.serving import ModelRuntime
 
     registry = AdapterRegistry(tmp_path)
     version = train_adapter(
@@ -270,38 +269,6 @@ def test_steps_follow_the_epochs_unless_set() -> None:
         TrainingOptions(epochs=0, steps=0)
 
 
-def test_only_the_answer_is_scored_and_the_loss_is_unchanged(tiny_model_dir: Path) -> None:
-    """The training process scores only the completion's positions through the LM head on the CPU
-    (TRL scores every position there, at a large memory cost): same loss, same gradients."""
-    import torch
-    import trl.trainer.utils as trl_utils
-    from transformers import AutoModelForCausalLM
-
-    from adapters._train_worker import score_completions_only
-
-    def loss_and_grad() -> tuple[float, torch.Tensor]:
-        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-        trl_utils.add_fused_lm_head(model)
-        ids = torch.randint(5, 200, (2, 40), generator=torch.Generator().manual_seed(0))
-        labels = ids.clone()
-        labels[:, :32] = -100  # a long prompt, a short answer
-        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
-        out.loss.backward()
-        return float(out.loss.detach()), model.get_output_embeddings().weight.grad.clone()
-
-    original = trl_utils._use_triton
-    try:
-        everywhere = loss_and_grad()
-        assert score_completions_only(), (
-            "this TRL decides the LM head's scoring differently: see the docstring"
-        )
-        compact = loss_and_grad()
-    finally:
-        trl_utils._use_triton = original
-    assert abs(everywhere[0] - compact[0]) < 1e-5
-    assert torch.allclose(everywhere[1], compact[1], atol=1e-6)
-
-
 def test_a_rephrasing_is_kept_only_as_one_new_question_with_every_name_and_number() -> None:
     original = "What is the wifi password of Ada's club house in 2024?"
     kept = clean_rephrasing(
@@ -329,7 +296,7 @@ def test_a_rephrasing_is_kept_only_as_one_new_question_with_every_name_and_numbe
 def test_corrections_are_also_taught_in_the_base_models_own_words(default_model_path: Path) -> None:
     from types import SimpleNamespace
 
-    from adapters.runtime import ModelRuntime
+    from adapters.serving import ModelRuntime
 
     pairs = [SimpleNamespace(id=f"p{i}", instruction=q, input="", output=a) for i, (q, a) in enumerate(FACTS)]
     runtime = ModelRuntime.load(default_model_path, device="cpu")
@@ -346,50 +313,6 @@ def test_corrections_are_also_taught_in_the_base_models_own_words(default_model_
         assert row.completion == source.output
         assert question != source.instruction and question.endswith("?")
         assert row.question == question  # in the adapter's scope: it answers the rewording too
-
-
-def test_an_adapter_trains_over_a_frozen_one_as_it_will_be_served(
-    tiny_model_dir: Path, make_lora_adapter
-) -> None:
-    """The worker adds the frozen adapter's delta under peft's LoRA: the model it trains computes what
-    peft computes with both adapters active, and only the new LoRA has gradients."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from adapters._train_worker import _add_frozen_adapter, _peft_model
-
-    guild = make_lora_adapter(tiny_model_dir, seed=3)
-    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
-    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
-    with torch.no_grad():
-        bare = plain(ids).logits
-    reference = PeftModel.from_pretrained(plain, str(guild)).eval()
-    with torch.no_grad():
-        expected = reference(ids).logits
-    assert not torch.allclose(expected, bare, atol=1e-4)  # the guild adapter changes the answer
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
-    _add_frozen_adapter(model, str(guild))
-    member = _peft_model(model, {"rank": 4, "alpha": 8})  # a fresh LoRA: B = 0, no change yet
-    with torch.no_grad():
-        got = member(ids).logits
-    assert torch.allclose(got, expected, atol=1e-4)
-    trainable = {n for n, p in member.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
-    member(ids).logits.sum().backward()  # gradients reach the new LoRA through the frozen delta
-    grads = [p.grad for n, p in member.named_parameters() if n in trainable and "lora_B" in n]
-    assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
-
-
-def test_target_modules_must_name_layers_the_model_has() -> None:
-    from adapters._train_worker import _targets
-
-    assert _targets(["q_proj", "gate_proj"], {"q_proj", "v_proj"}) == ["q_proj"]
-    with pytest.raises(ValueError, match="LOOPBOT_TRAIN_TARGET_MODULES"):
-        _targets(["qproj"], {"q_proj", "v_proj"})  # a typo: the run fails saying which setting
-    with pytest.raises(AdapterError, match="at least one target module"):
-        TrainingOptions(target_modules=())
 
 
 REJECTED = [
@@ -449,35 +372,3 @@ def test_preference_training_pushes_the_rejected_answers_down_after_the_sft_step
     assert not [k for k in load_file(str(version.path / "adapter_model.safetensors")) if ".ref." in k]
     registry.scrub_pairs({"2"})  # a forget of a preferred pair's author deletes the rows too
     assert not (version.path / "preference.jsonl").exists()
-
-
-def test_the_base_dequantized_for_training_computes_what_the_kernel_does(tiny_gptq_dir: Path) -> None:
-    """Training over the base's dequantized layers: the same logits as through gptqmodel's ``torch``
-    kernel (what the adapter is trained against is what will be served), no GPTQ layer left."""
-    import torch
-    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
-
-    from adapters._train_worker import _load_base, checkpointing, dequantized
-
-    model, tokenizer = _load_base(str(tiny_gptq_dir), "torch")
-    quantized = sum(isinstance(m, BaseQuantLinear) for m in model.modules())
-    ids = torch.tensor([tokenizer("The parrot is called Quibble.")["input_ids"]])
-    with torch.no_grad():
-        before = model(input_ids=ids).logits
-    assert quantized > 0 and dequantized(model) == quantized
-    assert not any(isinstance(m, BaseQuantLinear) for m in model.modules())
-    q_proj = model.get_submodule("model.layers.0.self_attn.q_proj")
-    assert (
-        type(q_proj) is torch.nn.Linear and not q_proj.weight.requires_grad
-    )  # frozen: LoRA trains beside it
-    with torch.no_grad():
-        after = model(input_ids=ids).logits
-    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
-    # "auto" checkpointing: only rows longer than CHECKPOINT_FROM_TOKENS pay for it.
-    short = _examples()[0].record()
-    long = TrainingExample("9", training_messages("Why?", "word " * 200, SYSTEM), "Because.").record()
-    assert checkpointing("auto", [short], tokenizer) is False
-    assert checkpointing("auto", [short, long], tokenizer) is True
-    assert (
-        checkpointing(True, [short], tokenizer) is True and checkpointing(False, [long], tokenizer) is False
-    )

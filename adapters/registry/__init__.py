@@ -1,0 +1,54 @@
+"""Versioned LoRA adapters on disk: the only package that knows the registry's layout.
+
+- :mod:`~adapters.registry._places`: where the registries are (one per guild, one per member)
+- :mod:`~adapters.registry._registry`: one registry: versions, the active pointer, staging, the lock
+- :mod:`~adapters.registry._version`: one version's directory, every file in it, read and written here
+
+Crash safety comes from two atomic primitives: a finished run is published with one ``os.rename``
+of its staging directory to ``vNNNN`` (a half-written run therefore never looks like a version),
+and the active pointer is replaced with write-temp + fsync + ``os.replace``. A kill at any moment
+leaves either the old state or the new one, never a mix.
+"""
+
+from adapters.registry._places import (
+    adopt_legacy_versions,
+    all_registries,
+    guild_ids,
+    guild_registry,
+    member_ids,
+    member_registry,
+)
+from adapters.registry._registry import ACTIVE_FILE, AdapterRegistry
+from adapters.registry._version import (
+    ADAPTER_CONFIG_FILE,
+    TRAINING_DATA_FILES,
+    WEIGHTS_FILE,
+    AdapterVersion,
+    Stage,
+    read_scope,
+    scope_entries,
+    scope_stamp,
+    write_json_atomic,
+    write_scope,
+)
+
+__all__ = [
+    "ACTIVE_FILE",
+    "ADAPTER_CONFIG_FILE",
+    "TRAINING_DATA_FILES",
+    "WEIGHTS_FILE",
+    "AdapterRegistry",
+    "AdapterVersion",
+    "Stage",
+    "adopt_legacy_versions",
+    "all_registries",
+    "guild_ids",
+    "guild_registry",
+    "member_ids",
+    "member_registry",
+    "read_scope",
+    "scope_entries",
+    "scope_stamp",
+    "write_json_atomic",
+    "write_scope",
+]
