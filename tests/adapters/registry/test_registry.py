@@ -59,6 +59,21 @@ def test_publish_refuses_a_run_without_weights(tmp_path: Path) -> None:
     assert registry.list() == []
 
 
+def test_publish_refuses_weights_the_runtime_cannot_load(tmp_path: Path) -> None:
+    """A run that saved only ``adapter_model.bin`` (peft's older format) is not published: the runtime
+    loads safetensors only, and would refuse the version as corrupt once it was active."""
+    from adapters.serving import check_adapter_dir
+
+    registry = AdapterRegistry(tmp_path)
+    with pytest.raises(AdapterError, match=r"no adapter_model\.safetensors"), registry.stage() as stage:
+        (stage.path / "adapter_config.json").write_text("{}")
+        (stage.path / "adapter_model.bin").write_bytes(b"weights")
+        with pytest.raises(AdapterError, match="corrupt"):  # what serving it would have said
+            check_adapter_dir(stage.path, {}, "tiny")
+        registry.publish(stage, {"base_model": "tiny"})
+    assert registry.versions() == [] and not (tmp_path / "v0001").exists()
+
+
 def test_promote_rollback_and_history(tmp_path: Path) -> None:
     registry = AdapterRegistry(tmp_path)
     v1, v2, v3 = (_publish(registry) for _ in range(3))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 # tests/bot is on sys.path (pytest prepends a test file's folder): the same helpers as the forget tests
-from test_guilds_and_privacy import files_containing, publish
+from tests.bot.cogs.test_guilds_and_privacy import files_containing, publish
 
 from adapters.registry import guild_registry
 

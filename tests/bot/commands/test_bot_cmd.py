@@ -1,4 +1,4 @@
-"""`loopbot bot run` without a usable token fails clearly; create_bot connects nothing."""
+"""`loopbot bot run` without a usable token fails clearly, before anything is built."""
 
 from __future__ import annotations
 
@@ -21,22 +21,3 @@ def test_bot_run_without_a_token_says_how_to_set_it(
     err = capsys.readouterr().err
     assert "DISCORD_TOKEN is not set" in err and ".env" in err
     assert not (tmp_path / "data").exists()  # nothing was built before the token check
-
-
-def test_create_bot_builds_a_ready_unconnected_bot(bot_settings, bot_services) -> None:
-    from bot.discord_app import create_bot
-
-    bot = create_bot(bot_settings, **bot_services)
-
-    assert not bot.is_ready() and bot.ws is None
-    intents = bot.intents
-    assert (
-        intents.guilds
-        and intents.messages
-        and intents.message_content
-        and intents.reactions
-        and intents.members
-    )
-    assert bot.services.answer_service is bot_services["answer_service"]
-    with pytest.raises(TypeError, match="unknown services"):
-        create_bot(bot_settings, model=object())
