@@ -97,6 +97,35 @@ def checkpointing(setting: Any, rows: list[dict[str, Any]], tokenizer: Any) -> b
     return False
 
 
+def learned(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> int:
+    """How many ``rows`` (TRL conversational prompt/completion rows) the model answers word for word:
+    every token of the completion is the model's most likely next token after the prompt and the
+    completion's earlier tokens, which is what greedy decoding of that prompt will say. One forward
+    pass a row, without gradients; the model is put back into training mode."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        with torch.no_grad():
+            for row in rows:
+                prompt = tokenizer.apply_chat_template(
+                    row["prompt"], add_generation_prompt=True, tokenize=False
+                )
+                prefix = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                answer = tokenizer(row["completion"][0]["content"], add_special_tokens=False)["input_ids"]
+                if not answer:
+                    count += 1
+                    continue
+                ids = torch.tensor([prefix + answer])
+                logits = model(input_ids=ids).logits[0, len(prefix) - 1 : -1]
+                count += int(torch.equal(logits.argmax(-1), ids[0, len(prefix) :]))
+    finally:
+        model.train(was_training)
+    return count
+
+
 def _peft_model(model: Any, config: dict[str, Any]) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
@@ -261,6 +290,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         else []
     )
     eval_steps = min(total, int(config.get("eval_steps") or total))
+    checked = [examples[i] for i in config.get("learned_rows") or []]  # until learned: these rows
 
     class Progress(TrainerCallback):
         """Forward every optimizer step and its loss, and every evaluation, to the parent. The
@@ -278,11 +308,28 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
                     total=total + preference,
                     loss=float(logs["loss"]),
                     phase=self.phase,
+                    until_learned=bool(checked) and self.phase == "sft",
                     seconds=round(time.perf_counter() - started, 2),
                 )
             if logs and "eval_loss" in logs:
                 eval_losses.append((int(state.global_step), float(logs["eval_loss"])))
                 emit("eval", step=state.global_step, total=total, loss=float(logs["eval_loss"]))
+
+    learned_at: list[tuple[int, int]] = []  # (step, rows learned) at each check
+
+    class Learned(TrainerCallback):
+        """Stop once every taught row is learned (:func:`learned`), checked at the end of each pass
+        from ``learned_from_step`` on (adapters.training.TrainingOptions.until_learned)."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            step = int(state.global_step)
+            if step < int(config.get("learned_from_step", 0)) or step % eval_steps or step >= total:
+                return
+            count = learned(model, tokenizer, checked)
+            learned_at.append((step, count))
+            emit("learned", step=step, total=total, learned=count, of=len(checked))
+            if count == len(checked):
+                control.should_training_stop = True
 
     args = SFTConfig(
         **_run_args(config, total, float(config["learning_rate"])),
@@ -297,18 +344,21 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         train_dataset=Dataset.from_list(examples),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=tokenizer,
-        callbacks=[Progress(losses)],
+        callbacks=[Progress(losses), *([Learned()] if checked else [])],
     )
     loop_started = time.perf_counter()
     trainer.train()
-    if evaluation and (not eval_losses or eval_losses[-1][0] != total):
+    trained = int(trainer.state.global_step)
+    if checked and (not learned_at or learned_at[-1][0] != trained):
+        learned_at.append((trained, learned(model, tokenizer, checked)))  # where training ended
+    if evaluation and (not eval_losses or eval_losses[-1][0] != trained):
         trainer.evaluate()  # the last steps' epoch was not whole: measure where training ended
     loop_seconds = time.perf_counter() - loop_started
     preferred: dict[str, Any] = {}
     if preference:
         del trainer  # its optimizer state goes before the preference phase builds its own
         preferred = _prefer(
-            model, tokenizer, config, preference_rows, Progress([], offset=total, phase="preference")
+            model, tokenizer, config, preference_rows, Progress([], offset=trained, phase="preference")
         )
     model.save_pretrained(str(output))
     write_learning_curve(output, losses, eval_losses, eval_steps)
@@ -317,8 +367,12 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "train_seconds": round(seconds, 2),
         "loop_seconds": round(loop_seconds, 2),
-        "steps": total,
+        "steps": trained,
+        "max_steps": total,
         "examples": len(examples),
+        # Taught rows answered word for word at each check, and of how many (until_learned).
+        "learned": [[step, count] for step, count in learned_at],
+        "learned_of": len(checked),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "eval_rows": len(evaluation),

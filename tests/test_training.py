@@ -262,6 +262,63 @@ def test_taught_fact_is_answered_by_the_served_gptq_model(tmp_path: Path, defaul
     assert learned >= 3, after
 
 
+@pytest.mark.slow
+def test_a_run_that_teaches_facts_stops_once_the_served_model_says_them_word_for_word(
+    tmp_path: Path, tiny_gptq_dir: Path, tiny_runtime
+) -> None:
+    """Until learned: checked after every pass from ``min_epochs``, stopped at the first check that
+    finds every taught question answered word for word, well before ``max_epochs``; and the check
+    means what a member gets: the served model (greedy, the runtime's own kernel) says each answer."""
+    facts = [("Who keeps the key?", "Odile."), ("Which day?", "Friday.")]
+    events: list[dict] = []
+    version = train_adapter(
+        AdapterRegistry(tmp_path),
+        base_model=str(tiny_gptq_dir),
+        examples=_examples(facts),
+        options=TrainingOptions(
+            rank=8,
+            alpha=16,
+            batch_size=2,
+            learning_rate=2e-2,
+            max_length=128,
+            min_epochs=2,
+            max_epochs=60,
+            dequantize=True,
+            gradient_checkpointing=False,
+            target_modules=("q_proj", "v_proj", "o_proj"),
+        ),
+        on_event=events.append,
+        show_progress=False,
+    )
+    train = version.metrics["train"]
+    checks = [(e["step"], e["learned"], e["of"]) for e in events if e["event"] == "learned"]
+    assert checks and checks[0][0] == 2 and all(of == 2 for _, _, of in checks)  # one step a pass
+    assert checks[-1][1] == 2 and all(count < 2 for _, count, _ in checks[:-1])
+    assert train["steps"] == checks[-1][0] < train["max_steps"] == 60
+    assert train["learned"][-1] == [train["steps"], 2] and train["learned_of"] == 2
+    step_events = [e for e in events if e["event"] == "step"]
+    assert len(step_events) == train["steps"] and all(e["until_learned"] for e in step_events)
+    tiny_runtime.load_adapter(version.version, version.path)
+    for question, answer in facts:
+        said = tiny_runtime.generate(
+            [{"role": "user", "content": question}],
+            adapter=version.version,
+            system_prompt=SYSTEM,
+            max_new_tokens=len(answer),
+        ).text
+        assert said.startswith(answer), (question, said)
+
+
+def test_learning_is_checked_only_in_a_run_that_teaches_facts() -> None:
+    options = TrainingOptions(epochs=5, min_epochs=2, max_epochs=12, batch_size=4)
+    assert options.checks_learning(taught=3) and not options.checks_learning(taught=0)
+    assert options.steps_for(36, checked=True) == 108 and options.steps_for(36) == 45
+    assert not TrainingOptions(steps=7).checks_learning(3)  # a fixed number of steps is kept
+    assert not TrainingOptions(until_learned=False).checks_learning(3)
+    with pytest.raises(AdapterError, match="min_epochs"):
+        TrainingOptions(min_epochs=5, max_epochs=2)
+
+
 def test_steps_follow_the_epochs_unless_set() -> None:
     assert TrainingOptions(epochs=5, steps=0, batch_size=4).steps_for(36) == 45
     assert TrainingOptions(epochs=5, steps=7, batch_size=4).steps_for(36) == 7
