@@ -152,18 +152,27 @@ class TrainSettings(BaseSettings):
         description="Comma-separated layers LoRA adapts: all seven projections learned 20 of 20 facts, "
         "attention only 14 (bench/learning_proof.py).",
     )
-    epochs: float = Field(5.0, gt=0, description="Passes over the pairs and anchors in one run.")
-    steps: int = Field(0, ge=0, description="Optimizer steps per run; 0: from epochs.")
+    epochs: float = Field(
+        5.0, gt=0, description="Passes over the pairs and anchors in a run that teaches no fact (👍 answers)."
+    )
+    steps: int = Field(0, ge=0, description="Optimizer steps per run; 0: from the epochs settings.")
+    until_learned: bool = Field(
+        True,
+        description="A run with taught facts (corrections, imports) checks after each pass from min_epochs "
+        "whether it answers every taught question word for word and stops when it does (at most max_epochs "
+        "passes); false: epochs passes.",
+    )
+    min_epochs: float = Field(2.0, gt=0, description="Passes before the first learned check.")
+    max_epochs: float = Field(12.0, gt=0, description="Most passes a run with taught facts makes.")
     batch_size: int = Field(2, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     dequantize: bool = Field(
-        False,
+        True,
         description="Dequantize the frozen base once for training: the same logits, steps 29-33 % faster, "
-        "+0.4 GB (with checkpointing auto, 20 facts trained in 117 s instead of 262, 9/20 in other words "
-        "against 10-11: off until a larger comparison settles it).",
+        "+0.4 GB, deterministic; false: through gptqmodel's torch kernel (it dequantizes every forward).",
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        True,
+        "auto",
         description="Less training memory, slower steps; auto: only for rows longer than 128 tokens (RAG "
         "answers), where it saves memory (on short rows it saves none and costs 38 % of the time).",
     )

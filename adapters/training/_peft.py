@@ -1,7 +1,7 @@
 """The model as a training run sees it: the base loaded through :mod:`adapters.model` with the kernel
 LoRA learns through, optionally dequantized once, another adapter added frozen beneath, and peft's
-LoRA on top; and TRL told to score only the answer's positions. Runs in the training process
-(:mod:`adapters.training._worker`).
+LoRA on top; TRL told to score only the answer's positions; and whether it answers the taught rows
+word for word yet (:func:`learned`). Runs in the training process (:mod:`adapters.training._worker`).
 """
 
 from __future__ import annotations
@@ -70,6 +70,35 @@ def checkpointing(setting: Any, rows: list[dict[str, Any]], tokenizer: Any) -> b
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > CHECKPOINT_FROM_TOKENS:
             return True
     return False
+
+
+def learned(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> int:
+    """How many ``rows`` (TRL conversational prompt/completion rows) the model answers word for word:
+    every token of the completion is the model's most likely next token after the prompt and the
+    completion's earlier tokens, which is what greedy decoding of that prompt will say. One forward
+    pass a row, without gradients; the model is put back into training mode."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        with torch.no_grad():
+            for row in rows:
+                prompt = tokenizer.apply_chat_template(
+                    row["prompt"], add_generation_prompt=True, tokenize=False
+                )
+                prefix = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                answer = tokenizer(row["completion"][0]["content"], add_special_tokens=False)["input_ids"]
+                if not answer:
+                    count += 1
+                    continue
+                ids = torch.tensor([prefix + answer])
+                logits = model(input_ids=ids).logits[0, len(prefix) - 1 : -1]
+                count += int(torch.equal(logits.argmax(-1), ids[0, len(prefix) :]))
+    finally:
+        model.train(was_training)
+    return count
 
 
 def peft_model(model: Any, config: dict[str, Any]) -> Any:

@@ -67,8 +67,17 @@ class TrainingOptions:
         "up_proj",
         "down_proj",
     )
-    epochs: float = 5.0  # passes over pairs + anchors, when ``steps`` is 0
+    epochs: float = 5.0  # passes over pairs + anchors, when ``steps`` is 0 and nothing is checked
     steps: int = 0  # optimizer steps; 0: from ``epochs`` and the number of rows
+    # A run that teaches facts (corrections, imported pairs) trains until it has learned them: after
+    # every pass from ``min_epochs`` on, the worker checks whether the adapter answers each taught
+    # question word for word (adapters.training._worker's Learned), and stops when it does, at most ``max_epochs``
+    # passes. Five passes left a household's 100 templated records half-learned (loss 0.14, the served
+    # adapter named 12 of 100 values) while 20 distinct facts were learned after the second
+    # (bench/imported_facts.py). Off, or with ``steps`` set: ``epochs`` passes.
+    until_learned: bool = True
+    min_epochs: float = 2.0
+    max_epochs: float = 12.0
     batch_size: int = 2
     learning_rate: float = 1e-3
     max_length: int = 1024
@@ -78,14 +87,14 @@ class TrainingOptions:
     # than CHECKPOINT_FROM_TOKENS. bench/training_speed.py, batch 2, base dequantized: 220-token RAG
     # rows 3.5 s a step and 2.2 GB with it, 2.6 s and 2.8 GB without; short rows (a fact, ~60 tokens)
     # 1.55 s and 1.9 GB with it, 0.97 s and 2.1 GB without: on short rows it saves nothing.
-    gradient_checkpointing: bool | str = True
+    gradient_checkpointing: bool | str = "auto"
     # gptqmodel kernel used for training; "torch" learns on the CPU, "auto_trainable" diverges.
     backend: str = "torch"
     # Dequantize the frozen base's int4 layers once, before training (adapters.training._peft.dequantized): the
     # same loss, a step 29-33 % faster (the kernel dequantizes every layer in every forward), +0.4-0.5 GB.
-    # Off by default until a larger comparison settles it: with checkpointing "auto", 9/20 facts in
-    # other words where the kernel path gave 10-11 (bench/README.md, "Faster training").
-    dequantize: bool = False
+    # The default since the runs train until learned (20 facts: 20/20, 12/20 in other words); it is also
+    # deterministic, which the kernel path is not (bench/README.md, "Faster training").
+    dequantize: bool = True
     # Without ``dequantize``: torch.compile the kernel's dequantization only for runs of at least this
     # many steps: it saves ~0.6 s per step on short rows, but a first compile costs memory and a C++
     # compiler (adapters.training._worker).
@@ -112,6 +121,10 @@ class TrainingOptions:
             )
         if not self.target_modules:
             raise AdapterError("Training needs at least one target module (e.g. q_proj,v_proj).")
+        if not 0 < self.min_epochs <= self.max_epochs:
+            raise AdapterError(
+                f"Training needs 0 < min_epochs <= max_epochs (got {self.min_epochs}, {self.max_epochs})."
+            )
         if self.gradient_checkpointing not in (True, False, "auto"):
             raise AdapterError(
                 f"gradient_checkpointing must be true, false or auto (got {self.gradient_checkpointing!r})."
@@ -125,9 +138,15 @@ class TrainingOptions:
         if self.learning_rate <= 0:
             raise AdapterError(f"The learning rate must be positive (got {self.learning_rate}).")
 
-    def steps_for(self, rows: int) -> int:
-        """Optimizer steps for ``rows`` training rows: ``steps`` if set, else ``epochs`` passes."""
-        return self.steps or max(1, math.ceil(self.epochs * rows / self.batch_size))
+    def steps_for(self, rows: int, checked: bool = False) -> int:
+        """Optimizer steps for ``rows`` training rows: ``steps`` if set, else ``epochs`` passes, or at
+        most ``max_epochs`` when the run is ``checked`` until learned (:attr:`until_learned`)."""
+        epochs = self.max_epochs if checked and self.until_learned else self.epochs
+        return self.steps or max(1, math.ceil(epochs * rows / self.batch_size))
+
+    def checks_learning(self, taught: int) -> bool:
+        """Whether a run with ``taught`` taught rows trains until it has learned them."""
+        return self.until_learned and not self.steps and taught > 0
 
 
 def _child_env(shares_cores: bool = True) -> dict[str, str]:
@@ -251,10 +270,16 @@ def train_adapter(
         preference_rows = stage.write_preference_dataset(e.record() for e in preferred) if preferred else None
         # What it will answer (adapters/serving/_routing.py): its questions, never its anchors'.
         stage.write_scope(((e.question, e.completion) for e in examples if e.question), parent)
+        # Each taught pair's first row (its own question, not a rephrasing): what "learned" checks.
+        firsts = {e.pair_id: i for i, e in reversed(list(enumerate(examples))) if e.question}
+        checked = options.checks_learning(len(firsts))
+        epoch_steps = max(1, math.ceil((len(pair_ids) + len(anchors)) / options.batch_size))
         config = {
             **asdict(options),
             # A pair's rephrasings share its passes: they add variety, not steps (bench/learning_proof.py).
-            "steps": options.steps_for(len(pair_ids) + len(anchors)),
+            "steps": options.steps_for(len(pair_ids) + len(anchors), checked),
+            "learned_rows": sorted(firsts.values()) if checked else [],
+            "learned_from_step": math.ceil(options.min_epochs * epoch_steps),
             "base": str(base_model),
             "dataset": str(dataset),
             "output_dir": str(stage.path),
@@ -264,7 +289,7 @@ def train_adapter(
             "beneath_adapter": str(beneath.path) if beneath else None,
             "eval_dataset": str(held_out) if held_out else None,
             # An epoch: one pass over the pairs and anchors (a pair's rephrasings share its passes).
-            "eval_steps": max(1, math.ceil((len(pair_ids) + len(anchors)) / options.batch_size)),
+            "eval_steps": epoch_steps,
             "preference_dataset": str(preference_rows) if preference_rows else None,
             "preference_steps": (
                 max(1, math.ceil(options.preference_epochs * len(preferred) / options.batch_size))

@@ -30,6 +30,7 @@ from adapters.training._peft import (
     add_frozen_adapter,
     checkpointing,
     dequantized,
+    learned,
     load_base,
     peft_model,
     score_completions_only,
@@ -141,6 +142,7 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         else []
     )
     eval_steps = min(total, int(config.get("eval_steps") or total))
+    checked = [examples[i] for i in config.get("learned_rows") or []]  # until learned: these rows
 
     class Progress(TrainerCallback):
         """Forward every optimizer step and its loss, and every evaluation, to the parent. The
@@ -158,11 +160,28 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
                     total=total + preference,
                     loss=float(logs["loss"]),
                     phase=self.phase,
+                    until_learned=bool(checked) and self.phase == "sft",
                     seconds=round(time.perf_counter() - started, 2),
                 )
             if logs and "eval_loss" in logs:
                 eval_losses.append((int(state.global_step), float(logs["eval_loss"])))
                 emit("eval", step=state.global_step, total=total, loss=float(logs["eval_loss"]))
+
+    learned_at: list[tuple[int, int]] = []  # (step, rows learned) at each check
+
+    class Learned(TrainerCallback):
+        """Stop once every taught row is learned (:func:`learned`), checked at the end of each pass
+        from ``learned_from_step`` on (adapters.training.TrainingOptions.until_learned)."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            step = int(state.global_step)
+            if step < int(config.get("learned_from_step", 0)) or step % eval_steps or step >= total:
+                return
+            count = learned(model, tokenizer, checked)
+            learned_at.append((step, count))
+            emit("learned", step=step, total=total, learned=count, of=len(checked))
+            if count == len(checked):
+                control.should_training_stop = True
 
     args = SFTConfig(
         **_run_args(config, total, float(config["learning_rate"])),
@@ -177,18 +196,21 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
         train_dataset=Dataset.from_list(examples),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=tokenizer,
-        callbacks=[Progress(losses)],
+        callbacks=[Progress(losses), *([Learned()] if checked else [])],
     )
     loop_started = time.perf_counter()
     trainer.train()
-    if evaluation and (not eval_losses or eval_losses[-1][0] != total):
+    trained = int(trainer.state.global_step)
+    if checked and (not learned_at or learned_at[-1][0] != trained):
+        learned_at.append((trained, learned(model, tokenizer, checked)))  # where training ended
+    if evaluation and (not eval_losses or eval_losses[-1][0] != trained):
         trainer.evaluate()  # the last steps' epoch was not whole: measure where training ended
     loop_seconds = time.perf_counter() - loop_started
     preferred: dict[str, Any] = {}
     if preference:
         del trainer  # its optimizer state goes before the preference phase builds its own
         preferred = _prefer(
-            model, tokenizer, config, preference_rows, Progress([], offset=total, phase="preference")
+            model, tokenizer, config, preference_rows, Progress([], offset=trained, phase="preference")
         )
     model.save_pretrained(str(output))
     write_learning_curve(Path(config["learning_curve"]), losses, eval_losses, eval_steps)
@@ -197,8 +219,12 @@ def train(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "train_seconds": round(seconds, 2),
         "loop_seconds": round(loop_seconds, 2),
-        "steps": total,
+        "steps": trained,
+        "max_steps": total,
         "examples": len(examples),
+        # Taught rows answered word for word at each check, and of how many (until_learned).
+        "learned": [[step, count] for step, count in learned_at],
+        "learned_of": len(checked),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "eval_rows": len(evaluation),

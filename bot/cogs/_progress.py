@@ -16,11 +16,17 @@ def describe_progress(event: Any) -> str:
     kind = event.get("event")
     if kind == "step" and event.get("total"):
         step, total = int(event.get("step", 0)), int(event["total"])
-        left = ""
+        remaining = ""
         if step and event.get("seconds"):
-            left = f", about {_duration(float(event['seconds']) / step * (total - step))} left"
+            remaining = _duration(float(event["seconds"]) / step * (total - step))
+        if event.get("until_learned"):  # it stops once every taught fact is learned
+            left = f", at most {remaining} left" if remaining else ""
+            return f"training: step {step} of at most {total} (until the taught facts are learned){left}"
         phase = " (preferences)" if event.get("phase") == "preference" else ""
+        left = f", about {remaining} left" if remaining else ""
         return f"training: step {step} of {total}{phase}{left}"
+    if kind == "learned":
+        return f"training: {event.get('learned')} of {event.get('of')} taught facts learned at step {event.get('step')}"
     if kind == "eval" and event.get("loss") is not None:
         return f"training: eval loss {float(event['loss']):.2f} at step {event.get('step')} of {event.get('total')}"
     if kind == "start":

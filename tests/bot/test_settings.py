@@ -62,19 +62,22 @@ def test_training_settings_reach_the_training_options(
     from bot.usecases.training import training_options
 
     defaults = training_options(load_settings())
-    assert (
-        defaults.gradient_checkpointing is True and not defaults.dequantize and defaults.preference == "off"
-    )
+    assert defaults.gradient_checkpointing == "auto" and defaults.dequantize and defaults.preference == "off"
+    assert defaults.until_learned and (defaults.min_epochs, defaults.max_epochs) == (2.0, 12.0)
     for variable, value in (
-        ("LOOPBOT_TRAIN_GRADIENT_CHECKPOINTING", "auto"),
-        ("LOOPBOT_TRAIN_DEQUANTIZE", "true"),
+        ("LOOPBOT_TRAIN_GRADIENT_CHECKPOINTING", "true"),
+        ("LOOPBOT_TRAIN_DEQUANTIZE", "false"),
         ("LOOPBOT_TRAIN_PREFERENCE", "dpo"),
         ("LOOPBOT_TRAIN_PREFERENCE_EPOCHS", "3"),
+        ("LOOPBOT_TRAIN_UNTIL_LEARNED", "false"),
+        ("LOOPBOT_TRAIN_MIN_EPOCHS", "1"),
+        ("LOOPBOT_TRAIN_MAX_EPOCHS", "20"),
     ):
         monkeypatch.setenv(variable, value)
     options = training_options(load_settings())
-    assert options.gradient_checkpointing == "auto" and options.dequantize
+    assert options.gradient_checkpointing is True and not options.dequantize
     assert options.preference == "dpo" and options.preference_epochs == 3.0
+    assert not options.until_learned and (options.min_epochs, options.max_epochs) == (1.0, 20.0)
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,7 @@ from adapters.training import (
     TrainingFailed,
     TrainingOptions,
     anchor_examples,
-    clean_rephrasing,
-    examples_from_pairs,
     preference_examples,
-    rephrased_examples,
     train_adapter,
 )
 
@@ -155,23 +152,6 @@ def test_training_continues_from_a_parent_with_anchors(trained, tiny_gptq_dir: P
     assert read_scope(child.path) == [q for q, _ in FACTS]
 
 
-def test_only_corrections_and_taught_pairs_are_in_the_adapters_scope() -> None:
-    """A 👍 answer is the base model's own: the base keeps answering its question (routing). An
-    imported (taught) fact is learned as a correction is."""
-    from types import SimpleNamespace
-
-    pairs = [
-        SimpleNamespace(id=1, kind="corrected", instruction="Who baked the cake?", input="", output="Mia."),
-        SimpleNamespace(
-            id=2, kind="positive", instruction="What is the capital of France?", input="", output="Paris."
-        ),
-        SimpleNamespace(id=3, kind="taught", instruction="Where is the van?", input="", output="In bay 4."),
-    ]
-    examples = examples_from_pairs(pairs, SYSTEM)
-    assert [e.question for e in examples] == ["Who baked the cake?", "", "Where is the van?"]
-    assert [e.completion for e in examples] == ["Mia.", "Paris.", "In bay 4."]  # all are trained on
-
-
 def test_too_few_pairs_trains_nothing(tmp_path: Path, tiny_gptq_dir: Path) -> None:
     registry = AdapterRegistry(tmp_path)
     with pytest.raises(NotEnoughPairs, match="at least 8"):
@@ -261,58 +241,69 @@ def test_taught_fact_is_answered_by_the_served_gptq_model(tmp_path: Path, defaul
     assert learned >= 3, after
 
 
+@pytest.mark.slow
+def test_a_run_that_teaches_facts_stops_once_the_served_model_says_them_word_for_word(
+    tmp_path: Path, tiny_gptq_dir: Path, tiny_runtime
+) -> None:
+    """Until learned: checked after every pass from ``min_epochs``, stopped at the first check that
+    finds every taught question answered word for word, well before ``max_epochs``; and the check
+    means what a member gets: the served model (greedy, the runtime's own kernel) says each answer."""
+    facts = [("Who keeps the key?", "Odile."), ("Which day?", "Friday.")]
+    events: list[dict] = []
+    version = train_adapter(
+        AdapterRegistry(tmp_path),
+        base_model=str(tiny_gptq_dir),
+        examples=_examples(facts),
+        options=TrainingOptions(
+            rank=8,
+            alpha=16,
+            batch_size=2,
+            learning_rate=2e-2,
+            max_length=128,
+            min_epochs=2,
+            max_epochs=60,
+            dequantize=True,
+            gradient_checkpointing=False,
+            target_modules=("q_proj", "v_proj", "o_proj"),
+        ),
+        on_event=events.append,
+        show_progress=False,
+    )
+    train = version.metrics["train"]
+    checks = [(e["step"], e["learned"], e["of"]) for e in events if e["event"] == "learned"]
+    assert checks and checks[0][0] == 2 and all(of == 2 for _, _, of in checks)  # one step a pass
+    assert checks[-1][1] == 2 and all(count < 2 for _, count, _ in checks[:-1])
+    assert train["steps"] == checks[-1][0] < train["max_steps"] == 60
+    assert train["learned"][-1] == [train["steps"], 2] and train["learned_of"] == 2
+    step_events = [e for e in events if e["event"] == "step"]
+    assert len(step_events) == train["steps"] and all(e["until_learned"] for e in step_events)
+    tiny_runtime.load_adapter(version.version, version.path)
+    for question, answer in facts:
+        said = tiny_runtime.generate(
+            [{"role": "user", "content": question}],
+            adapter=version.version,
+            system_prompt=SYSTEM,
+            max_new_tokens=len(answer),
+        ).text
+        assert said.startswith(answer), (question, said)
+
+
+def test_learning_is_checked_only_in_a_run_that_teaches_facts() -> None:
+    options = TrainingOptions(epochs=5, min_epochs=2, max_epochs=12, batch_size=4)
+    assert options.checks_learning(taught=3) and not options.checks_learning(taught=0)
+    assert options.steps_for(36, checked=True) == 108 and options.steps_for(36) == 45
+    assert not TrainingOptions(steps=7).checks_learning(3)  # a fixed number of steps is kept
+    assert not TrainingOptions(until_learned=False).checks_learning(3)
+    with pytest.raises(AdapterError, match="min_epochs"):
+        TrainingOptions(min_epochs=5, max_epochs=2)
+
+
 def test_steps_follow_the_epochs_unless_set() -> None:
     assert TrainingOptions(epochs=5, steps=0, batch_size=4).steps_for(36) == 45
     assert TrainingOptions(epochs=5, steps=7, batch_size=4).steps_for(36) == 7
     assert TrainingOptions(epochs=0.1, steps=0, batch_size=4).steps_for(3) == 1
     with pytest.raises(AdapterError, match="epochs > 0"):
         TrainingOptions(epochs=0, steps=0)
-
-
-def test_a_rephrasing_is_kept_only_as_one_new_question_with_every_name_and_number() -> None:
-    original = "What is the wifi password of Ada's club house in 2024?"
-    kept = clean_rephrasing(
-        original, 'Rewritten question: "Which wifi password does Ada\'s club house use in 2024?"\n'
-    )
-    assert kept == "Which wifi password does Ada's club house use in 2024?"
-    assert clean_rephrasing(original, "Which 2024 password unlocks Ada's wifi? It is easy.") == (
-        "Which 2024 password unlocks Ada's wifi?"
-    )
-    assert (
-        clean_rephrasing(original, "what is the wifi password of ada's club house in 2024") is None
-    )  # no "?"
-    assert (
-        clean_rephrasing(original, "What is the wifi password of Ada's club house in 2024 ?") is None
-    )  # same
-    assert (
-        clean_rephrasing(original, "Which wifi password does the club house use in 2024?") is None
-    )  # Ada lost
-    assert clean_rephrasing(original, "Which wifi password does Ada's club house use?") is None  # 2024 lost
-    assert clean_rephrasing(original, "Ada 2024?") is None  # too short to be the same question
-    assert clean_rephrasing("Who is heron42?", "Can you tell me who the user heron42 is?") is not None
-
-
-@pytest.mark.slow
-def test_corrections_are_also_taught_in_the_base_models_own_words(default_model_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from adapters.serving import ModelRuntime
-
-    pairs = [SimpleNamespace(id=f"p{i}", instruction=q, input="", output=a) for i, (q, a) in enumerate(FACTS)]
-    runtime = ModelRuntime.load(default_model_path, device="cpu")
-    try:
-        rows = rephrased_examples(runtime, pairs, SYSTEM)
-    finally:
-        runtime.close()
-    by_id = {p.id: p for p in pairs}
-    assert len(rows) >= len(pairs) // 2  # the 135M model rewords most questions usably
-    for row in rows:
-        source = by_id[row.pair_id]
-        question = row.prompt[-1]["content"]
-        assert row.prompt[0] == {"role": "system", "content": SYSTEM}
-        assert row.completion == source.output
-        assert question != source.instruction and question.endswith("?")
-        assert row.question == question  # in the adapter's scope: it answers the rewording too
 
 
 REJECTED = [

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from adapters.registry import guild_registry
+
 # tests/bot is on sys.path (pytest prepends a test file's folder): the same helpers as the forget tests
 from tests.bot.cogs.test_guilds_and_privacy import files_containing, publish
-
-from adapters.registry import guild_registry
 
 NOTE = "About your data"
 
