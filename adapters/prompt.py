@@ -1,7 +1,7 @@
 """The one owner of the prompt layout: system prompt, context block and chat turns.
 
 Serving (``knowledge.chain``), training (``adapters.training``), calibration
-(``adapters._calibration``), the gate and the regression evaluation all build their messages here,
+(``adapters.model._calibration``), the gate and the regression evaluation all build their messages here,
 and both runtimes put the system prompt in front with :func:`with_system`. A prompt that drifts
 between training and serving silently undoes what training taught, so nothing else may spell out
 "Context:" or where the system prompt goes. Bump :data:`PROMPT_VERSION` whenever the layout

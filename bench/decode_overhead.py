@@ -102,7 +102,7 @@ def _decode_tok_s(
 
 def _step_ms(model: Any, rows: int, dense: bool, context: int = 100, growing: bool = False) -> float:
     """Median milliseconds of a decode step of ``rows`` rows on one thread; ``growing``: the engine's
-    cache (adapters/_cache.py) instead of transformers' ``DynamicCache``."""
+    cache (adapters/serving/_cache.py) instead of transformers' ``DynamicCache``."""
     import torch
     from transformers import DynamicCache
 

@@ -5,7 +5,7 @@ The facts are the first N of bench/data/learning_facts.json (invented: names, nu
 model knows), written as an owner would have them: an Alpaca JSON file, one pair per fact, no ``kind``.
 The two commands run as the owner runs them (subprocesses, a fresh data dir, the prepared default
 model); only the schedule's minimum of new pairs is lifted when N is below it. Then a runtime serving
-the guild's active adapter, routed as the bot routes (adapters/routing.py), answers:
+the guild's active adapter, routed as the bot routes (adapters/serving/_routing.py), answers:
 
 * taught: each imported question (right when the answer holds the fact's key);
 * paraphrased: each fact asked in other words (written for the benchmark, never trained on);

@@ -6,7 +6,7 @@ is asked once; the bot's wrong answer gets a trusted correction in a real feedba
 come out of ``FeedbackLog.pairs()`` exactly as in production, and the cycle runs with the default
 ``LOOPBOT_TRAIN_*`` recipe and gate (only the schedule's minimums are lifted). After it, the serving
 runtime (fast kernel) is asked, without retrieval, each question routed as the bot routes it
-(adapters/routing.py: the adapter answers only questions near its corrections; each answer records which):
+(adapters/serving/_routing.py: the adapter answers only questions near its corrections; each answer records which):
 
 * taught: every corrected question (an answer is correct when it contains the fact's key);
 * paraphrased: each taught fact asked in other words (written for the benchmark, never trained on);

@@ -14,7 +14,7 @@ corrections of their own. Two ways to serve that member's private answers:
 
 For each: the member's facts and the guild's facts answered in the member's private answers (served
 model, no retrieval), both asked in other words too, the regression set, and what training the member
-costs; routed as served (each adapter answers only questions near its own, adapters/routing.py) and
+costs; routed as served (each adapter answers only questions near its own, adapters/serving/_routing.py) and
 unrouted (every adapter answers everything, as before routing). Facts come from bench/data/learning_facts.json (first 10: the guild's, next 8: the member's), with
 the default recipe (16 anchors, 5 passes, rephrased corrections).
 

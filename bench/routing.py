@@ -1,6 +1,6 @@
 """Which questions an adapter answers under routing, by threshold (``LOOPBOT_MODEL_ADAPTER_MIN_SIMILARITY``).
 
-A version answers a question about a fact it was taught (adapters/routing.py): nearly the taught
+A version answers a question about a fact it was taught (adapters/serving/_routing.py): nearly the taught
 question (cosine >= 0.85, naming no other name or number), or close to it (cosine >= the threshold) *and* the taught answer, under its
 question, speaks of everything the question asks about. Before, close alone was enough; both rules
 are measured here ("close" and "about"), through ``QuestionRouting`` itself with the knowledge base's

@@ -188,7 +188,7 @@ class TrainSettings(BaseSettings):
     anchors: int = Field(
         16,
         ge=0,
-        le=46,  # the general questions in adapters/_calibration.py
+        le=46,  # the general questions in adapters/model/_calibration.py
         description="General questions the base model answers for itself, replayed in every run "
         "so the adapter keeps the base's general answers; 0: none.",
     )

@@ -93,7 +93,7 @@ def fact_answers(question: str, answer: str, taught: str, reworded: bool = False
     ``question``: by the rule for a note's quote (:func:`answers`, the questions as its heading), or,
     for a question that is a re-wording of a taught one (``reworded``), when it names no name or
     number the fact does not ("the 2024 contest" is not "the 2023 contest"): routing asks this before
-    a taught adapter answers (adapters/routing.py). Without an answer (a scope written before answers
+    a taught adapter answers (adapters/serving/_routing.py). Without an answer (a scope written before answers
     were kept) the questions must hold every word asked about."""
     if not reworded and not answer:
         return _covered(content_stems(question), taught) == 1.0

@@ -115,6 +115,31 @@ def test_tests_import_public_names_except_from_the_package_they_mirror() -> None
     assert _private_imports_across_packages(("tests",)) == []
 
 
+def _exists(module: str) -> bool:
+    path = ROOT.joinpath(*module.split("."))
+    return (path / "__init__.py").is_file() or path.with_suffix(".py").is_file()
+
+
+def test_every_import_names_a_module_of_this_tree() -> None:
+    """``from pkg.mod import x`` and ``import pkg.mod`` name a module that exists here (an installed
+    checkout elsewhere could otherwise answer for a module this tree moved or removed)."""
+    missing = []
+    for path in _sources(*PACKAGES, "bench", "tests"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules = [node.module]
+            else:
+                continue
+            missing += [
+                f"{path.relative_to(ROOT)}:{node.lineno} imports {module}"
+                for module in modules
+                if module.split(".")[0] in PACKAGES and not _exists(module)
+            ]
+    assert missing == []
+
+
 def test_the_check_sees_a_private_import() -> None:
     """The rule itself: what it flags and what it lets through."""
     assert _owner("adapters.serving._engine.BatchEngine") == "adapters.serving"

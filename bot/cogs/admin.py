@@ -128,7 +128,9 @@ class AdminCog(commands.Cog):
             else "Learning in this server: **off** (no new pairs, no training; `/privacy server_learning: on`)",
         ]
         threshold = self.services.settings.model.adapter_min_similarity
-        if serving and threshold > 0:  # adapters/routing.py: only questions close to what it was taught
+        if (
+            serving and threshold > 0
+        ):  # adapters.serving.QuestionRouting: only questions close to what it was taught
             lines.append(
                 "It answers questions close to the ones it was corrected on (similarity ≥ "
                 f"{threshold:g}); the base model answers the others."

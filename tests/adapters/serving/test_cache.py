@@ -1,4 +1,4 @@
-"""The engine's growing key/value cache (adapters/_cache.py): the same attention as transformers' own."""
+"""The engine's growing key/value cache (adapters/serving/_cache.py): the same attention as transformers' own."""
 
 from __future__ import annotations
 

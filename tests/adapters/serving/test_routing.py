@@ -273,3 +273,22 @@ def test_what_the_server_taught_is_labelled_and_nothing_else_is(
     local = service.answer("What is the wifi password of the bakery?", user_id="1", guild_id="5")
     assert local.answer.startswith(NOTHING_FOUND) and GENERAL_KNOWLEDGE not in local.answer
     assert not local.answer.startswith(TAUGHT_LABEL)
+
+
+def test_the_modules_figures_are_the_regression_sets() -> None:
+    """The module says what routing saves through the regression set: its counts must be the set's
+    (it said "the 70 general questions" of a set of 14 + 56 gradable ones)."""
+    import re
+
+    from adapters.gate import core_regression_questions, load_regression_questions
+    from adapters.serving import _routing
+
+    said = re.search(
+        r"(\d+) gradable questions of the regression set \(the product's (\d+) and (\d+) general ones\)",
+        " ".join((_routing.__doc__ or "").split()),
+    )
+    assert said is not None, "the module no longer says which questions the figure is about"
+    every, core = load_regression_questions(), core_regression_questions()
+    gradable = [q for q in every if q.expected_any]
+    core_gradable = [q for q in core if q.expected_any]
+    assert [int(n) for n in said.groups()] == [len(gradable), len(core_gradable), len(every) - len(core)]
