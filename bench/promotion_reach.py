@@ -75,7 +75,7 @@ async def _run(args: argparse.Namespace) -> dict:
             await asyncio.to_thread(subprocess.run, cmd, env=env, check=True, capture_output=True)
             done = time.perf_counter()
             want = registry.get(target).served_name
-            while adapters.adapter_for(GUILD) != want:
+            while adapters.choice_for(GUILD).top != want:
                 await asyncio.sleep(0.01)
             reach.append(time.perf_counter() - done)
         t = time.perf_counter()
