@@ -4,10 +4,7 @@
 - :mod:`~adapters.registry._registry`: one registry: versions, the active pointer, staging, the lock
 - :mod:`~adapters.registry._version`: one version's directory, every file in it, read and written here
 
-Crash safety comes from two atomic primitives: a finished run is published with one ``os.rename``
-of its staging directory to ``vNNNN`` (a half-written run therefore never looks like a version),
-and the active pointer is replaced with write-temp + fsync + ``os.replace``. A kill at any moment
-leaves either the old state or the new one, never a mix.
+A kill at any moment leaves a registry as it was or as it became, never a mix (how: ``_registry``).
 """
 
 from adapters.registry._places import (

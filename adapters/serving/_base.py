@@ -72,22 +72,33 @@ class RuntimeBase:
 
     def set_active_adapter(self, name: str | None) -> None:
         """Make ``name`` the default adapter of new requests (None: base model only)."""
-        if name is not None and name not in self._adapters:
+        if name is not None:
+            self._require_loaded(name)
+        with self._lock:
+            self._active = name
+
+    def adapter_path(self, name: str) -> Path | None:
+        """The directory the adapter loaded as ``name`` came from (None: not loaded)."""
+        return self._adapters.get(name)
+
+    def _require_new(self, name: str) -> None:
+        """AdapterError unless ``name`` is free to load an adapter under."""
+        if not name or name in self._adapters:
+            raise AdapterError(f"An adapter named {name!r} is already loaded: use a new (versioned) name.")
+
+    def _require_loaded(self, name: str) -> None:
+        """AdapterError unless an adapter is loaded under ``name``."""
+        if name not in self._adapters:
             raise AdapterError(
                 f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
             )
-        with self._lock:
-            self._active = name
 
     def _resolve(self, adapter: AdapterChoice | str | None) -> AdapterChoice:
         """The adapters a request is answered with: ``adapter`` (a choice, one name, or None for the
         base model) with :data:`~adapters.serving.ACTIVE` fixed to the active one now; each loaded."""
         choice = AdapterChoice.of(adapter).resolve(self._active)
         for name in choice.names:
-            if name not in self._adapters:
-                raise AdapterError(
-                    f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
-                )
+            self._require_loaded(name)
         return choice
 
     def generate(self, messages: list[dict[str, str]], **kwargs: Any) -> Generation:

@@ -80,8 +80,7 @@ class RemoteRuntime(RuntimeBase):
 
     def load_adapter(self, name: str, path: Path) -> None:
         """Ask the server to load the LoRA in ``path`` (a path the *server* can read) as ``name``."""
-        if not name or name in self._adapters:
-            raise AdapterError(f"An adapter named {name!r} is already loaded: use a new (versioned) name.")
+        self._require_new(name)
         self._post(
             "/v1/load_lora_adapter",
             {"lora_name": name, "lora_path": str(path)},
@@ -89,16 +88,9 @@ class RemoteRuntime(RuntimeBase):
         )
         self._adapters[name] = Path(path)
 
-    def adapter_path(self, name: str) -> Path | None:
-        """The directory the adapter loaded as ``name`` came from (None: not loaded)."""
-        return self._adapters.get(name)
-
     def unload_adapter(self, name: str) -> None:
         """Ask the server to drop adapter ``name``."""
-        if name not in self._adapters:
-            raise AdapterError(
-                f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
-            )
+        self._require_loaded(name)
         with self._lock:
             if self._active == name:
                 self._active = None

@@ -239,8 +239,7 @@ class ModelRuntime(RuntimeBase):
     def load_adapter(self, name: str, path: Path) -> None:
         """Attach the LoRA adapter in ``path`` under ``name`` (unmerged). AdapterError if missing,
         corrupt, already loaded, or trained for another base. Requests in flight are not disturbed."""
-        if not name or name in self._adapters:
-            raise AdapterError(f"An adapter named {name!r} is already loaded: use a new (versioned) name.")
+        self._require_new(name)
         config = check_adapter_dir(Path(path), self._shapes, self._base)
         try:
             deltas = read_adapter(Path(path), config)
@@ -252,16 +251,9 @@ class ModelRuntime(RuntimeBase):
         self._adapters[name] = Path(path)
         log.info("adapter %s loaded from %s (r=%s)", name, path, config.get("r"))
 
-    def adapter_path(self, name: str) -> Path | None:
-        """The directory the adapter loaded as ``name`` came from (None: not loaded)."""
-        return self._adapters.get(name)
-
     def unload_adapter(self, name: str) -> None:
         """Detach adapter ``name`` once no request submitted with it remains (new ones cannot use it)."""
-        if name not in self._adapters:
-            raise AdapterError(
-                f"No adapter named {name!r} is loaded (loaded: {', '.join(self._adapters) or 'none'})."
-            )
+        self._require_loaded(name)
         with self._lock:
             if self._active == name:
                 self._active = None

@@ -8,14 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.training import clean_rephrasing, examples_from_pairs, rephrased_examples
-
-SYSTEM = "You are loopbot, a test assistant."
-FACTS = [
-    ("What is the name of the lighthouse keeper's parrot?", "The parrot is called Quibble."),
-    ("Which colour is the door of the club house?", "The club house door is teal."),
-    ("On which day does the chess group meet?", "The chess group meets on Thursday."),
-    ("Who baked the cake for the spring fair?", "Marguerite baked the cake."),
-]
+from tests.adapters.training.facts import FACTS, SYSTEM
 
 
 def test_only_corrections_and_taught_pairs_are_in_the_adapters_scope() -> None:

@@ -10,8 +10,7 @@ import pytest
 from adapters.errors import AdapterError
 from adapters.prompt import training_messages
 from adapters.training import TrainingExample, TrainingOptions
-
-SYSTEM = "You are loopbot, a test assistant."
+from tests.adapters.training.facts import SYSTEM
 
 
 def test_only_the_answer_is_scored_and_the_loss_is_unchanged(tiny_model_dir: Path) -> None:

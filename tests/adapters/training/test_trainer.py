@@ -22,14 +22,8 @@ from adapters.training import (
     preference_examples,
     train_adapter,
 )
+from tests.adapters.training.facts import FACTS, SYSTEM
 
-SYSTEM = "You are loopbot, a test assistant."
-FACTS = [
-    ("What is the name of the lighthouse keeper's parrot?", "The parrot is called Quibble."),
-    ("Which colour is the door of the club house?", "The club house door is teal."),
-    ("On which day does the chess group meet?", "The chess group meets on Thursday."),
-    ("Who baked the cake for the spring fair?", "Marguerite baked the cake."),
-]
 HELD_OUT = [
     ("Where does the choir rehearse?", "The choir rehearses in the old mill."),
     ("Who keeps the spare keys?", "Odile keeps the spare keys."),
