@@ -102,6 +102,8 @@ def learned(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> int:
 
 
 def peft_model(model: Any, config: dict[str, Any]) -> Any:
+    """``model`` with the run's LoRA on it (peft): the parent adapter's weights to continue from, or a
+    fresh LoRA of ``rank`` and ``alpha`` on the target layers it has; checkpointing as configured."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     checkpointing = bool(config.get("gradient_checkpointing", False))

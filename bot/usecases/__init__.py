@@ -1,8 +1,8 @@
 """Use cases: what loopbot does, once, for both front ends.
 
-The Discord cogs (``bot/cogs``) and the CLI commands (``bot/commands``) only translate: an
-interaction or a command line becomes a call to one of these functions, and its result becomes a
-message. Each function takes its parts (knowledge base, feedback log, registry, runtime) as
+The Discord cogs (``bot/cogs``) and the CLI commands (``bot/commands``) translate: an interaction
+or a command line becomes a call to one of these functions, and its result becomes a message; what is
+Discord's own (streaming edits, buttons and forms, private delivery, the schedule) stays in the cogs. Each function takes its parts (knowledge base, feedback log, registry, runtime) as
 arguments, so the same code serves the bot, the CLI, the demo and the tests. Nothing here imports
 discord.
 
