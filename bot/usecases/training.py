@@ -9,10 +9,11 @@ decides what to feed them from the settings.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -270,34 +271,56 @@ def anchor_count(settings: Settings, pairs: int) -> int:
     return min(len(INSTRUCTIONS), wanted)
 
 
+def _model_stamp(base_model: str) -> float | None:
+    """When the model's files were written (a model prepared again answers anew)."""
+    model = Path(base_model)
+    for path in (model / "config.json", model):
+        if path.exists():
+            return path.stat().st_mtime
+    return None
+
+
 def _anchors(
     settings: Settings, registry: AdapterRegistry, base_model: str, runtime: Callable[[], Runtime], count: int
 ) -> list[TrainingExample]:
-    """The replayed base-model answers, generated once per base model, prompt and count.
+    """The replayed base-model answers, generated once per base model and prompt, per question.
 
-    Cached by the registry: in the running bot, generating them takes rows members' questions do
-    not need (background work), so only the first cycle pays for it; ``runtime`` is asked for the
-    model only then.
+    Cached beside the model (:class:`adapters.registry.BaseModelCache`, shared by every server, member
+    and data dir) and by the registry: in the running bot, generating them takes rows members'
+    questions do not need (background work), so only the first cycle on a machine pays for it;
+    ``runtime`` is asked for the model only then.
     """
     import hashlib
     import json
 
+    from adapters.prompt import training_messages
+    from adapters.registry import BaseModelCache
     from adapters.training import TrainingExample, anchor_examples, anchor_questions
 
     questions = anchor_questions(count)
     if not questions:
         return []
-    key = json.dumps([base_model, settings.model.system_prompt, questions])
-    cache_key = f"anchors-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    cached = registry.read_cache(cache_key)
-    try:
-        if cached is not None:
-            return [TrainingExample(**row) for row in cached]
-    except TypeError:
-        pass  # written by another version of loopbot: generate again
-    anchors = anchor_examples(runtime(), questions, settings.model.system_prompt)
-    registry.write_cache(cache_key, [asdict(a) for a in anchors])
-    return anchors
+    system_prompt = settings.model.system_prompt
+    key = json.dumps([base_model, _model_stamp(base_model), system_prompt])
+    cache_key = f"anchor-answers-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    shared = BaseModelCache(base_model)
+    answers: dict[str, str] = {}
+    for cached in (shared.read(cache_key), registry.read_cache(cache_key)):
+        if isinstance(cached, dict):  # the registry's own last: it wins
+            answers.update({str(q): str(a) for q, a in cached.items()})
+    missing = [q for q in questions if q not in answers]
+    if missing:
+        made = {
+            e.prompt[-1]["content"]: e.completion for e in anchor_examples(runtime(), missing, system_prompt)
+        }
+        answers.update({q: made.get(q, "") for q in missing})  # "": the base said nothing
+        registry.write_cache(cache_key, answers)
+        shared.write(cache_key, answers)
+    return [
+        TrainingExample(f"anchor-{i}", training_messages(q, "", system_prompt), answers[q])
+        for i, q in enumerate(questions)
+        if answers[q]
+    ]
 
 
 def _regression_key(
@@ -308,50 +331,65 @@ def _regression_key(
     routing: QuestionRouting | None,
 ) -> str:
     """What regression answers depend on besides the adapters: the model, the prompt, the questions
-    and how questions are routed."""
+    and how questions are routed (None: the bare base's answers, which routing does not change)."""
     import hashlib
     import json
 
-    model = Path(base_model)
-    stamp = model.stat().st_mtime if model.exists() else None  # a model prepared again
     asked = [[q.question, *q.expected_any] for q in questions]
     route = routing.key() if routing is not None else None
+    stamp = _model_stamp(base_model)
     key = json.dumps([base_model, stamp, settings.model.system_prompt, max_new_tokens, asked, route])
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _known_regression(
-    registry: AdapterRegistry, stacks: dict[tuple[str, ...], Path | None], key: str
+    registry: AdapterRegistry,
+    stacks: dict[tuple[str, ...], Path | None],
+    key: str,
+    base_key: str,
+    base_model: str,
 ) -> dict[tuple[str, ...], list[Any]]:
-    """Regression answers saved by earlier gates for these stacks (a version's own file, or for the
-    bare base the registry's cache), when they were answered with the same model, prompt and set."""
+    """Regression answers saved by earlier gates for these stacks (a version's own file under ``key``,
+    or for the bare base the model's cache or the registry's under ``base_key``), when they were
+    answered with the same model, prompt and set."""
     import json
 
     from adapters.evaluation import RegressionResult
-    from adapters.registry import REGRESSION_FILE
+    from adapters.registry import REGRESSION_FILE, BaseModelCache
 
     known = {}
     for stack, version_dir in stacks.items():
-        saved: Any
-        try:
-            if version_dir is None:
-                saved = registry.read_cache(f"regression-{key}")
-            else:
-                saved = json.loads((version_dir / REGRESSION_FILE).read_text(encoding="utf-8"))
-            if saved["key"] == key and tuple(saved["stack"]) == stack:
-                known[stack] = [RegressionResult(*row) for row in saved["answers"]]
-        except (OSError, ValueError, TypeError, KeyError):
-            continue  # never saved, scrubbed by a forget, or another version's format: answer again
+        kept: list[Any] = []
+        if version_dir is None:  # the registry's own first
+            kept = [registry.read_cache(f"regression-{base_key}")]
+            kept.append(BaseModelCache(base_model).read(f"regression-{base_key}"))
+        else:
+            with contextlib.suppress(OSError, ValueError):  # never saved, or scrubbed by a forget
+                kept = [json.loads((version_dir / REGRESSION_FILE).read_text(encoding="utf-8"))]
+        wanted = base_key if version_dir is None else key
+        for saved in kept:
+            try:
+                if saved["key"] == wanted and tuple(saved["stack"]) == stack:
+                    known[stack] = [RegressionResult(*row) for row in saved["answers"]]
+                    break
+            except (ValueError, TypeError, KeyError):
+                continue  # absent, or another version's format: answer again
     return known
 
 
 def _save_regression(
-    registry: AdapterRegistry, result: GateResult, stack: tuple[str, ...], version_dir: Path | None, key: str
+    registry: AdapterRegistry,
+    result: GateResult,
+    stack: tuple[str, ...],
+    version_dir: Path | None,
+    key: str,
+    base_model: str = "",
 ) -> None:
-    """Keep ``stack``'s answers from this gate for the next ones (see :func:`_known_regression`)."""
+    """Keep ``stack``'s answers from this gate for the next ones (see :func:`_known_regression`);
+    the bare base's (``version_dir`` None) in the model's cache and the registry's."""
     from dataclasses import astuple
 
-    from adapters.registry import REGRESSION_FILE, write_json_atomic
+    from adapters.registry import REGRESSION_FILE, BaseModelCache, write_json_atomic
 
     answers = result.regression_answers.get(stack)
     if answers is None:
@@ -359,6 +397,8 @@ def _save_regression(
     saved = {"key": key, "stack": list(stack), "answers": [list(astuple(a)) for a in answers]}
     if version_dir is None:
         registry.write_cache(f"regression-{key}", saved)
+        if base_model:
+            BaseModelCache(base_model).write(f"regression-{key}", saved)
     else:
         write_json_atomic(version_dir / REGRESSION_FILE, saved)
 
@@ -520,6 +560,7 @@ def run_training_cycle(
         max_new_tokens = min(48, settings.model.max_new_tokens)
         questions = load_regression_questions()  # read once: the key and the gate ask the same set
         regression_key = _regression_key(settings, base_model, max_new_tokens, questions, parts.routing)
+        base_key = _regression_key(settings, base_model, max_new_tokens, questions, None)
         # Where each stack's answers are kept: the top version's own directory (None: the bare base)
         saved_in = {
             stack_names(active_served): active.path if active else beneath.path if beneath else None,
@@ -541,12 +582,12 @@ def run_training_cycle(
             system_prompt=system_prompt,
             max_new_tokens=max_new_tokens,
             regression=questions,
-            known_regression=_known_regression(registry, saved_in, regression_key),
+            known_regression=_known_regression(registry, saved_in, regression_key, base_key, base_model),
             route=routed(gate_runtime, parts.routing),
         )
         _save_regression(registry, result, stack_names(candidate_served), version.path, regression_key)
         if beneath is None:
-            _save_regression(registry, result, (), None, regression_key)
+            _save_regression(registry, result, (), None, base_key, base_model)
         report.gate = result
         report.gate_seconds = time.perf_counter() - gate_started
         registry.update_metadata(
