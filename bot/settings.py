@@ -173,7 +173,7 @@ class TrainSettings(BaseSettings):
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto",
-        description="Less training memory, slower steps; auto: only for rows longer than 128 tokens (RAG "
+        description="Less training memory, slower steps; auto: only for rows longer than 160 tokens (RAG "
         "answers), where it saves memory (on short rows it saves none and costs 38 % of the time).",
     )
     min_pairs: int = Field(8, ge=1, description="Fewer new accepted pairs than this: nothing is trained.")

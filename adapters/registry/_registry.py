@@ -52,6 +52,52 @@ KEEP_FAILED = 5
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 
+def _cache_key(key: str) -> str:
+    """``key`` if it can name a cache file (letters, digits, '-', '_', '.'); else AdapterError."""
+    if not key or not all(c.isalnum() or c in "-_." for c in key):
+        raise AdapterError(f"Invalid cache key {key!r}: use letters, digits, '-', '_' and '.'.")
+    return key
+
+
+# Answers of a base model that no adapter and no member shaped (its anchors, its regression answers),
+# kept beside the model: every server and member of every data dir serving that model shares them.
+BASE_CACHE_DIR = "loopbot-cache"
+
+
+class BaseModelCache:
+    """JSON values derived from a base model alone, in ``<model dir>/loopbot-cache/``, beside the
+    registries' own caches (:meth:`AdapterRegistry.read_cache`). A model directory loopbot cannot write
+    to keeps nothing here; the registries' caches still do."""
+
+    def __init__(self, model_dir: Path | str) -> None:
+        self.root = Path(model_dir) / BASE_CACHE_DIR
+
+    def read(self, key: str) -> Any | None:
+        """The value written under ``key`` (None when absent or unreadable)."""
+        try:
+            return json.loads((self.root / f"{_cache_key(key)}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def write(self, key: str, data: Any) -> bool:
+        """Store ``data`` under ``key``, atomically; False when the model directory is not writable."""
+        try:
+            write_json_atomic(self.root / f"{_cache_key(key)}.json", data)
+        except OSError:
+            return False
+        return True
+
+
+def model_stamp(base_model: str | Path) -> float | None:
+    """When a model's files were written (a model prepared again answers anew): part of the keys its
+    cached answers are kept under."""
+    model = Path(base_model)
+    for path in (model / "config.json", model):
+        if path.exists():
+            return path.stat().st_mtime
+    return None
+
+
 class AdapterRegistry:
     """Versioned adapters under ``root`` with an atomically replaced active pointer and history."""
 
@@ -78,9 +124,7 @@ class AdapterRegistry:
         write_json_atomic(self._cache_path(key), data)
 
     def _cache_path(self, key: str) -> Path:
-        if not key or not all(c.isalnum() or c in "-_." for c in key):
-            raise AdapterError(f"Invalid cache key {key!r}: use letters, digits, '-', '_' and '.'.")
-        return self.root / f"cache-{key}.json"
+        return self.root / f"cache-{_cache_key(key)}.json"
 
     def list(self) -> builtins.list[AdapterVersion]:
         """All published versions, oldest first."""

@@ -4,8 +4,8 @@ module the answer chain renders its prompts with (system prompt, context passage
 
 - feedback pairs (:func:`examples_from_pairs`), a taught pair's question in the adapter's scope;
 - anchors (:func:`anchor_examples`): the base model's own answers to general questions, replayed so
-  teaching community facts does not erode general answers; generated once and kept in the registry's
-  cache (:func:`cached_anchor_examples`);
+  teaching community facts does not erode general answers; generated once and kept beside the model and
+  in the registry's cache (:func:`cached_anchor_examples`);
 - rephrasings (:func:`rephrased_examples`): a taught question in the base model's other words;
 - preferences (:func:`preference_examples`): a correction over the answer it replaced.
 """
@@ -16,13 +16,13 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.errors import AdapterError
 from adapters.model import INSTRUCTIONS
 from adapters.prompt import REPHRASE_SYSTEM_PROMPT, question_messages, rephrase_messages, training_messages
-from adapters.registry import AdapterRegistry
+from adapters.registry import AdapterRegistry, BaseModelCache, model_stamp
 from adapters.serving import BACKGROUND, BASE
 
 # Pairs that teach a fact: a member's accepted correction, or a pair an owner imported. Always trained
@@ -162,23 +162,33 @@ def cached_anchor_examples(
     base_model: str,
     system_prompt: str,
 ) -> list[TrainingExample]:
-    """:func:`anchor_examples` for ``questions``, generated once per base model, prompt and questions and
-    kept in ``registry``'s cache: in the running bot generating them takes rows members' questions do
-    not need (background work), so only the first cycle pays for it; ``runtime`` is asked for the model
-    only then."""
+    """:func:`anchor_examples` for ``questions``, the base model's answers generated once per model and
+    prompt, per question, and kept beside the model (:class:`adapters.registry.BaseModelCache`, shared by
+    every server, member and data dir) and in ``registry``'s cache: in the running bot, generating them
+    takes rows members' questions do not need (background work), so only the first cycle on a machine
+    pays for it; ``runtime`` is asked for the model only then."""
     if not questions:
         return []
-    key = json.dumps([base_model, system_prompt, list(questions)])
-    cache_key = f"anchors-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    cached = registry.read_cache(cache_key)
-    try:
-        if cached is not None:
-            return [TrainingExample(**row) for row in cached]
-    except TypeError:
-        pass  # written by another version of loopbot: generate again
-    anchors = anchor_examples(runtime(), questions, system_prompt)
-    registry.write_cache(cache_key, [asdict(a) for a in anchors])
-    return anchors
+    key = json.dumps([base_model, model_stamp(base_model), system_prompt])
+    cache_key = f"anchor-answers-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    shared = BaseModelCache(base_model)
+    answers: dict[str, str] = {}
+    for cached in (shared.read(cache_key), registry.read_cache(cache_key)):
+        if isinstance(cached, dict):  # the registry's own last: it wins
+            answers.update({str(q): str(a) for q, a in cached.items()})
+    missing = [q for q in questions if q not in answers]
+    if missing:
+        made = {
+            e.prompt[-1]["content"]: e.completion for e in anchor_examples(runtime(), missing, system_prompt)
+        }
+        answers.update({q: made.get(q, "") for q in missing})  # "": the base said nothing
+        registry.write_cache(cache_key, answers)
+        shared.write(cache_key, answers)
+    return [
+        TrainingExample(f"anchor-{i}", training_messages(q, "", system_prompt), answers[q])
+        for i, q in enumerate(questions)
+        if answers[q]
+    ]
 
 
 # Names and numbers a rephrasing must keep: a capitalised word after the first, a number, a word

@@ -355,7 +355,8 @@ def _gate(
     questions = load_regression_questions()  # read once: the key and the gate ask the same set
     routing_key = parts.routing.key() if parts.routing is not None else None
     key = regression_key(base_model, system_prompt, max_new_tokens, questions, routing_key)
-    # Where each stack's answers are kept: its top version (None: the bare base, the registry's cache)
+    base_key = regression_key(base_model, system_prompt, max_new_tokens, questions, None)  # routing aside
+    # Where each stack's answers are kept: its top version (None: the bare base, the caches)
     kept_by = {current: active or beneath, base: beneath}
     result = run_gate(
         runtime,
@@ -373,12 +374,12 @@ def _gate(
         system_prompt=system_prompt,
         max_new_tokens=max_new_tokens,
         regression=questions,
-        known_regression=known_regression(registry, kept_by, key),
+        known_regression=known_regression(registry, kept_by, key, base_key, base_model),
         route=routed(runtime, parts.routing),
     )
     save_regression(registry, result, candidate, version, key)
     if beneath is None:
-        save_regression(registry, result, base, None, key)
+        save_regression(registry, result, base, None, base_key, base_model)
     return result, time.perf_counter() - started
 
 
