@@ -92,7 +92,7 @@ class TrainingOptions:
     backend: str = "torch"
     # Dequantize the frozen base's int4 layers once, before training (adapters.training._peft.dequantized): the
     # same loss, a step 29-33 % faster (the kernel dequantizes every layer in every forward), +0.4-0.5 GB.
-    # The default since the runs train until learned (20 facts: 20/20, 12/20 in other words); it is also
+    # The default since the runs train until learned (20 facts: 20/20, 9-12/20 in other words); it is also
     # deterministic, which the kernel path is not (bench/README.md, "Faster training").
     dequantize: bool = True
     # Without ``dequantize``: torch.compile the kernel's dequantization only for runs of at least this
