@@ -16,7 +16,7 @@ One row, one thread (as the engine runs small decode steps), the default model i
 * with the fast paths, a whole decode step of 1-32 rows (100 tokens of context each) through the int4
   kernel and through the dense bf16 weights: where ``DENSE_MIN_ROWS`` belongs;
 * the runtime's decode step (logits included) of 1-16 rows after 100 and 1,050 tokens: written out in
-  Python on one thread, and with the native kernels (``adapters/csrc/decode.cpp``) on one and on two
+  Python on one thread, and with the native kernels (``adapters/serving/csrc/decode.cpp``) on one and on two
   threads; and the one-row greedy decode speed of each.
 
     python bench/decode_overhead.py

@@ -1,6 +1,6 @@
 """Native decode steps split across two threads, idle and beside a retrain (issue 13).
 
-The native decode step (``adapters/csrc/decode.cpp``) splits a step across two threads that meet at
+The native decode step (``adapters/serving/csrc/decode.cpp``) splits a step across two threads that meet at
 ~150 spinning barriers a step. On an idle machine that is 1.3-1.6x faster than one thread; with a
 retrain's threads on the same two cores a descheduled partner holds every barrier up, so the runtime
 re-checks its choice by measurement (``adapters.serving._decode.SplitChoice``). This runs the serving
