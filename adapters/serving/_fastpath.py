@@ -7,12 +7,15 @@
   matmuls over the key/value heads (queries grouped by the head they share) takes 0.3 and 0.65 ms,
   computed in fp32 as the flash kernel does inside (same error against an fp32 reference). Prompts
   (several query tokens) still go to transformers' SDPA path.
-- **Dense bf16 weights for prompts.** gptqmodel's ``TorchAtenLinear`` multiplies by the packed int4
+- **Dense weights for prompts.** gptqmodel's ``TorchAtenLinear`` multiplies by the packed int4
   weights (``aten._weight_int4pack_mm_for_cpu``): twice as fast as a dense matmul for one row, but
   for a 1,000-token prompt it reaches ~160 GFLOP/s where a dense bf16 matmul (AVX-512 BF16) reaches
-  ~420. Each quantized layer keeps a bf16 copy of its dequantized weight (~210 MB for the default
-  model) and uses it when a call has ``DENSE_MIN_ROWS`` rows or more: the same weight, dequantized by
-  gptqmodel from the same packed integers, scales and zero points (equal to bf16 rounding).
+  ~420. Each quantized layer keeps a dense copy of its dequantized weight and uses it when a call has
+  ``DENSE_MIN_ROWS`` rows or more: the same weight, dequantized by gptqmodel from the same packed
+  integers, scales and zero points (equal to bf16 rounding). The copy is bf16 (~210 MB for the
+  default model) where the CPU multiplies bf16 natively, fp32 (~420 MB) where it does not
+  (:func:`prompt_weight_dtype`, measured at load): an AVX2 CPU without AVX-512 BF16 multiplies bf16
+  at ~14 GFLOP/s and fp32 at ~140, so a 1,000-token prompt took 14 s instead of 2.7.
 - **Projections served directly, siblings together** (:class:`_Linears`). Below ``DENSE_MIN_ROWS``
   the int4 kernel is called without gptqmodel's per-call checks, and layers that read the same input
   (q/k/v, gate/up) are multiplied as one matrix: a block's seven projections 154 -> 122 us at one
@@ -28,6 +31,7 @@ the serving runtime installs them (:func:`install`); training runs its own kerne
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -88,6 +92,55 @@ def use_decode_attention(model: Any) -> None:
     model.set_attn_implementation(ATTENTION)
 
 
+@functools.cache
+def prompt_weight_dtype(dtype: Any) -> Any:
+    """The dtype of the dense prompt weights for ``dtype`` activations: ``dtype`` itself where this
+    CPU multiplies it at least half as fast as fp32 (inputs converted to fp32 and back included), else
+    fp32. Measured once per process on a prompt-sized matmul (256 x 576 by 1536, ~0.1 s at worst):
+    CPUs with AVX-512 BF16 or AMX multiply bf16 natively, AVX2-only ones ~10x slower than fp32."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    if dtype == torch.float32:
+        return dtype
+
+    def seconds(weight_dtype: Any) -> float:
+        x = torch.randn(256, 576, dtype=dtype)
+        w = torch.randn(1536, 576, dtype=weight_dtype)
+        F.linear(x.to(weight_dtype), w).to(dtype)  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            F.linear(x.to(weight_dtype), w).to(dtype)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    with torch.inference_mode():
+        native, wide = seconds(dtype), seconds(torch.float32)
+    chosen = dtype if native <= 2 * wide else torch.float32
+    log.info(
+        "prompt weights in %s (a prompt-sized %s matmul %.1f ms, fp32 %.1f ms)",
+        chosen,
+        dtype,
+        native * 1e3,
+        wide * 1e3,
+    )
+    return chosen
+
+
+def _prompt_linear(x: Any, weight: Any, bias: Any = None) -> Any:
+    """``F.linear`` on the dense prompt weight, in its dtype (:func:`prompt_weight_dtype`), the result
+    in ``x``'s: fp32 products of bf16 values are exact and summed in fp32, as the bf16 matmul sums."""
+    import torch.nn.functional as F
+
+    if x.dtype == weight.dtype:
+        return F.linear(x, weight, bias)
+    out = F.linear(x.to(weight.dtype), weight, None if bias is None else bias.to(weight.dtype))
+    return out.to(x.dtype)
+
+
 # Sibling layers that read the same input: multiplied as one matrix (see :class:`_Linears`).
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -130,20 +183,21 @@ def serve_quantized_layers(model: Any, min_rows: int = DENSE_MIN_ROWS) -> dict[s
                     isinstance(module, TorchAtenLinear) and not module.training and module.linear_mode is None
                 )
                 if fresh and id(module) not in served:
-                    dense = module.dequantize_weight().t().to(dtype).contiguous()  # (out, in)
-                    module.forward = _dense_forward(module, module.forward, dense, min_rows)
+                    dense = (
+                        module.dequantize_weight().t().to(prompt_weight_dtype(dtype)).contiguous()
+                    )  # (out, in)
+                    module.forward = _dense_forward(module, module.forward, dense, min_rows, dtype)
                     served.add(id(module))
     return {"dense_prompt_layers": len(served), "fused_groups": fused}
 
 
-def _dense_forward(module: Any, kernel_forward: Any, weight: Any, min_rows: int) -> Any:
-    """gptqmodel's forward, or the dense weight for calls of ``min_rows`` rows or more."""
-    import torch.nn.functional as F
+def _dense_forward(module: Any, kernel_forward: Any, weight: Any, min_rows: int, dtype: Any) -> Any:
+    """gptqmodel's forward, or the dense weight for calls of ``min_rows`` rows or more of ``dtype``."""
 
     def forward(x: Any) -> Any:
-        if x.numel() < min_rows * x.shape[-1] or x.dtype != weight.dtype or x.requires_grad:
+        if x.numel() < min_rows * x.shape[-1] or x.dtype != dtype or x.requires_grad:
             return kernel_forward(x)
-        return F.linear(x, weight, module.bias)
+        return _prompt_linear(x, weight, module.bias)
 
     forward.dense_weight = weight  # type: ignore[attr-defined]  # tests and benchmarks read it
     return forward
@@ -177,7 +231,8 @@ class _Linears:
     def __init__(self, layers: list[Any], dtype: Any, min_rows: int):
         import torch
 
-        dense = [layer.dequantize_weight().t().to(dtype).contiguous() for layer in layers]  # (out, in)
+        wide = prompt_weight_dtype(dtype)
+        dense = [layer.dequantize_weight().t().to(wide).contiguous() for layer in layers]  # (out, in)
         for layer in layers:
             layer.transform("cpu", dtype=dtype)  # the kernel's packing, as its first forward would
             layer.linear_mode = "inference"
@@ -203,12 +258,11 @@ class _Linears:
     def multiply(self, x: Any) -> Any:
         """``x @ W.T`` for every layer at once (the outputs side by side)."""
         import torch
-        import torch.nn.functional as F
 
         rows = x.numel() // self.in_features
         flat = x.reshape(rows, self.in_features)
         if rows >= self.min_rows:
-            out = F.linear(flat, self.dense)
+            out = _prompt_linear(flat, self.dense)
         else:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 flat.contiguous(), self.packed, self.group_size, self.scales

@@ -63,21 +63,37 @@ def test_prompts_still_go_to_sdpa() -> None:
     assert torch.equal(ours, theirs)
 
 
-def test_dense_weights_multiply_like_the_int4_kernel(tiny_gptq_dir: Path) -> None:
+@pytest.mark.parametrize("wide", [torch.bfloat16, torch.float32])
+def test_dense_weights_multiply_like_the_int4_kernel(
+    tiny_gptq_dir: Path, wide: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In bf16 (CPUs that multiply it natively) and in fp32 (AVX2-only CPUs): the same products."""
     from adapters.model import load_base_model
 
+    monkeypatch.setattr(_fastpath, "prompt_weight_dtype", lambda dtype: wide)
     model, _ = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
     served = _fastpath.serve_quantized_layers(model, min_rows=16)
     assert served == {"dense_prompt_layers": 14, "fused_groups": 4}  # 7 layers, q/k/v and gate/up x 2 blocks
     layer = model.model.layers[0].mlp.down_proj
     assert layer.forward.dense_weight.shape == (layer.out_features, layer.in_features)
+    assert layer.forward.dense_weight.dtype == wide
     torch.manual_seed(1)
     x = torch.randn(20, layer.in_features, dtype=torch.bfloat16)
     with torch.inference_mode():
         dense = layer(x)  # 20 rows: the dense weight
         kernel = torch.cat([layer(row[None]) for row in x])  # one row at a time: the int4 kernel
+    assert dense.dtype == torch.bfloat16
     scale = kernel.float().abs().max()
     assert torch.allclose(dense.float(), kernel.float(), atol=0.02 * float(scale))
+
+
+def test_prompt_weights_are_bf16_or_fp32_by_measurement() -> None:
+    assert _fastpath.prompt_weight_dtype(torch.float32) == torch.float32  # nothing to measure
+    assert _fastpath.prompt_weight_dtype(torch.bfloat16) in (torch.bfloat16, torch.float32)
+    x, w = torch.randn(4, 8, dtype=torch.bfloat16), torch.randn(3, 8)
+    wide = _fastpath._prompt_linear(x, w)
+    assert wide.dtype == torch.bfloat16
+    assert torch.equal(wide, torch.nn.functional.linear(x.float(), w).bfloat16())
 
 
 def test_a_plain_model_gets_no_dense_weights(tiny_model_dir: Path) -> None:
