@@ -80,6 +80,59 @@ class SplitChoice:
             self._probe_next = True
 
 
+# Row counts probed by :func:`integer_wins_up_to` (a decode step has up to max_batch rows, 8-16 by default).
+INTEGER_PROBE_ROWS = (1, 2, 4, 8, 16, 32)
+# The activations' width in decode steps: 16 bits stay within the bf16 path's rounding (divergence from
+# the fp32 model: agreement 0.907, KL 0.088, as bf16's 0.905 / 0.088); 8 bits are 1.5x faster from
+# several rows but raise the KL to 0.093 (bench/quantization_quality.py, Dec 8).
+ACTIVATION_BITS = 16
+
+
+def integer_wins_up_to(group: Any, bits: int = ACTIVATION_BITS) -> int:
+    """The most rows up to which integer activations x int4 weights (``csrc/int4_matmul.h``) multiply
+    ``group``'s weights faster than torch's int4 kernel, on one thread as a decode step's share runs
+    (best of 5 calls each way per row count in :data:`INTEGER_PROBE_ROWS`; ~10 ms): 0 where torch's
+    kernel wins from one row. On a Zen 3 core (AVX2, no AVX-512), int16 activations are 2.4x faster
+    at one row and 1.5x at 4-16 (torch converts every weight to fp32 there); with AVX-512 torch's
+    kernel is faster than it is there."""
+    import torch
+
+    bytes_, params = torch.ops.loopbot.int4_layout(group.packed, group.scales, group.group_size)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    wins = 0
+    try:
+        with torch.inference_mode():
+            for rows in INTEGER_PROBE_ROWS:
+                x = torch.randn(rows, group.in_features, dtype=group.scales.dtype)
+                ours = _best_of(5, torch.ops.loopbot.int4_mm, x, bytes_, params, bits)
+                torchs = _best_of(
+                    5,
+                    torch.ops.aten._weight_int4pack_mm_for_cpu,
+                    x,
+                    group.packed,
+                    group.group_size,
+                    group.scales,
+                )
+                if ours >= torchs:
+                    break
+                wins = rows
+    finally:
+        torch.set_num_threads(before)
+    log.info("native decode steps of up to %d rows multiply with int%d activations", wins, bits)
+    return wins
+
+
+def _best_of(runs: int, call: Any, *args: Any) -> float:
+    call(*args)  # warm-up
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        call(*args)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 class LlamaDecode:
     """One decode step (one new token per row) of a Llama model served with the fast paths, written out
     instead of run through transformers' modules: the same operations in the same order (logits equal
@@ -91,7 +144,7 @@ class LlamaDecode:
     layer of a step is one native call, split across :attr:`threads` threads, each row's LoRA deltas
     added there from the LoRA bank's stacks; logits agree with the Python step to rounding."""
 
-    def __init__(self, model: Any, native: bool = True):
+    def __init__(self, model: Any, native: bool = True, integer: bool = True):
         import torch
 
         self.model = model
@@ -109,6 +162,26 @@ class LlamaDecode:
         self._handle = self._register() if self.native else None
         if self._handle is not None:  # the kernels drop their references to the weights with this decoder
             weakref.finalize(self, torch.ops.loopbot.release_model, self._handle)
+        self._integer_rows = 0
+        if self._handle is not None and integer:
+            self.integer_rows = integer_wins_up_to(self._groups[0][2])
+
+    @property
+    def integer_rows(self) -> int:
+        """Native steps of up to this many rows multiply with integer activations of
+        :data:`ACTIVATION_BITS` (0: never, bf16 activations): chosen by :func:`integer_wins_up_to` at
+        load; tests and benchmarks set it."""
+        return self._integer_rows
+
+    @integer_rows.setter
+    def integer_rows(self, rows: int) -> None:
+        self.set_integer_rows(rows, ACTIVATION_BITS)
+
+    def set_integer_rows(self, rows: int, bits: int) -> None:
+        import torch
+
+        if self._handle is not None:
+            self._integer_rows = int(torch.ops.loopbot.set_integer_rows(self._handle, rows, bits))
 
     def _register(self) -> int:
         """Hand the layers' weights to the native kernels once (views, no copies but the scales)."""
@@ -134,7 +207,7 @@ class LlamaDecode:
         )
 
     @classmethod
-    def for_model(cls, model: Any, native: bool = True) -> LlamaDecode | None:
+    def for_model(cls, model: Any, native: bool = True, integer: bool = True) -> LlamaDecode | None:
         """A decoder for ``model``: a Llama whose every projection :class:`~adapters.serving._fastpath._Linears` serves, its
         attention ours (:func:`use_decode_attention`); None for anything else."""
         if (
@@ -153,7 +226,7 @@ class LlamaDecode:
                 or len(mlp.gate_proj.forward.linears.sizes) != 2
             ):
                 return None
-        return cls(model, native) if inner is not None and len(inner.layers) else None
+        return cls(model, native, integer) if inner is not None and len(inner.layers) else None
 
     def __call__(self, ids: Any, positions: Any, mask: Any, cache: Any) -> Any:
         """Logits ``(rows, vocabulary)`` of the next token after ``ids`` ``(rows, 1)`` at ``positions``

@@ -41,7 +41,7 @@ def build_dir() -> Path:
 
     digest = hashlib.sha256()
     for part in (
-        SOURCE.read_bytes(),
+        *(path.read_bytes() for path in sorted(SOURCE.parent.iterdir())),
         torch.__version__.encode(),
         _cpu_flags().encode(),
         " ".join(FLAGS).encode(),

@@ -36,6 +36,8 @@
 #include <utility>
 #include <vector>
 
+#include "int4_matmul.h"
+
 namespace {
 
 using at::BFloat16;
@@ -319,6 +321,54 @@ Tensor int4(const Tensor& x, const Tensor& packed, const Tensor& scales, int64_t
   return at::_weight_int4pack_mm_for_cpu(x, packed, group_size, scales);
 }
 
+// A projection's weights in int4_matmul.h's layout, from torch's int4 packing (packed (out, in / 2) and
+// scales (in / group, out, 2): weight = (q - 8) * scale + zero). The integers are read back through
+// torch's own kernel (the identity times the weights with scale 1 and zero 8), whatever its packing.
+std::vector<Tensor> int4_layout(const Tensor& packed, const Tensor& scales, int64_t group_size) {
+  const int64_t out = packed.size(0), in = packed.size(1) * 2;
+  Tensor ones = at::ones({in / group_size, out, 1}, scales.options());
+  Tensor q = int4(at::eye(in, scales.options()), packed, at::cat({ones, ones * 8}, 2), group_size).t();
+  Tensor s = scales.select(2, 0).to(at::kFloat), m = scales.select(2, 1).to(at::kFloat) - s * 8;
+  auto [bytes, params] = int4_matmul::pack(q, s, m, group_size);
+  return {bytes, params};
+}
+
+// x (rows, in) bf16 quantized into `acts` (Activations: int8, Activations16: int16).
+template <typename Acts>
+void quantize_rows(const BFloat16* x, int64_t rows, int64_t in, Acts& acts) {
+  int4_matmul::quantize(reinterpret_cast<const uint16_t*>(x), rows, in, acts);
+}
+
+// out (rows, width) bf16 = the quantized rows times columns [begin, begin + width) of a projection laid
+// out by int4_layout.
+template <typename Acts>
+void integer_columns(const Acts& acts, const Tensor& bytes, const Tensor& params, int64_t begin, Tensor& out) {
+  const int64_t width = out.size(1);
+  int4_matmul::multiply(acts, bytes.data_ptr<uint8_t>(), params.data_ptr<float>(), begin / int4_matmul::COLS,
+                        (begin + width) / int4_matmul::COLS, reinterpret_cast<uint16_t*>(out.data_ptr<BFloat16>()),
+                        width);
+}
+
+// x (rows, in) bf16 times a projection laid out by int4_layout: (rows, out) bf16, with int8 or int16
+// (`bits`) activations.
+Tensor int4_mm(const Tensor& x, const Tensor& bytes, const Tensor& params, int64_t bits) {
+  check_bf16(x, "input");
+  TORCH_CHECK(bits == 8 || bits == 16, "loopbot int4_mm: 8 or 16 bits");
+  Tensor input = x.contiguous();
+  const int64_t in = input.size(-1), rows = input.numel() / in;
+  TORCH_CHECK(bytes.size(1) * int4_matmul::BLOCK == in, "loopbot int4_mm: input features");
+  Tensor result = at::empty({rows, bytes.size(0) * int4_matmul::COLS}, input.options());
+  auto run = [&](auto acts) {
+    quantize_rows(input.data_ptr<BFloat16>(), rows, in, acts);
+    integer_columns(acts, bytes, params, 0, result);
+  };
+  if (bits == 16)
+    run(int4_matmul::Activations16{});
+  else
+    run(int4_matmul::Activations{});
+  return result;
+}
+
 // ---- A whole decode step over every layer, on one thread or split across several ----------------
 
 // Columns [begin, end) of a projection: its int4-packed rows (a view) and its scales (a copy: the
@@ -345,17 +395,24 @@ std::vector<std::pair<int64_t, int64_t>> ranges(int64_t n, int64_t threads) {
   return out;
 }
 
+// A projection group's weights laid out by int4_layout.
+struct Laid {
+  Tensor bytes, params;
+};
+
 struct Layer {
   Tensor input_norm, post_norm;
   Tensor qkv_packed, qkv_scales, o_packed, o_scales, gate_up_packed, gate_up_scales, down_packed, down_scales;
   std::vector<Part> qkv, o, down;        // a part per thread
   std::vector<std::pair<Part, Part>> mlp;  // gate and up columns [begin, end) per thread
+  Laid qkv_laid, o_laid, gate_up_laid, down_laid;  // for integer activations (set_integer_rows)
 };
 
 struct Model {
   std::vector<Layer> layers;
   int64_t heads, kv_heads, head_dim, group_size, threads;
   double eps, scaling;
+  std::atomic<int64_t> integer_rows{0}, bits{16};  // see set_integer_rows
 };
 
 std::mutex registry_mutex;
@@ -383,11 +440,40 @@ int64_t register_model(const std::vector<Tensor>& tensors, int64_t heads, int64_
     for (auto [b, e] : ranges(inter, threads))
       l.mlp.emplace_back(part(l.gate_up_packed, l.gate_up_scales, b, e),
                          part(l.gate_up_packed, l.gate_up_scales, inter + b, inter + e));
+    if (group_size % int4_matmul::BLOCK == 0) {
+      auto layout = [&](const Tensor& packed, const Tensor& scales) {
+        auto t = int4_layout(packed, scales, group_size);
+        return Laid{t[0], t[1]};
+      };
+      l.qkv_laid = layout(l.qkv_packed, l.qkv_scales), l.o_laid = layout(l.o_packed, l.o_scales);
+      l.gate_up_laid = layout(l.gate_up_packed, l.gate_up_scales);
+      l.down_laid = layout(l.down_packed, l.down_scales);
+    }
     model->layers.push_back(std::move(l));
   }
   std::lock_guard<std::mutex> lock(registry_mutex);
   registry.push_back(model);
   return static_cast<int64_t>(registry.size() - 1);
+}
+
+std::shared_ptr<Model> registered(int64_t handle) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  TORCH_CHECK(handle >= 0 && handle < static_cast<int64_t>(registry.size()) && registry[handle],
+              "loopbot decode: unknown model handle");
+  return registry[handle];
+}
+
+// Decode steps of up to `rows` rows quantize their activations to `bits` (16: within the bf16 path's
+// rounding; 8: faster, coarser) and multiply them with int4_matmul.h; larger steps use torch's int4
+// kernel; 0 rows: never. The runtime sets it by measurement (adapters/serving/_decode.py). Returns the
+// rows now set (0 where the weights could not be laid out: a group size not a multiple of 32).
+int64_t set_integer_rows(int64_t handle, int64_t rows, int64_t bits) {
+  TORCH_CHECK(bits == 8 || bits == 16, "loopbot decode: integer activations of 8 or 16 bits");
+  auto model = registered(handle);
+  bool laid_out = !model->layers.empty() && model->layers[0].qkv_laid.bytes.defined();
+  model->bits = bits;
+  model->integer_rows = laid_out ? std::max<int64_t>(0, rows) : 0;
+  return model->integer_rows;
 }
 
 void release_model(int64_t handle) {
@@ -569,13 +655,7 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
               int64_t length, const Tensor& cos, const Tensor& sin, const std::optional<Tensor>& keep,
               int64_t threads, const c10::List<std::optional<Tensor>>& lora_stacks,
               const std::optional<Tensor>& lora_slots) {
-  std::shared_ptr<Model> model;
-  {
-    std::lock_guard<std::mutex> lock(registry_mutex);
-    TORCH_CHECK(handle >= 0 && handle < static_cast<int64_t>(registry.size()) && registry[handle],
-                "loopbot decode: unknown model handle");
-    model = registry[handle];
-  }
+  std::shared_ptr<Model> model = registered(handle);
   check_bf16(h, "hidden states");
   const auto& layers = model->layers;
   TORCH_CHECK(keys.size() == layers.size() && values.size() == layers.size(), "loopbot decode: a cache per layer");
@@ -628,6 +708,7 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
   BFloat16* actp = act.data_ptr<BFloat16>();
   const float eps = static_cast<float>(model->eps);
   const int64_t gs = model->group_size;
+  const bool integer = rows <= model->integer_rows, int8 = model->bits == 8;
   Barrier barrier(n);
   std::exception_ptr failure;
   std::mutex failure_mutex;
@@ -637,10 +718,30 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
     Tensor normed = at::empty({rows, hidden}, h.options());
     BFloat16* np = normed.data_ptr<BFloat16>();
     std::vector<float> lora_u, lora_total;
-    // the int4 product of x with a part of a group's columns, plus its rows' LoRA deltas
-    auto project = [&](const Tensor& in, const Tensor& packed, const Tensor& scales, const Lora& lora,
-                       int64_t begin) {
-      Tensor out = int4(in, packed, scales, gs);
+    int4_matmul::Activations acts8;
+    int4_matmul::Activations16 acts16;
+    const void* quantized = nullptr;  // the input the activations hold, within one phase
+    // the product of x with a part of a group's columns (`packed` rows from `begin`), plus its rows'
+    // LoRA deltas: integer activations x the laid-out weights, or torch's int4 kernel
+    auto project = [&](const Tensor& in, const Tensor& packed, const Tensor& scales, const Laid& laid,
+                       const Lora& lora, int64_t begin) {
+      Tensor out;
+      if (integer) {
+        if (quantized != in.data_ptr()) {
+          if (int8)
+            quantize_rows(in.data_ptr<BFloat16>(), rows, in.size(1), acts8);
+          else
+            quantize_rows(in.data_ptr<BFloat16>(), rows, in.size(1), acts16);
+          quantized = in.data_ptr();
+        }
+        out = at::empty({rows, packed.size(0)}, in.options());
+        if (int8)
+          integer_columns(acts8, laid.bytes, laid.params, begin, out);
+        else
+          integer_columns(acts16, laid.bytes, laid.params, begin, out);
+      } else {
+        out = int4(in, packed, scales, gs);
+      }
       add_lora(lora, slots, depth, in.data_ptr<BFloat16>(), rows, out.data_ptr<BFloat16>(), begin, out.size(1),
                lora_u, lora_total);
       return out;
@@ -648,6 +749,7 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
     bool failed = false;
     auto guarded = [&](auto&& phase) {  // a failure is kept, the thread still meets every barrier
       if (failed) return;
+      quantized = nullptr;  // buffers are rewritten between phases
       try {
         phase();
       } catch (...) {
@@ -661,10 +763,10 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
       guarded([&] {
         rms_norm_rows(xp, l.input_norm.data_ptr<BFloat16>(), np, rows, hidden, eps);
         if (n == 1) {
-          copy_columns(qkvp, qkv_width, project(normed, l.qkv_packed, l.qkv_scales, loras[i][0], 0), 0);
+          copy_columns(qkvp, qkv_width, project(normed, l.qkv_packed, l.qkv_scales, l.qkv_laid, loras[i][0], 0), 0);
         } else if (t < static_cast<int>(l.qkv.size())) {
           const Part& p = l.qkv[t];
-          copy_columns(qkvp, qkv_width, project(normed, p.packed, p.scales, loras[i][0], p.begin), p.begin);
+          copy_columns(qkvp, qkv_width, project(normed, p.packed, p.scales, l.qkv_laid, loras[i][0], p.begin), p.begin);
         }
       });
       if (n > 1) barrier.wait();
@@ -674,9 +776,9 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
       if (n > 1) barrier.wait();
       guarded([&] {
         if (n == 1)
-          add_columns(xp, hidden, project(attended[i], l.o_packed, l.o_scales, loras[i][1], 0), 0);
+          add_columns(xp, hidden, project(attended[i], l.o_packed, l.o_scales, l.o_laid, loras[i][1], 0), 0);
         else if (t < static_cast<int>(l.o.size()))
-          add_columns(xp, hidden, project(attended[i], l.o[t].packed, l.o[t].scales, loras[i][1], l.o[t].begin),
+          add_columns(xp, hidden, project(attended[i], l.o[t].packed, l.o[t].scales, l.o_laid, loras[i][1], l.o[t].begin),
                       l.o[t].begin);
       });
       if (n > 1) barrier.wait();
@@ -686,12 +788,12 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
         const BFloat16 *gate, *up;
         int64_t width, stride, begin = 0;
         if (n == 1) {
-          first = project(normed, l.gate_up_packed, l.gate_up_scales, loras[i][2], 0);
+          first = project(normed, l.gate_up_packed, l.gate_up_scales, l.gate_up_laid, loras[i][2], 0);
           gate = first.data_ptr<BFloat16>(), up = gate + inter, width = inter, stride = 2 * inter;
         } else if (t < static_cast<int>(l.mlp.size())) {
           const auto& [g, u] = l.mlp[t];
-          first = project(normed, g.packed, g.scales, loras[i][2], g.begin);
-          second = project(normed, u.packed, u.scales, loras[i][2], u.begin);
+          first = project(normed, g.packed, g.scales, l.gate_up_laid, loras[i][2], g.begin);
+          second = project(normed, u.packed, u.scales, l.gate_up_laid, loras[i][2], u.begin);
           gate = first.data_ptr<BFloat16>(), up = second.data_ptr<BFloat16>();
           width = stride = first.size(1), begin = g.begin;
         } else {
@@ -703,9 +805,9 @@ Tensor decode(const Tensor& h, int64_t handle, const std::vector<Tensor>& keys, 
       if (n > 1) barrier.wait();
       guarded([&] {
         if (n == 1)
-          add_columns(xp, hidden, project(act, l.down_packed, l.down_scales, loras[i][3], 0), 0);
+          add_columns(xp, hidden, project(act, l.down_packed, l.down_scales, l.down_laid, loras[i][3], 0), 0);
         else if (t < static_cast<int>(l.down.size()))
-          add_columns(xp, hidden, project(act, l.down[t].packed, l.down[t].scales, loras[i][3], l.down[t].begin),
+          add_columns(xp, hidden, project(act, l.down[t].packed, l.down[t].scales, l.down_laid, loras[i][3], l.down[t].begin),
                       l.down[t].begin);
       });
       if (n > 1) barrier.wait();
@@ -737,6 +839,9 @@ TORCH_LIBRARY(loopbot, m) {
       "float scaling, int threads) -> int",
       register_model);
   m.def("release_model(int handle) -> ()", release_model);
+  m.def("int4_layout(Tensor packed, Tensor scales, int group_size) -> Tensor[]", int4_layout);
+  m.def("int4_mm(Tensor x, Tensor bytes, Tensor params, int bits=16) -> Tensor", int4_mm);
+  m.def("set_integer_rows(int handle, int rows, int bits=16) -> int", set_integer_rows);
   m.def(
       "decode(Tensor h, int handle, Tensor(a!)[] keys, Tensor(b!)[] values, int length, Tensor cos, Tensor sin, "
       "Tensor? keep, int threads, Tensor?[] lora_stacks, Tensor? lora_slots) -> Tensor",

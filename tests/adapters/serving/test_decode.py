@@ -15,13 +15,15 @@ MODULE = SimpleNamespace(training=False, num_key_value_groups=3, is_causal=True)
 
 
 @pytest.mark.parametrize(
-    "native,adapters,threads",
+    "native,adapters,threads,integer",
     [
-        (False, [("a",), ()], 1),
-        (True, [("a",), ()], 1),
-        (True, [("a",), ("a", "b")], 2),
-        (True, [(), ()], 1),
-        (True, [(), ()], 2),
+        (False, [("a",), ()], 1, False),
+        (True, [("a",), ()], 1, False),
+        (True, [("a",), ("a", "b")], 2, False),
+        (True, [(), ()], 1, False),
+        (True, [(), ()], 2, False),
+        (True, [("a",), ()], 1, True),
+        (True, [("a",), ("a", "b")], 2, True),
     ],
     ids=[
         "python",
@@ -29,15 +31,23 @@ MODULE = SimpleNamespace(training=False, num_key_value_groups=3, is_causal=True)
         "native-stacked-lora-2-threads",
         "native-1-thread",
         "native-2-threads",
+        "native-int16-lora-1-thread",
+        "native-int16-stacked-lora-2-threads",
     ],
 )
 def test_the_written_out_decode_step_gives_the_models_logits(
-    tiny_gptq_dir: Path, tiny_model_dir: Path, make_lora_adapter, native: bool, adapters: list, threads: int
+    tiny_gptq_dir: Path,
+    tiny_model_dir: Path,
+    make_lora_adapter,
+    native: bool,
+    adapters: list,
+    threads: int,
+    integer: bool,
 ) -> None:
     """Rows of different lengths (one left-padded) with an adapter, two stacked, or none: the decode
     step written out (LlamaDecode), in Python or with the native kernels (every layer in one call, on
-    one thread or split across two, LoRA deltas added there), gives the logits of the model's own
-    forward, step after step."""
+    one thread or split across two, LoRA deltas added there, the projections through torch's int4
+    kernel or with int16 activations), gives the logits of the model's own forward, step after step."""
     from adapters.model import load_base_model, module_shapes
     from adapters.serving import LoraBank, check_adapter_dir, read_adapter
     from adapters.serving._cache import growing_cache
@@ -47,6 +57,9 @@ def test_the_written_out_decode_step_gives_the_models_logits(
     decode = _decode.LlamaDecode.for_model(model, native=native)
     assert decode is not None and decode.native is native
     decode.threads = threads
+    if native:
+        decode.integer_rows = 16 if integer else 0
+        assert decode.integer_rows == (16 if integer else 0)
     bank = LoraBank(model)
     for name, seed in (("a", 4), ("b", 5)):
         path = make_lora_adapter(tiny_model_dir, seed=seed)
@@ -85,7 +98,36 @@ def test_the_written_out_decode_step_gives_the_models_logits(
                 logits.append(step.float())
                 tokens = step.argmax(-1, keepdim=True)
             results.append(torch.stack(logits))
-    torch.testing.assert_close(results[0], results[1], atol=1e-3, rtol=1e-3)
+    # int16 activations sum in another order and round once per block: a bf16 ulp or two of the logits
+    tolerance = 0.02 if integer else 1e-3
+    torch.testing.assert_close(results[0], results[1], atol=tolerance, rtol=tolerance)
+
+
+def test_integer_activations_multiply_like_torchs_int4_kernel(tiny_gptq_dir: Path) -> None:
+    """The int4 weights laid out for integer activations (csrc/int4_matmul.h), for row counts that
+    fill and do not fill a tile of 4: int16 activations give torch's int4 kernel's products to its
+    bf16 rounding, int8 ones to ~1 %."""
+    from adapters.model import load_base_model
+
+    ops = _native_ops()
+    model, _ = load_base_model(tiny_gptq_dir, device="cpu", dtype="bfloat16")
+    _fastpath.install(model)
+    torch.manual_seed(3)
+    for layer in (model.model.layers[0].self_attn.q_proj, model.model.layers[1].mlp.down_proj):
+        group = layer.forward.linears  # q/k/v together; down alone
+        laid = ops.int4_layout(group.packed, group.scales, group.group_size)  # type: ignore[attr-defined]
+        for rows in (1, 3, 8):
+            x = torch.randn(rows, group.in_features, dtype=torch.bfloat16)
+            theirs = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x, group.packed, group.group_size, group.scales
+            )
+            for bits, tolerance in ((16, 0.004), (8, 0.03)):
+                ours = ops.int4_mm(x, *laid, bits)  # type: ignore[attr-defined]
+                assert ours.dtype == torch.bfloat16 and ours.shape == theirs.shape
+                error = float((ours.float() - theirs.float()).norm() / theirs.float().norm())
+                assert error < tolerance, (bits, rows, error)
+    with pytest.raises(RuntimeError, match="8 or 16 bits"):
+        ops.int4_mm(x, *laid, 4)  # type: ignore[attr-defined]
 
 
 def test_only_a_llama_served_by_the_fast_paths_decodes_written_out(tiny_gptq_dir: Path) -> None:

@@ -1,0 +1,277 @@
+// Integer activations x int4 weights for decode steps of a few rows (included by decode.cpp).
+//
+// torch's CPU int4 kernel (aten::_weight_int4pack_mm_for_cpu) converts every weight to float and
+// multiplies in fp32. Without AVX-512 that is ~12 GFLOP/s for one row and ~33 from 4 rows on a Zen 3
+// core: a one-row decode step of the default model spent ~17 ms in it. Here each row is quantized per
+// 32 input features (a scale per block) and the weights stay 4-bit integers:
+// - int16 activations (Activations16, what decode steps use): vpmaddwd, 16 multiply-adds per
+//   instruction; within ~1/65534 of each block's largest value, finer than bf16's own rounding, so the
+//   outputs are the bf16 path's to rounding. 2.4x torch's kernel at one row, 1.5x at 4-16 (Zen 3).
+// - int8 activations (Activations, as llama.cpp's q8_0): vpmaddubsw, 32 per instruction, 4.3x at one
+//   row and 2.2x at 4-16, but each matmul's output moves ~1 % and the divergence from the fp32 model
+//   grows (bench/quantization_quality.py); kept for measurement.
+// A plain loop does the same arithmetic where AVX2 is missing.
+//
+// Weights, per block of 8 output features (columns) and 32 input features: 128 bytes. Byte
+// 32 p + 4 c + i (pair p 0..3, column c 0..7, i 0..3) holds the weight of input 32 g + 8 p + i in its
+// low nibble and of input 32 g + 8 p + 4 + i in its high one, so one 32-byte load gives, per column
+// lane, 4 consecutive inputs of two quads, and a row's activations broadcast to every lane multiply all
+// 8 columns at once. Parameters per block: the 8 columns' scales s, then their offsets m (fp32):
+// weight = s * q + m, q in 0..15 (GPTQ's asymmetric zero points folded into m). Then
+//   x . w = sum over blocks of s * d * (q . a) + m * sum(x)
+// with a = round(x / d), d = max|x| / 127 (or 32767): the offsets' term takes the block's exact sum of x.
+#pragma once
+
+#include <ATen/ATen.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace int4_matmul {
+
+constexpr int64_t BLOCK = 32;  // input features per activation scale and per weight block
+constexpr int64_t COLS = 8;    // output features per weight block
+
+// The quantized rows of one call: a (rows x in) int8, and per row and block d and sum(x).
+struct Activations {
+  std::vector<int8_t> a;
+  std::vector<float> d, sum;
+  int64_t rows = 0, in = 0;
+};
+
+// Quantizes `rows` bf16 rows of `in` features (a multiple of BLOCK).
+inline void quantize(const uint16_t* x, int64_t rows, int64_t in, Activations& out) {
+  const int64_t blocks = in / BLOCK;
+  out.rows = rows, out.in = in;
+  out.a.resize(rows * in);
+  out.d.resize(rows * blocks);
+  out.sum.resize(rows * blocks);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < blocks; ++b) {
+      float v[BLOCK];
+      float amax = 0.0f, total = 0.0f;
+      for (int64_t i = 0; i < BLOCK; ++i) {
+        uint32_t bits = static_cast<uint32_t>(x[r * in + b * BLOCK + i]) << 16;
+        std::memcpy(&v[i], &bits, sizeof(float));
+        amax = std::max(amax, std::fabs(v[i]));
+        total += v[i];
+      }
+      float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int8_t* a = out.a.data() + r * in + b * BLOCK;
+      for (int64_t i = 0; i < BLOCK; ++i) a[i] = static_cast<int8_t>(std::nearbyint(v[i] * inv));
+      out.d[r * blocks + b] = d;
+      out.sum[r * blocks + b] = total;
+    }
+}
+
+// out (rows x width, bf16 bits, row stride `width`) = x . w for the weight blocks [first, last) of
+// columns (8 each): out column 8 (j - first) + c is column 8 j + c of the layer.
+inline void multiply(const Activations& x, const uint8_t* weights, const float* params, int64_t first,
+                     int64_t last, uint16_t* out, int64_t width) {
+  const int64_t in = x.in, blocks = in / BLOCK;
+  auto store = [&](int64_t r, int64_t j, const float* values) {
+    for (int64_t c = 0; c < COLS; ++c) {
+      uint32_t u;
+      std::memcpy(&u, &values[c], sizeof(u));
+      uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+      out[r * width + COLS * (j - first) + c] = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : rounded;
+    }
+  };
+#if defined(__AVX2__) && defined(__FMA__)
+  constexpr int64_t TILE = 4;  // rows sharing one unpacking of the weights
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  for (int64_t j = first; j < last; ++j)
+    for (int64_t r0 = 0; r0 < x.rows; r0 += TILE) {
+      const int64_t tile = std::min(TILE, x.rows - r0);
+      __m256 acc[TILE] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t g = 0; g < blocks; ++g) {
+        const uint8_t* wp = weights + (j * blocks + g) * BLOCK * COLS / 2;
+        __m256i w[8];
+        for (int p = 0; p < 4; ++p) {
+          __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * p));
+          w[2 * p] = _mm256_and_si256(v, low);
+          w[2 * p + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        }
+        const float* pp = params + (j * blocks + g) * 2 * COLS;
+        const __m256 s = _mm256_loadu_ps(pp), m = _mm256_loadu_ps(pp + COLS);
+        for (int64_t t = 0; t < tile; ++t) {
+          const int64_t r = r0 + t;
+          const int8_t* a = x.a.data() + r * in + g * BLOCK;
+          int32_t quads[8];
+          std::memcpy(quads, a, sizeof(quads));
+          __m256i dot = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(quads[0]));
+          for (int q = 1; q < 8; ++q)  // 8 x 2 x 15 x 127 fits in int16
+            dot = _mm256_add_epi16(dot, _mm256_maddubs_epi16(w[q], _mm256_set1_epi32(quads[q])));
+          const __m256 products = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, ones));
+          acc[t] = _mm256_fmadd_ps(products, _mm256_mul_ps(s, _mm256_set1_ps(x.d[r * blocks + g])), acc[t]);
+          acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[r * blocks + g]), acc[t]);
+        }
+      }
+      for (int64_t t = 0; t < tile; ++t) {
+        float values[COLS];
+        _mm256_storeu_ps(values, acc[t]);
+        store(r0 + t, j, values);
+      }
+    }
+#else
+  for (int64_t j = first; j < last; ++j)
+    for (int64_t r = 0; r < x.rows; ++r) {
+      float values[COLS] = {0};
+      for (int64_t g = 0; g < blocks; ++g) {
+        const uint8_t* wp = weights + (j * blocks + g) * BLOCK * COLS / 2;
+        const float* pp = params + (j * blocks + g) * 2 * COLS;
+        const int8_t* a = x.a.data() + r * in + g * BLOCK;
+        for (int64_t c = 0; c < COLS; ++c) {
+          int32_t dot = 0;
+          for (int p = 0; p < 4; ++p)
+            for (int i = 0; i < 4; ++i) {
+              uint8_t byte = wp[32 * p + 4 * c + i];
+              dot += (byte & 0x0F) * a[8 * p + i] + (byte >> 4) * a[8 * p + 4 + i];
+            }
+          values[c] += static_cast<float>(dot) * (pp[c] * x.d[r * blocks + g]) + pp[COLS + c] * x.sum[r * blocks + g];
+        }
+      }
+      store(r, j, values);
+    }
+#endif
+}
+
+// int16 activations: the same weights, each row quantized to int16 per block (d = max|x| / 32767:
+// within ~1/65534 of the block's largest value, finer than bf16's own rounding), and multiplied
+// 16 multiply-adds per instruction (vpmaddwd). Half int8's speed from several rows, but the products
+// are those of the bf16 path to within fp32 rounding.
+struct Activations16 {
+  std::vector<int16_t> a;  // per quad of inputs k..k+3: a[k], a[k+2], a[k+1], a[k+3] (vpmaddwd pairs)
+  std::vector<float> d, sum;
+  int64_t rows = 0, in = 0;
+};
+
+inline void quantize(const uint16_t* x, int64_t rows, int64_t in, Activations16& out) {
+  const int64_t blocks = in / BLOCK;
+  out.rows = rows, out.in = in;
+  out.a.resize(rows * in);
+  out.d.resize(rows * blocks);
+  out.sum.resize(rows * blocks);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < blocks; ++b) {
+      float v[BLOCK];
+      float amax = 0.0f, total = 0.0f;
+      for (int64_t i = 0; i < BLOCK; ++i) {
+        uint32_t bits = static_cast<uint32_t>(x[r * in + b * BLOCK + i]) << 16;
+        std::memcpy(&v[i], &bits, sizeof(float));
+        amax = std::max(amax, std::fabs(v[i]));
+        total += v[i];
+      }
+      float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+      int16_t* a = out.a.data() + r * in + b * BLOCK;
+      static constexpr int ORDER[4] = {0, 2, 1, 3};
+      for (int64_t i = 0; i < BLOCK; ++i) a[(i & ~3) + ORDER[i & 3]] = static_cast<int16_t>(std::nearbyint(v[i] * inv));
+      out.d[r * blocks + b] = amax / 32767.0f;
+      out.sum[r * blocks + b] = total;
+    }
+}
+
+inline void multiply(const Activations16& x, const uint8_t* weights, const float* params, int64_t first,
+                     int64_t last, uint16_t* out, int64_t width) {
+  const int64_t in = x.in, blocks = in / BLOCK;
+  auto store = [&](int64_t r, int64_t j, const float* values) {
+    for (int64_t c = 0; c < COLS; ++c) {
+      uint32_t u;
+      std::memcpy(&u, &values[c], sizeof(u));
+      uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+      out[r * width + COLS * (j - first) + c] = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : rounded;
+    }
+  };
+#if defined(__AVX2__) && defined(__FMA__)
+  constexpr int64_t TILE = 4;
+  const __m256i mask = _mm256_set1_epi32(0x000F000F);
+  for (int64_t j = first; j < last; ++j)
+    for (int64_t r0 = 0; r0 < x.rows; r0 += TILE) {
+      const int64_t tile = std::min(TILE, x.rows - r0);
+      __m256 acc[TILE] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t g = 0; g < blocks; ++g) {
+        const uint8_t* wp = weights + (j * blocks + g) * BLOCK * COLS / 2;
+        __m256i dot[TILE] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                             _mm256_setzero_si256()};
+        for (int p = 0; p < 4; ++p) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 32 * p));
+          // per column lane, int16 pairs of inputs (i, i + 2): (0, 2) low nibbles, (0, 2) high ones
+          // (the quad 4 further), (1, 3) low, (1, 3) high
+          const __m256i w0 = _mm256_and_si256(v, mask), w1 = _mm256_and_si256(_mm256_srli_epi32(v, 4), mask);
+          const __m256i w2 = _mm256_and_si256(_mm256_srli_epi32(v, 8), mask);
+          const __m256i w3 = _mm256_and_si256(_mm256_srli_epi32(v, 12), mask);
+          for (int64_t t = 0; t < tile; ++t) {
+            const int16_t* a = x.a.data() + (r0 + t) * in + g * BLOCK + 8 * p;
+            int32_t pairs[4];  // (a0, a2), (a1, a3) of the quad at 8 p, then of the one at 8 p + 4
+            std::memcpy(pairs, a, sizeof(pairs));
+            __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_set1_epi32(pairs[0])),
+                                           _mm256_madd_epi16(w2, _mm256_set1_epi32(pairs[1])));
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(w1, _mm256_set1_epi32(pairs[2])));
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(w3, _mm256_set1_epi32(pairs[3])));
+            dot[t] = _mm256_add_epi32(dot[t], sum);
+          }
+        }
+        const float* pp = params + (j * blocks + g) * 2 * COLS;
+        const __m256 s = _mm256_loadu_ps(pp), m = _mm256_loadu_ps(pp + COLS);
+        for (int64_t t = 0; t < tile; ++t) {
+          const int64_t r = r0 + t;
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t]), _mm256_mul_ps(s, _mm256_set1_ps(x.d[r * blocks + g])), acc[t]);
+          acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[r * blocks + g]), acc[t]);
+        }
+      }
+      for (int64_t t = 0; t < tile; ++t) {
+        float values[COLS];
+        _mm256_storeu_ps(values, acc[t]);
+        store(r0 + t, j, values);
+      }
+    }
+#else
+  static constexpr int ORDER[4] = {0, 2, 1, 3};
+  for (int64_t j = first; j < last; ++j)
+    for (int64_t r = 0; r < x.rows; ++r) {
+      float values[COLS] = {0};
+      for (int64_t g = 0; g < blocks; ++g) {
+        const uint8_t* wp = weights + (j * blocks + g) * BLOCK * COLS / 2;
+        const float* pp = params + (j * blocks + g) * 2 * COLS;
+        const int16_t* a = x.a.data() + r * in + g * BLOCK;
+        for (int64_t c = 0; c < COLS; ++c) {
+          int64_t dot = 0;
+          for (int p = 0; p < 4; ++p)
+            for (int i = 0; i < 4; ++i) {
+              uint8_t byte = wp[32 * p + 4 * c + i];
+              dot += (byte & 0x0F) * a[8 * p + ORDER[i]] + (byte >> 4) * a[8 * p + 4 + ORDER[i]];
+            }
+          values[c] += static_cast<float>(dot) * (pp[c] * x.d[r * blocks + g]) + pp[COLS + c] * x.sum[r * blocks + g];
+        }
+      }
+      store(r, j, values);
+    }
+#endif
+}
+
+// The layout above from a layer's integers q (out x in, 0..15), scales s and offsets m ((in / group)
+// x out, fp32; weight = s * q + m): bytes (out / 8 x in / 32 x 128) and params (out / 8 x in / 32 x 16).
+inline std::pair<at::Tensor, at::Tensor> pack(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m,
+                                              int64_t group) {
+  const int64_t out = q.size(0), in = q.size(1), blocks = in / BLOCK;
+  TORCH_CHECK(out % COLS == 0 && in % BLOCK == 0 && group % BLOCK == 0, "loopbot int8 x int4: shapes");
+  // (out/8, 8 c, blocks, 4 p, 2 h, 4 i) -> (out/8, blocks, 4 p, 8 c, 4 i, 2 h)
+  at::Tensor nibbles = q.to(at::kByte).reshape({out / COLS, COLS, blocks, 4, 2, 4}).permute({0, 2, 3, 1, 5, 4});
+  nibbles = nibbles.contiguous();
+  at::Tensor bytes = nibbles.select(-1, 0).bitwise_or(nibbles.select(-1, 1).bitwise_left_shift(4)).contiguous();
+  // each 32-block takes its group's s and m: (blocks, out) -> (out/8, blocks, [s, m], 8 c)
+  at::Tensor index = at::arange(blocks, at::kLong).div(group / BLOCK, "floor");
+  auto per_block = [&](const at::Tensor& t) {
+    return t.to(at::kFloat).index_select(0, index).reshape({blocks, out / COLS, COLS}).permute({1, 0, 2});
+  };
+  at::Tensor params = at::stack({per_block(s), per_block(m)}, 2).contiguous();
+  return {bytes.reshape({out / COLS, blocks, BLOCK * COLS / 2}), params};
+}
+
+}  // namespace int4_matmul
