@@ -98,3 +98,17 @@ def growing_cache(config: Any) -> Any:
     cache = DynamicCache(config=config)
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def join_rows(cache: Any, mask: Any, other: Any, other_mask: Any) -> Any:
+    """Append the rows of ``other`` (a cache and its ``other_mask``) to ``cache``, left-padding whichever
+    is shorter (the mask hides the padding); returns the joined mask."""
+    import torch
+    import torch.nn.functional as F
+
+    length, current = other_mask.shape[1], mask.shape[1]
+    grow, pad = max(0, length - current), max(0, current - length)
+    for mine, theirs in zip(cache.layers, other.layers, strict=True):
+        mine.keys = torch.cat([F.pad(mine.keys, (0, 0, grow, 0)), F.pad(theirs.keys, (0, 0, pad, 0))])
+        mine.values = torch.cat([F.pad(mine.values, (0, 0, grow, 0)), F.pad(theirs.values, (0, 0, pad, 0))])
+    return torch.cat([F.pad(mask, (grow, 0)), F.pad(other_mask, (pad, 0))])

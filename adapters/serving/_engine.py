@@ -7,9 +7,10 @@ row at once, each row with its own adapters (:class:`adapters.serving._lora.Lora
 
 Rows of different lengths share one key/value cache, left-padded: a request that joins mid-generation
 is prefilled (in one forward with the others admitted in the same step whose prompts are of a similar
-length, see :func:`prefill_groups`) and its cache is padded to the batch's length and appended; the
-attention mask hides the padding and each row keeps its own positions. When rows leave, columns that
-are padding for every remaining row are dropped.
+length, see :func:`prefill_groups`; a prompt longer than ``PREFILL_CHUNK`` a chunk a step, the batch
+decoding between its chunks: :mod:`adapters.serving._prefill`) and its cache is padded to the batch's
+length and appended; the attention mask hides the padding and each row keeps its own positions. When
+rows leave, columns that are padding for every remaining row are dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import inspect
 import itertools
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,9 +28,11 @@ from typing import Any
 from adapters._memory import release_free_memory
 from adapters.errors import AdapterError
 from adapters.serving._lora import LoraBank
+from adapters.serving._prefill import chunk_forward, group_forward
 from adapters.serving._requests import (
     BACKGROUND,
     INTERACTIVE,
+    PREFILL_CHUNK,
     Generation,
     Request,
     RuntimeBusy,
@@ -98,6 +100,7 @@ class BatchEngine:
         self._closing = False
         self._rows: list[Request] = []
         self._starting: list[Request] = []  # admitted this step, being prefilled
+        self._chunked: deque[Request] = deque()  # long prompts prefilled a chunk a step, oldest first
         self._cache: Any = None
         self._mask: Any = None
 
@@ -143,7 +146,8 @@ class BatchEngine:
         """Whether a queued or running request was submitted with ``adapter``."""
         with self._lock:
             waiting = [r for _, _, r in self._waiting]
-        return any(adapter in r.adapter.names for r in [*waiting, *self._rows, *self._starting])
+        running = [*self._rows, *self._starting, *self._chunked]
+        return any(adapter in r.adapter.names for r in [*waiting, *running])
 
     def counts(self) -> dict[str, int]:
         """How many requests run and wait, by kind."""
@@ -156,7 +160,7 @@ class BatchEngine:
         }
 
     def _running(self) -> int:
-        return len(self._rows) + len(self._starting)
+        return len(self._rows) + len(self._starting) + len(self._chunked)
 
     # ----- the worker thread ----------------------------------------------------------------
     def run(self) -> None:
@@ -166,9 +170,10 @@ class BatchEngine:
         with torch.inference_mode():
             while True:
                 with self._wake:
-                    while not (self._rows or self._waiting or self._ready_jobs() or self._closing):
+                    busy = lambda: self._rows or self._chunked or self._waiting  # noqa: E731
+                    while not (busy() or self._ready_jobs() or self._closing):
                         self._wake.wait(timeout=0.5 if self._jobs else None)
-                    if self._closing and not (self._rows or self._waiting or self._jobs):
+                    if self._closing and not (busy() or self._jobs):
                         return
                     jobs = self._ready_jobs()
                     for job in jobs:
@@ -193,9 +198,14 @@ class BatchEngine:
         self._leave([r for r in self._rows if r.cancel.is_set()])
         self._starting = self._admit()
         for group in prefill_groups(self._starting):
-            self._prefill(group)
+            if len(group[0].prompt_ids) > PREFILL_CHUNK:  # alone in its group: a chunk a step
+                self._chunked.append(group[0])
+            else:
+                self._prefill(group)
             for request in group:
                 self._starting.remove(request)
+        if self._chunked:
+            self._prefill_chunk(self._chunked[0])
         if self._rows:
             try:
                 self._decode()
@@ -212,7 +222,7 @@ class BatchEngine:
         admitted: list[Request] = []
         background = sum(1 for r in self._rows if r.priority != INTERACTIVE)
         with self._lock:
-            while self._waiting and len(self._rows) + len(admitted) < self.max_batch:
+            while self._waiting and len(self._rows) + len(self._chunked) + len(admitted) < self.max_batch:
                 priority, _, request = self._waiting[0]
                 if priority != INTERACTIVE and background >= max(1, self.max_batch // 2):
                     break
@@ -220,65 +230,71 @@ class BatchEngine:
                 if request.cancel.is_set() or not request.future.set_running_or_notify_cancel():
                     if not request.future.done():  # cancelled while waiting: an empty answer
                         request.streamer = _Streamer(self.tokenizer, (), None, request.cancel)
-                        request.future.set_result(self._result(request))
+                        request.future.set_result(request.generation())
                     continue
                 background += priority != INTERACTIVE
                 admitted.append(request)
         return admitted
 
     def _prefill(self, group: list[Request]) -> None:
-        """Run the prompts of ``group`` in one forward (left-padded to the longest, the padding masked),
-        pick each one's first token, then join the batch (padded to its length)."""
-        import torch
-
-        from adapters.serving._cache import growing_cache  # imports transformers: only once a model serves
-
+        """Run the prompts of ``group`` in one forward, pick each one's first token, then join the batch."""
         for request in group:
             request.streamer = _Streamer(self.tokenizer, request.stop, request.on_token, request.cancel)
         self._use_threads(self._threads)
-        longest = max(len(r.prompt_ids) for r in group)
-        pads = [longest - len(r.prompt_ids) for r in group]
         try:
-            ids = torch.tensor([[0] * p + r.prompt_ids for p, r in zip(pads, group, strict=True)])
-            mask = (torch.arange(longest).unsqueeze(0) >= torch.tensor(pads).unsqueeze(1)).long()
-            padded = {}
-            if any(pads):
-                padded = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-            cache: Any = growing_cache(self.model.config)
             self.bank.use([r.adapter.names for r in group])
-            out = self.model(
-                input_ids=ids.to(self._device),
-                use_cache=True,
-                logits_to_keep=1,
-                **{k: v.to(self._device) for k, v in padded.items()},
-                **{self._cache_arg: cache},
-            )
-            tokens = self._choose(out.logits[:, -1, :], group)
+            logits, cache, mask = group_forward(self.model, self._cache_arg, self._device, group)
+            tokens = self._choose(logits, group)
         except Exception as error:
             log.exception("prefill failed")
             for request in group:
                 request.future.set_exception(AdapterError(f"Generation failed: {error}"))
             return
-        for layer in cache.layers:  # padding's keys and values are never attended to: keep them finite
-            for row, pad in enumerate(pads):
-                if pad:
-                    layer.keys[row, :, :pad] = 0
-                    layer.values[row, :, :pad] = 0
+        self._start(group, tokens, cache, mask)
+
+    def _prefill_chunk(self, request: Request) -> None:
+        """The next chunk of a long prompt (the oldest); after its last, the first token and the batch."""
+        if request.cancel.is_set() or request.future.done():
+            self._chunked.popleft()
+            request.streamer = request.streamer or _Streamer(self.tokenizer, (), None, request.cancel)
+            self._complete(request)
+            return
+        if request.streamer is None:
+            request.streamer = _Streamer(self.tokenizer, request.stop, request.on_token, request.cancel)
+        self._use_threads(self._threads)
+        try:
+            self.bank.use([request.adapter.names])
+            rest = len(request.prompt_ids) - request.prefilled
+            logits = chunk_forward(  # the rest at once when no row waits for a decode step
+                self.model, self._cache_arg, self._device, request, PREFILL_CHUNK if self._rows else rest
+            )
+            tokens = None if logits is None else self._choose(logits, [request])
+        except Exception as error:
+            log.exception("prefill failed")
+            self._chunked.popleft()
+            request.future.set_exception(AdapterError(f"Generation failed: {error}"))
+            return
+        if tokens is not None:
+            import torch
+
+            self._chunked.popleft()
+            cache, request.prompt_cache = request.prompt_cache, None
+            self._start([request], tokens, cache, torch.ones(1, request.prefilled, dtype=torch.long))
+
+    def _start(self, group: list[Request], tokens: list[int], cache: Any, mask: Any) -> None:
+        """Each prompt's first token; those not done with it join the batch (their rows of ``cache``)."""
+        import torch
+
         joining = []
         for row, (request, token) in enumerate(zip(group, tokens, strict=True)):
             request.position = len(request.prompt_ids)
             if self._accept(request, token):
                 joining.append(row)
-        if joining:
-            self._join([group[row] for row in joining], cache, mask.to(self._device), joining)
-
-    def _join(self, requests: list[Request], cache: Any, mask: Any, rows: list[int]) -> None:
-        """Append ``rows`` of a prefill's ``cache`` and ``mask`` (those of ``requests``) to the batch."""
-        import torch
-        import torch.nn.functional as F
-
-        if len(rows) < mask.shape[0]:  # some answered with their first token: their rows go
-            index = torch.tensor(rows, device=self._device)
+        if not joining:
+            return
+        mask = mask.to(self._device)
+        if len(joining) < mask.shape[0]:  # some answered with their first token: their rows go
+            index = torch.tensor(joining, device=self._device)
             mask = mask.index_select(0, index)
             for layer in cache.layers:
                 layer.keys, layer.values = (
@@ -286,17 +302,12 @@ class BatchEngine:
                     layer.values.index_select(0, index),
                 )
         if self._cache is None:
-            self._rows, self._cache, self._mask = list(requests), cache, mask
-            return
-        length, current = mask.shape[1], self._mask.shape[1]
-        grow, pad = max(0, length - current), max(0, current - length)
-        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([F.pad(mine.keys, (0, 0, grow, 0)), F.pad(theirs.keys, (0, 0, pad, 0))])
-            mine.values = torch.cat(
-                [F.pad(mine.values, (0, 0, grow, 0)), F.pad(theirs.values, (0, 0, pad, 0))]
-            )
-        self._mask = torch.cat([F.pad(self._mask, (grow, 0)), F.pad(mask, (pad, 0))])
-        self._rows.extend(requests)
+            self._rows, self._cache, self._mask = [group[row] for row in joining], cache, mask
+        else:
+            from adapters.serving._cache import join_rows
+
+            self._mask = join_rows(self._cache, self._mask, cache, mask)
+            self._rows.extend(group[row] for row in joining)
 
     def _decode(self) -> None:
         import torch
@@ -360,20 +371,7 @@ class BatchEngine:
 
     def _complete(self, request: Request) -> None:
         if not request.future.done():
-            request.future.set_result(self._result(request))
-
-    def _result(self, request: Request) -> Generation:
-        streamer = request.streamer
-        assert streamer is not None
-        streamer.end()
-        return Generation(
-            text=streamer.final_text().strip(),
-            adapter="+".join(request.adapter.names) or None,
-            prompt_tokens=len(request.prompt_ids),
-            completion_tokens=len(request.generated),
-            seconds=time.perf_counter() - streamer.started,
-            first_token_seconds=streamer.first_token,
-        )
+            request.future.set_result(request.generation())
 
     def _leave(self, leaving: list[Request]) -> None:
         """Drop ``leaving`` from the batch (answering cancelled ones with what they have so far)."""

@@ -285,3 +285,35 @@ def test_prefill_groups_keep_padding_and_size_bounded() -> None:
     big = PREFILL_MAX_TOKENS // 2
     assert [len(g) for g in prefill_groups([request(big)] * 3)] == [2, 1]
     assert prefill_groups([]) == []
+
+
+def test_a_long_prompt_is_read_in_chunks_while_the_batch_keeps_answering(
+    tiny_runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grounded question's long prompt arriving while another answer streams is prefilled a chunk a
+    step, a decode step of the running answer after each chunk, and answers as it does alone (where,
+    with nothing else to decode, it is read in one forward)."""
+    from adapters.serving import _engine
+
+    monkeypatch.setattr(_engine, "PREFILL_CHUNK", 8)
+    long_prompt = [{"role": "user", "content": "Passages: Mochi sneezes in the morning after breakfast. " * 3}]
+    long_alone = tiny_runtime.generate(long_prompt, max_new_tokens=6)
+    running_alone = tiny_runtime.generate(ask(1), max_new_tokens=40)
+    chunks = -(-long_alone.prompt_tokens // 8)
+    assert chunks >= 4 and running_alone.completion_tokens >= chunks + 2
+    events: list[str] = []
+    hold = Hold()
+
+    def running_token(piece: str) -> None:
+        hold(piece)
+        events.append("running")
+
+    running = tiny_runtime.submit(ask(1), max_new_tokens=40, on_token=running_token)
+    assert hold.started.wait(10)
+    events.append("long submitted")
+    long = tiny_runtime.submit(long_prompt, max_new_tokens=6, on_token=lambda _piece: events.append("long"))
+    hold.released.set()
+    assert long.result().text == long_alone.text
+    assert running.result().text == running_alone.text
+    between = events[events.index("long submitted") : events.index("long")]
+    assert between.count("running") >= chunks - 1, events  # one decode step after every chunk but the last
