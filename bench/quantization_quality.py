@@ -5,12 +5,15 @@ Measures (1) regression-set accuracy (correct / gradable) with the bot's default
 (3) divergence from the fp32 model on its own greedy regression answers (teacher-forced top-1
 agreement and KL per token), which varies far less than 14 right-or-wrong answers.
 Each model is served as the bot serves it (``dtype=auto``: the GPTQ model in bf16 on CPU).
-Run: ``python bench/quantization_quality.py [--models DIR]`` (the default model must be prepared).
+Run: ``python bench/quantization_quality.py [--models DIR] [--divergence-only]`` (the default model
+must be prepared; ``--divergence-only``: (3) alone, ~6 min).
 Writes bench/results/quantization_quality.json and one regression CSV per model.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 
 from _common import RAG_CASES, RESULTS, machine, models_dir, rag_messages, write
@@ -62,7 +65,27 @@ def divergence(models) -> dict:
     for label, path, dtype, fast, steps in (
         ("plain_bf16", plain_model_dir(models), "bfloat16", False, None),
         ("gptq_4bit_bf16 (served: prompt forward)", default_model_dir(models), "auto", True, None),
-        ("gptq_4bit_bf16 (served: decode steps, native)", default_model_dir(models), "auto", True, "native"),
+        (
+            "gptq_4bit_bf16 (served: decode steps, native, torch's int4 kernel)",
+            default_model_dir(models),
+            "auto",
+            True,
+            "native",
+        ),
+        (
+            "gptq_4bit_bf16 (served: decode steps, native, int16 activations)",
+            default_model_dir(models),
+            "auto",
+            True,
+            16,
+        ),
+        (
+            "gptq_4bit_bf16 (decode steps, native, int8 activations)",
+            default_model_dir(models),
+            "auto",
+            True,
+            8,
+        ),
         (
             "gptq_4bit_bf16 (decode steps written out in Python)",
             default_model_dir(models),
@@ -76,22 +99,30 @@ def divergence(models) -> dict:
         model, _ = load_base_model(path, device="cpu", dtype=dtype)
         if fast:  # as the runtime serves it (adapters/serving/_fastpath.py)
             install(model)
-        score = decode_steps(model, native=steps == "native") if steps else None
+        native = steps in ("native", 8, 16)
+        score = (
+            decode_steps(model, native=native, integer_bits=steps if steps in (8, 16) else None)
+            if steps
+            else None
+        )
         d = divergence_from_reference(model, reference, tokenizer, conversations, score=score)
         out[label] = {"agreement": round(d.agreement, 4), "kl": round(d.kl, 4), "tokens": d.tokens}
         del model
     return out
 
 
-def decode_steps(model, native: bool):
+def decode_steps(model, native: bool, integer_bits: int | None = None):
     """Scores answers as the runtime generates them: the prompt in one forward, then one decode step
-    per answer token (``LlamaDecode``, native kernels or Python, the engine's growing cache)."""
+    per answer token (``LlamaDecode``, native kernels or Python, the engine's growing cache). Native
+    steps multiply with torch's int4 kernel, or with ``integer_bits`` activations (8 or 16)."""
     import torch
 
     from adapters.serving import LlamaDecode, growing_cache
 
     decode = LlamaDecode.for_model(model, native=native)
     assert decode is not None and decode.native is native
+    if native:
+        decode.set_integer_rows(64 if integer_bits else 0, integer_bits or 16)
 
     def score(ids, prompt_length: int):
         cache = growing_cache(model.config)
@@ -114,6 +145,13 @@ def main() -> None:
     gptq = default_model_dir(models)
     if not is_prepared(gptq):
         raise SystemExit(f"{gptq} is not prepared: run `loopbot model prepare` first")
+    if "--divergence-only" in sys.argv:  # the divergence table alone, into the last full run's file
+        path = RESULTS / "quantization_quality.json"
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        data["divergence_from_fp32"] = divergence(models)
+        data["divergence_machine"] = machine()
+        write("quantization_quality", data)
+        return
     marker = (gptq / "loopbot-prepared.json").read_text(encoding="utf-8")
     data = {
         "machine": machine(),

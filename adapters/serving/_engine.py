@@ -28,7 +28,7 @@ from typing import Any
 from adapters._memory import release_free_memory
 from adapters.errors import AdapterError
 from adapters.serving._lora import LoraBank
-from adapters.serving._prefill import chunk_forward, group_forward
+from adapters.serving._prefill import PrefixCache, chunk_forward, group_forward
 from adapters.serving._requests import (
     BACKGROUND,
     INTERACTIVE,
@@ -66,6 +66,7 @@ class BatchEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.bank = LoraBank(model)
+        self.prefixes = PrefixCache()  # shared prompt prefixes' keys and values, per adapter stack
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.repetition_penalty = repetition_penalty
@@ -197,13 +198,12 @@ class BatchEngine:
     def _step(self) -> None:
         self._leave([r for r in self._rows if r.cancel.is_set()])
         self._starting = self._admit()
+        long = [r for r in self._starting if len(r.prompt_ids) - r.shared_prefix > PREFILL_CHUNK]
+        self._chunked.extend(long)  # read a chunk a step, in arrival order
+        self._starting = [r for r in self._starting if r not in long]
         for group in prefill_groups(self._starting):
-            if len(group[0].prompt_ids) > PREFILL_CHUNK:  # alone in its group: a chunk a step
-                self._chunked.append(group[0])
-            else:
-                self._prefill(group)
-            for request in group:
-                self._starting.remove(request)
+            self._prefill(group)
+        self._starting = []
         if self._chunked:
             self._prefill_chunk(self._chunked[0])
         if self._rows:
@@ -242,8 +242,8 @@ class BatchEngine:
             request.streamer = _Streamer(self.tokenizer, request.stop, request.on_token, request.cancel)
         self._use_threads(self._threads)
         try:
-            self.bank.use([r.adapter.names for r in group])
-            logits, cache, mask = group_forward(self.model, self._cache_arg, self._device, group)
+            args = (self.model, self._cache_arg, self._device)
+            logits, cache, mask = group_forward(*args, group, self.bank, self.prefixes)
             tokens = self._choose(logits, group)
         except Exception as error:
             log.exception("prefill failed")
@@ -263,11 +263,9 @@ class BatchEngine:
             request.streamer = _Streamer(self.tokenizer, request.stop, request.on_token, request.cancel)
         self._use_threads(self._threads)
         try:
-            self.bank.use([request.adapter.names])
-            rest = len(request.prompt_ids) - request.prefilled
-            logits = chunk_forward(  # the rest at once when no row waits for a decode step
-                self.model, self._cache_arg, self._device, request, PREFILL_CHUNK if self._rows else rest
-            )
+            args = (self.model, self._cache_arg, self._device, request, self.bank, self.prefixes)
+            # the rest at once when no row waits for a decode step
+            logits = chunk_forward(*args, PREFILL_CHUNK if self._rows else len(request.prompt_ids))
             tokens = None if logits is None else self._choose(logits, [request])
         except Exception as error:
             log.exception("prefill failed")

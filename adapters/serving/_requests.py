@@ -72,6 +72,7 @@ class Request:
     streamer: _Streamer | None = None
     generated: list[int] = field(default_factory=list)
     position: int = 0  # position of the next token fed to the model
+    shared_prefix: int = 0  # leading prompt tokens other requests share (the system turn): cached
     prompt_cache: Any = None  # a long prompt's cache while it is prefilled chunk by chunk
     prefilled: int = 0  # prompt tokens in prompt_cache
 

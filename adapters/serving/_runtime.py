@@ -76,6 +76,7 @@ class ModelRuntime(RuntimeBase):
         self.default_max_new_tokens = max_new_tokens
         self.default_temperature = temperature
         self.default_system_prompt = system_prompt
+        self._system_turns: dict[str | None, list[int]] = {}  # see _system_turn
         self._adapters: dict[str, Path] = {}
         self._active: str | None = None
         self._lock = threading.Lock()
@@ -259,7 +260,12 @@ class ModelRuntime(RuntimeBase):
                 self._active = None
             self._adapters.pop(name)
         engine = self._engine
-        engine.call(lambda: engine.bank.remove(name), ready=lambda: not engine.uses(name)).result()
+
+        def remove() -> None:
+            engine.bank.remove(name)
+            engine.prefixes.drop(name)
+
+        engine.call(remove, ready=lambda: not engine.uses(name)).result()
 
     # ----- generation -----------------------------------------------------------------------
     def render_prompt(self, messages: list[dict[str, str]], system_prompt: str | None = None) -> str:
@@ -277,6 +283,21 @@ class ModelRuntime(RuntimeBase):
                     fold_system(chat), tokenize=False, add_generation_prompt=True
                 )
             )
+
+    def _system_turn(self, system_prompt: str | None) -> list[int]:
+        """The prompt tokens every conversation with ``system_prompt`` starts with (the template's
+        system turn): the common prefix of two renderings that differ only in the question."""
+        key = self.default_system_prompt if system_prompt is None else system_prompt
+        if key not in self._system_turns:
+            a, b = ([{"role": "user", "content": q}] for q in ("a", "b"))
+            tokenize = self._tokenizer
+            ids = [
+                tokenize(self.render_prompt(m, system_prompt), add_special_tokens=False)["input_ids"]
+                for m in (a, b)
+            ]
+            common = next((i for i, (x, y) in enumerate(zip(*ids, strict=False)) if x != y), 0)
+            self._system_turns = {**dict(list(self._system_turns.items())[-15:]), key: list(ids[0][:common])}
+        return self._system_turns[key]
 
     def submit(
         self,
@@ -306,9 +327,11 @@ class ModelRuntime(RuntimeBase):
         if limit < 1:
             raise AdapterError("max_new_tokens must be at least 1.")
         prompt = self.render_prompt(messages, system_prompt)
-        ids = self._tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = list(self._tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        prefix = self._system_turn(system_prompt)
         request = Request(
-            prompt_ids=list(ids),
+            prompt_ids=ids,
+            shared_prefix=len(prefix) if len(ids) > len(prefix) and ids[: len(prefix)] == prefix else 0,
             adapter=choice,
             max_new_tokens=limit,
             temperature=self.default_temperature if temperature is None else temperature,

@@ -296,10 +296,13 @@ def test_a_long_prompt_is_read_in_chunks_while_the_batch_keeps_answering(
     from adapters.serving import _engine
 
     monkeypatch.setattr(_engine, "PREFILL_CHUNK", 8)
-    long_prompt = [{"role": "user", "content": "Passages: Mochi sneezes in the morning after breakfast. " * 3}]
+    long_prompt = [
+        {"role": "user", "content": "Passages: Mochi sneezes in the morning after breakfast. " * 3}
+    ]
     long_alone = tiny_runtime.generate(long_prompt, max_new_tokens=6)
     running_alone = tiny_runtime.generate(ask(1), max_new_tokens=40)
-    chunks = -(-long_alone.prompt_tokens // 8)
+    read = long_alone.prompt_tokens - len(tiny_runtime._system_turn(None))  # after the cached system turn
+    chunks = -(-read // 8)
     assert chunks >= 4 and running_alone.completion_tokens >= chunks + 2
     events: list[str] = []
     hold = Hold()
@@ -317,3 +320,38 @@ def test_a_long_prompt_is_read_in_chunks_while_the_batch_keeps_answering(
     assert running.result().text == running_alone.text
     between = events[events.index("long submitted") : events.index("long")]
     assert between.count("running") >= chunks - 1, events  # one decode step after every chunk but the last
+
+
+def test_the_system_turn_is_computed_once_per_adapter_and_answers_stay_the_same(
+    tiny_runtime: ModelRuntime, tiny_model_dir: Path, make_lora_adapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every prompt starts with the system prompt's turn: its keys and values are computed once per
+    adapter stack and reused by every later prompt, alone, grouped (padding between the turn and the
+    question) or read in chunks, with the answers of prompts computed whole; an unloaded adapter's
+    entry goes."""
+    from adapters.serving import _engine
+
+    system = "You are loopbot. Answer in one short sentence from the notes."
+    asks = [ask(1), [{"role": "user", "content": "Tell me fact number 12, and then one more. " * 3}], ask(3)]
+    tiny_runtime.load_adapter("a", make_lora_adapter(tiny_model_dir, seed=1))
+    prefixes = tiny_runtime._engine.prefixes
+
+    def answers() -> list[str]:
+        alone = [tiny_runtime.generate(m, system_prompt=system).text for m in asks]
+        hold = Hold()
+        first = tiny_runtime.submit(ask(0), system_prompt=system, on_token=hold)
+        assert hold.started.wait(10)
+        together = [tiny_runtime.submit(m, system_prompt=system) for m in asks]  # one padded group
+        hold.released.set()
+        first.result()
+        adapted = tiny_runtime.generate(asks[0], system_prompt=system, adapter="a").text
+        return [*alone, *(f.result().text for f in together), adapted]
+
+    monkeypatch.setattr(_engine, "PREFILL_CHUNK", 16)  # the long ask is read in chunks while others run
+    reused = answers()
+    assert prefixes.computed == 2  # the base's and adapter a's
+    monkeypatch.setattr(type(tiny_runtime), "_system_turn", lambda self, system_prompt: [])
+    assert answers() == reused  # every prompt computed whole
+    assert prefixes.computed == 2
+    tiny_runtime.unload_adapter("a")
+    assert [key[1] for key in prefixes._entries] == [()]
