@@ -3,9 +3,10 @@ path before Dec 8, in the same run, each in a process of its own (so each one's 
 
 - **current**: prompts through dense weights in the dtype the CPU multiplies fastest (fp32 on an AVX2
   CPU without AVX-512 BF16), decode steps with int16 activations x int4 weights where the load-time
-  probe says they win, long prompts read in chunks while answers stream.
+  probe says they win, long prompts read in chunks while answers stream, the system turn's keys and
+  values computed once.
 - **before**: bf16 dense prompt weights, torch's int4 kernel in every decode step, every prompt in one
-  forward before the batch's next step (the bench patches those three choices back).
+  forward before the batch's next step, no system turn reused (the bench patches those choices back).
 
 For 1, 4, 8, 16 ~1,000-token grounded questions submitted at once: each one's time to its first token
 (from the burst's start, in submission order) and the time to the last answer, with 64 tokens forced
@@ -86,6 +87,7 @@ def one_path(name: str, counts: list[int], new_tokens: int) -> dict[str, Any]:
     if name == "before":
         fastpath.prompt_weight_dtype = lambda dtype: dtype  # bf16 dense prompt weights
         engine.PREFILL_CHUNK = 10**9  # every prompt in one forward
+        ModelRuntime._system_turn = lambda self, system_prompt: []  # no system turn reused
     out: dict[str, Any] = {"path": name}
     with ModelRuntime.load(default_model_dir(models_dir()), device="cpu", threads=2, max_batch=16) as rt:
         decode = rt._engine.decode_step
@@ -117,7 +119,9 @@ def one_path(name: str, counts: list[int], new_tokens: int) -> dict[str, Any]:
             forced(rt, mode == "forced_64", saved)
             rows = []
             for count in counts:
-                rows.append(burst(rt, [rag_messages(i % len(RAG_CASES), 5) for i in range(count)], new_tokens))
+                rows.append(
+                    burst(rt, [rag_messages(i % len(RAG_CASES), 5) for i in range(count)], new_tokens)
+                )
                 print(name, mode, rows[-1], flush=True)
             out[f"grounded_{mode}"] = rows
     out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
