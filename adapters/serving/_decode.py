@@ -93,8 +93,8 @@ def integer_wins_up_to(group: Any, bits: int = ACTIVATION_BITS) -> int:
     ``group``'s weights faster than torch's int4 kernel, on one thread as a decode step's share runs
     (best of 5 calls each way per row count in :data:`INTEGER_PROBE_ROWS`; ~10 ms): 0 where torch's
     kernel wins from one row. On a Zen 3 core (AVX2, no AVX-512), int16 activations are 2.4x faster
-    at one row and 1.5x at 4-16 (torch converts every weight to fp32 there); with AVX-512 torch's
-    kernel is faster than it is there."""
+    at one row and 1.5x at 4-16 (torch converts every weight to fp32 there); a host where torch's kernel
+    is faster keeps it."""
     import torch
 
     bytes_, params = torch.ops.loopbot.int4_layout(group.packed, group.scales, group.group_size)
