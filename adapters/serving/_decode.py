@@ -97,7 +97,7 @@ def integer_wins_up_to(group: Any, bits: int = ACTIVATION_BITS) -> int:
     is faster keeps it."""
     import torch
 
-    bytes_, params = torch.ops.loopbot.int4_layout(group.packed, group.scales, group.group_size)
+    bytes_, params = torch.ops.loopbot.int4_layout(group.dense, group.scales, group.group_size)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     wins = 0
@@ -163,7 +163,8 @@ class LlamaDecode:
         if self._handle is not None:  # the kernels drop their references to the weights with this decoder
             weakref.finalize(self, torch.ops.loopbot.release_model, self._handle)
         self._integer_rows = 0
-        if self._handle is not None and integer:
+        if self._handle is not None and integer and self._groups[0][0].group_size % 32 == 0:
+            self._attach_layouts()
             self.integer_rows = integer_wins_up_to(self._groups[0][2])
 
     @property
@@ -205,6 +206,17 @@ class LlamaDecode:
                 self.threads,
             )
         )
+
+    def _attach_layouts(self) -> None:
+        """The projections' int4 weights laid out for integer activations (csrc/int4_matmul.h), from
+        their dense weights (elementwise, ~1 s for the default model)."""
+        import torch
+
+        laid = []
+        for groups in self._groups:
+            for group in groups:
+                laid += torch.ops.loopbot.int4_layout(group.dense, group.scales, group.group_size)
+        torch.ops.loopbot.attach_layouts(self._handle, laid)
 
     @classmethod
     def for_model(cls, model: Any, native: bool = True, integer: bool = True) -> LlamaDecode | None:

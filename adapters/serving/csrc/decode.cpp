@@ -321,14 +321,25 @@ Tensor int4(const Tensor& x, const Tensor& packed, const Tensor& scales, int64_t
   return at::_weight_int4pack_mm_for_cpu(x, packed, group_size, scales);
 }
 
-// A projection's weights in int4_matmul.h's layout, from torch's int4 packing (packed (out, in / 2) and
-// scales (in / group, out, 2): weight = (q - 8) * scale + zero). The integers are read back through
-// torch's own kernel (the identity times the weights with scale 1 and zero 8), whatever its packing.
-std::vector<Tensor> int4_layout(const Tensor& packed, const Tensor& scales, int64_t group_size) {
-  const int64_t out = packed.size(0), in = packed.size(1) * 2;
-  Tensor ones = at::ones({in / group_size, out, 1}, scales.options());
-  Tensor q = int4(at::eye(in, scales.options()), packed, at::cat({ones, ones * 8}, 2), group_size).t();
+// A projection's weights in int4_matmul.h's layout, with torch's int4 scales (in / group, out, 2):
+// weight = (q - 8) * scale + zero. `weights` is either the layer's dense weight (out, in), any float
+// dtype (the integers recovered as round((w - m) / s): exact, since bf16 rounding moves a weight by
+// under half a step), or torch's packing (out, in / 2) uint8, read back through torch's own kernel
+// (the identity times the weights with scale 1 and zero 8): in x in x out multiply-adds, seconds for a
+// whole model, so the runtime passes the dense weights.
+std::vector<Tensor> int4_layout(const Tensor& weights, const Tensor& scales, int64_t group_size) {
+  const bool packed = weights.scalar_type() == at::kByte;
+  const int64_t out = weights.size(0), in = packed ? weights.size(1) * 2 : weights.size(1);
+  TORCH_CHECK(in % group_size == 0 && scales.size(0) == in / group_size && scales.size(1) == out,
+              "loopbot int4_layout: weights and scales disagree");
   Tensor s = scales.select(2, 0).to(at::kFloat), m = scales.select(2, 1).to(at::kFloat) - s * 8;
+  s = s.contiguous(), m = m.contiguous();
+  if (!packed) {
+    auto [bytes, params] = int4_matmul::pack_dense(weights.to(at::kFloat).contiguous(), s, m, group_size);
+    return {bytes, params};
+  }
+  Tensor ones = at::ones({in / group_size, out, 1}, scales.options());
+  Tensor q = int4(at::eye(in, scales.options()), weights, at::cat({ones, ones * 8}, 2), group_size).t();
   auto [bytes, params] = int4_matmul::pack(q, s, m, group_size);
   return {bytes, params};
 }
@@ -440,15 +451,6 @@ int64_t register_model(const std::vector<Tensor>& tensors, int64_t heads, int64_
     for (auto [b, e] : ranges(inter, threads))
       l.mlp.emplace_back(part(l.gate_up_packed, l.gate_up_scales, b, e),
                          part(l.gate_up_packed, l.gate_up_scales, inter + b, inter + e));
-    if (group_size % int4_matmul::BLOCK == 0) {
-      auto layout = [&](const Tensor& packed, const Tensor& scales) {
-        auto t = int4_layout(packed, scales, group_size);
-        return Laid{t[0], t[1]};
-      };
-      l.qkv_laid = layout(l.qkv_packed, l.qkv_scales), l.o_laid = layout(l.o_packed, l.o_scales);
-      l.gate_up_laid = layout(l.gate_up_packed, l.gate_up_scales);
-      l.down_laid = layout(l.down_packed, l.down_scales);
-    }
     model->layers.push_back(std::move(l));
   }
   std::lock_guard<std::mutex> lock(registry_mutex);
@@ -466,7 +468,7 @@ std::shared_ptr<Model> registered(int64_t handle) {
 // Decode steps of up to `rows` rows quantize their activations to `bits` (16: within the bf16 path's
 // rounding; 8: faster, coarser) and multiply them with int4_matmul.h; larger steps use torch's int4
 // kernel; 0 rows: never. The runtime sets it by measurement (adapters/serving/_decode.py). Returns the
-// rows now set (0 where the weights could not be laid out: a group size not a multiple of 32).
+// rows now set (0 until attach_layouts gave the laid-out weights).
 int64_t set_integer_rows(int64_t handle, int64_t rows, int64_t bits) {
   TORCH_CHECK(bits == 8 || bits == 16, "loopbot decode: integer activations of 8 or 16 bits");
   auto model = registered(handle);
@@ -474,6 +476,25 @@ int64_t set_integer_rows(int64_t handle, int64_t rows, int64_t bits) {
   model->bits = bits;
   model->integer_rows = laid_out ? std::max<int64_t>(0, rows) : 0;
   return model->integer_rows;
+}
+
+// Each layer's projections laid out by int4_layout, for integer activations: 8 tensors a layer (bytes
+// and params of q/k/v, o, gate/up, down), from adapters/serving/_decode.py.
+void attach_layouts(int64_t handle, const std::vector<Tensor>& laid) {
+  auto model = registered(handle);
+  TORCH_CHECK(laid.size() == model->layers.size() * 8, "loopbot attach_layouts: 8 tensors per layer");
+  for (size_t i = 0; i < model->layers.size(); ++i) {
+    Layer& l = model->layers[i];
+    Laid* groups[4] = {&l.qkv_laid, &l.o_laid, &l.gate_up_laid, &l.down_laid};
+    const Tensor* packed[4] = {&l.qkv_packed, &l.o_packed, &l.gate_up_packed, &l.down_packed};
+    for (int g = 0; g < 4; ++g) {
+      const Tensor &bytes = laid[i * 8 + 2 * g], &params = laid[i * 8 + 2 * g + 1];
+      TORCH_CHECK(bytes.scalar_type() == at::kByte && params.scalar_type() == at::kFloat && bytes.is_contiguous() &&
+                      params.is_contiguous() && bytes.size(0) * int4_matmul::COLS == packed[g]->size(0),
+                  "loopbot attach_layouts: a layout that does not fit its projection");
+      *groups[g] = Laid{bytes, params};
+    }
+  }
 }
 
 void release_model(int64_t handle) {
@@ -839,7 +860,8 @@ TORCH_LIBRARY(loopbot, m) {
       "float scaling, int threads) -> int",
       register_model);
   m.def("release_model(int handle) -> ()", release_model);
-  m.def("int4_layout(Tensor packed, Tensor scales, int group_size) -> Tensor[]", int4_layout);
+  m.def("int4_layout(Tensor weights, Tensor scales, int group_size) -> Tensor[]", int4_layout);
+  m.def("attach_layouts(int handle, Tensor[] laid) -> ()", attach_layouts);
   m.def("int4_mm(Tensor x, Tensor bytes, Tensor params, int bits=16) -> Tensor", int4_mm);
   m.def("set_integer_rows(int handle, int rows, int bits=16) -> int", set_integer_rows);
   m.def(

@@ -255,6 +255,39 @@ inline void multiply(const Activations16& x, const uint8_t* weights, const float
 #endif
 }
 
+// The layout above straight from a layer's dense weight w (out x in, fp32), scales s and offsets m
+// ((in / group) x out, fp32; w = s * q + m up to the dense copy's rounding, which moves a weight by
+// under half a step): q = round((w - m) / s), packed as it is recovered.
+inline std::pair<at::Tensor, at::Tensor> pack_dense(const at::Tensor& w, const at::Tensor& s, const at::Tensor& m,
+                                                    int64_t group) {
+  const int64_t out = w.size(0), in = w.size(1), blocks = in / BLOCK;
+  TORCH_CHECK(out % COLS == 0 && in % BLOCK == 0 && group % BLOCK == 0, "loopbot int8 x int4: shapes");
+  at::Tensor bytes = at::empty({out / COLS, blocks, BLOCK * COLS / 2}, at::kByte);
+  at::Tensor params = at::empty({out / COLS, blocks, 2 * COLS}, at::kFloat);
+  const float *wp = w.data_ptr<float>(), *sp = s.data_ptr<float>(), *mp = m.data_ptr<float>();
+  uint8_t* bp = bytes.data_ptr<uint8_t>();
+  float* pp = params.data_ptr<float>();
+  auto level = [](float v, float offset, float inverse) {
+    return static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, std::nearbyint((v - offset) * inverse))));
+  };
+  for (int64_t j = 0; j < out / COLS; ++j)
+    for (int64_t g = 0; g < blocks; ++g) {
+      uint8_t* block = bp + (j * blocks + g) * BLOCK * COLS / 2;
+      float* block_params = pp + (j * blocks + g) * 2 * COLS;
+      for (int64_t c = 0; c < COLS; ++c) {
+        const int64_t n = COLS * j + c, at_group = (BLOCK * g / group) * out + n;
+        const float scale = sp[at_group], offset = mp[at_group], inverse = scale != 0.0f ? 1.0f / scale : 0.0f;
+        block_params[c] = scale, block_params[COLS + c] = offset;
+        const float* row = wp + n * in + BLOCK * g;
+        for (int p = 0; p < 4; ++p)
+          for (int i = 0; i < 4; ++i)
+            block[32 * p + 4 * c + i] = static_cast<uint8_t>(level(row[8 * p + i], offset, inverse) |
+                                                             (level(row[8 * p + 4 + i], offset, inverse) << 4));
+      }
+    }
+  return {bytes, params};
+}
+
 // The layout above from a layer's integers q (out x in, 0..15), scales s and offsets m ((in / group)
 // x out, fp32; weight = s * q + m): bytes (out / 8 x in / 32 x 128) and params (out / 8 x in / 32 x 16).
 inline std::pair<at::Tensor, at::Tensor> pack(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m,
@@ -270,7 +303,7 @@ inline std::pair<at::Tensor, at::Tensor> pack(const at::Tensor& q, const at::Ten
   auto per_block = [&](const at::Tensor& t) {
     return t.to(at::kFloat).index_select(0, index).reshape({blocks, out / COLS, COLS}).permute({1, 0, 2});
   };
-  at::Tensor params = at::stack({per_block(s), per_block(m)}, 2).contiguous();
+  at::Tensor params = at::stack({per_block(s), per_block(m)}, 2).contiguous().reshape({out / COLS, blocks, 2 * COLS});
   return {bytes.reshape({out / COLS, blocks, BLOCK * COLS / 2}), params};
 }
 

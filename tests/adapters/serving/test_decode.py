@@ -116,6 +116,9 @@ def test_integer_activations_multiply_like_torchs_int4_kernel(tiny_gptq_dir: Pat
     for layer in (model.model.layers[0].self_attn.q_proj, model.model.layers[1].mlp.down_proj):
         group = layer.forward.linears  # q/k/v together; down alone
         laid = ops.int4_layout(group.packed, group.scales, group.group_size)  # type: ignore[attr-defined]
+        for dense in (group.dense.bfloat16(), group.dense.float()):  # the integers from the dense weight
+            again = ops.int4_layout(dense, group.scales, group.group_size)  # type: ignore[attr-defined]
+            assert all(torch.equal(a, b) for a, b in zip(laid, again, strict=True))
         for rows in (1, 3, 8):
             x = torch.randn(rows, group.in_features, dtype=torch.bfloat16)
             theirs = torch.ops.aten._weight_int4pack_mm_for_cpu(
