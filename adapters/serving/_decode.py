@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.serving import _native
@@ -88,16 +89,15 @@ INTEGER_PROBE_ROWS = (1, 2, 4, 8, 16, 32)
 ACTIVATION_BITS = 16
 
 
-def integer_wins_up_to(group: Any, bits: int = ACTIVATION_BITS) -> int:
+def integer_wins_up_to(group: Any, laid: Sequence[Any], bits: int = ACTIVATION_BITS) -> int:
     """The most rows up to which integer activations x int4 weights (``csrc/int4_matmul.h``) multiply
-    ``group``'s weights faster than torch's int4 kernel, on one thread as a decode step's share runs
-    (best of 5 calls each way per row count in :data:`INTEGER_PROBE_ROWS`; ~10 ms): 0 where torch's
-    kernel wins from one row. On a Zen 3 core (AVX2, no AVX-512), int16 activations are 2.4x faster
-    at one row and 1.5x at 4-16 (torch converts every weight to fp32 there); a host where torch's kernel
-    is faster keeps it."""
+    ``group``'s weights (``laid``: their bytes and params, from ``int4_layout``) faster than torch's
+    int4 kernel, on one thread as a decode step's share runs (best of 5 calls each way per row count
+    in :data:`INTEGER_PROBE_ROWS`; ~10 ms): 0 where torch's kernel wins from one row. On a Zen 3 core
+    (AVX2, no AVX-512), int16 activations are 2.4x faster at one row and 1.5x at 4-16 (torch converts
+    every weight to fp32 there); a host where torch's kernel is faster keeps it."""
     import torch
 
-    bytes_, params = torch.ops.loopbot.int4_layout(group.dense, group.scales, group.group_size)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     wins = 0
@@ -105,7 +105,7 @@ def integer_wins_up_to(group: Any, bits: int = ACTIVATION_BITS) -> int:
         with torch.inference_mode():
             for rows in INTEGER_PROBE_ROWS:
                 x = torch.randn(rows, group.in_features, dtype=group.scales.dtype)
-                ours = _best_of(5, torch.ops.loopbot.int4_mm, x, bytes_, params, bits)
+                ours = _best_of(5, torch.ops.loopbot.int4_mm, x, *laid, bits)
                 torchs = _best_of(
                     5,
                     torch.ops.aten._weight_int4pack_mm_for_cpu,
@@ -164,8 +164,8 @@ class LlamaDecode:
             weakref.finalize(self, torch.ops.loopbot.release_model, self._handle)
         self._integer_rows = 0
         if self._handle is not None and integer and self._groups[0][0].group_size % 32 == 0:
-            self._attach_layouts()
-            self.integer_rows = integer_wins_up_to(self._groups[0][2])
+            laid = self._attach_layouts()
+            self.integer_rows = integer_wins_up_to(self._groups[0][2], laid[4:6])  # layer 0's gate/up
 
     @property
     def integer_rows(self) -> int:
@@ -207,9 +207,9 @@ class LlamaDecode:
             )
         )
 
-    def _attach_layouts(self) -> None:
+    def _attach_layouts(self) -> list[Any]:
         """The projections' int4 weights laid out for integer activations (csrc/int4_matmul.h), from
-        their dense weights (elementwise, ~1 s for the default model)."""
+        their dense weights (0.2 s for the default model); returns them, 8 tensors a layer."""
         import torch
 
         laid = []
@@ -217,6 +217,7 @@ class LlamaDecode:
             for group in groups:
                 laid += torch.ops.loopbot.int4_layout(group.dense, group.scales, group.group_size)
         torch.ops.loopbot.attach_layouts(self._handle, laid)
+        return laid
 
     @classmethod
     def for_model(cls, model: Any, native: bool = True, integer: bool = True) -> LlamaDecode | None:

@@ -43,20 +43,8 @@ namespace {
 using at::BFloat16;
 using at::Tensor;
 
-// bf16 <-> float on the raw bits, branch-free, so that loops over them vectorise.
-inline float from_bits(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float out;
-  std::memcpy(&out, &u, sizeof(out));
-  return out;
-}
-// v rounded to the nearest bf16, ties to even, NaN kept NaN (as torch rounds)
-inline uint16_t to_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  return (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : rounded;
-}
+using int4_matmul::from_bits;  // bf16 <-> float on the raw bits (int4_matmul.h)
+using int4_matmul::to_bits;
 inline float f32(BFloat16 v) { return from_bits(v.x); }
 inline BFloat16 to_bf16(float v) { return BFloat16(to_bits(v), BFloat16::from_bits()); }
 inline float round_bf16(float v) { return from_bits(to_bits(v)); }
@@ -324,9 +312,10 @@ Tensor int4(const Tensor& x, const Tensor& packed, const Tensor& scales, int64_t
 // A projection's weights in int4_matmul.h's layout, with torch's int4 scales (in / group, out, 2):
 // weight = (q - 8) * scale + zero. `weights` is either the layer's dense weight (out, in), any float
 // dtype (the integers recovered as round((w - m) / s): exact, since bf16 rounding moves a weight by
-// under half a step), or torch's packing (out, in / 2) uint8, read back through torch's own kernel
-// (the identity times the weights with scale 1 and zero 8): in x in x out multiply-adds, seconds for a
-// whole model, so the runtime passes the dense weights.
+// under half a step), or torch's packing (out, in / 2) uint8, whose integers are read back through
+// torch's own kernel (the identity times the weights with scale 1 and zero 8) and laid out the same
+// way: in x in x out multiply-adds, seconds for a whole model, so the runtime passes the dense weights
+// (a test checks the two agree).
 std::vector<Tensor> int4_layout(const Tensor& weights, const Tensor& scales, int64_t group_size) {
   const bool packed = weights.scalar_type() == at::kByte;
   const int64_t out = weights.size(0), in = packed ? weights.size(1) * 2 : weights.size(1);
@@ -340,7 +329,8 @@ std::vector<Tensor> int4_layout(const Tensor& weights, const Tensor& scales, int
   }
   Tensor ones = at::ones({in / group_size, out, 1}, scales.options());
   Tensor q = int4(at::eye(in, scales.options()), weights, at::cat({ones, ones * 8}, 2), group_size).t();
-  auto [bytes, params] = int4_matmul::pack(q, s, m, group_size);
+  Tensor dense = q.to(at::kFloat) * s.t().repeat_interleave(group_size, 1) + m.t().repeat_interleave(group_size, 1);
+  auto [bytes, params] = int4_matmul::pack_dense(dense.contiguous(), s, m, group_size);
   return {bytes, params};
 }
 

@@ -38,15 +38,42 @@ namespace int4_matmul {
 constexpr int64_t BLOCK = 32;  // input features per activation scale and per weight block
 constexpr int64_t COLS = 8;    // output features per weight block
 
-// The quantized rows of one call: a (rows x in) int8, and per row and block d and sum(x).
-struct Activations {
-  std::vector<int8_t> a;
+// bf16 <-> float on the raw bits, branch-free, so that loops over them vectorise (decode.cpp uses them too).
+inline float from_bits(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float out;
+  std::memcpy(&out, &u, sizeof(out));
+  return out;
+}
+// v rounded to the nearest bf16, ties to even, NaN kept NaN (as torch rounds)
+inline uint16_t to_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : rounded;
+}
+
+// The quantized rows of one call: a (rows x in) integers of `Int` (|a| <= Limit), and per row and block
+// d = max|x| / Limit and sum(x). Within each quad of inputs k..k+3, input k + i is stored at k + ORDER[i]:
+// int8 as they come, int16 as vpmaddwd's pairs (k, k + 2), (k + 1, k + 3).
+template <typename Int, int Limit, bool Paired>
+struct Quantized {
+  using Value = Int;
+  static constexpr float LIMIT = static_cast<float>(Limit);
+  static constexpr int ORDER[4] = {0, Paired ? 2 : 1, Paired ? 1 : 2, 3};
+  std::vector<Int> a;
   std::vector<float> d, sum;
   int64_t rows = 0, in = 0;
 };
+using Activations = Quantized<int8_t, 127, false>;
+// int16 activations: within ~1/65534 of each block's largest value, finer than bf16's own rounding;
+// vpmaddwd does 16 multiply-adds per instruction, half int8's speed from several rows, but the
+// products are those of the bf16 path to within fp32 rounding.
+using Activations16 = Quantized<int16_t, 32767, true>;
 
 // Quantizes `rows` bf16 rows of `in` features (a multiple of BLOCK).
-inline void quantize(const uint16_t* x, int64_t rows, int64_t in, Activations& out) {
+template <typename Acts>
+inline void quantize(const uint16_t* x, int64_t rows, int64_t in, Acts& out) {
   const int64_t blocks = in / BLOCK;
   out.rows = rows, out.in = in;
   out.a.resize(rows * in);
@@ -57,16 +84,47 @@ inline void quantize(const uint16_t* x, int64_t rows, int64_t in, Activations& o
       float v[BLOCK];
       float amax = 0.0f, total = 0.0f;
       for (int64_t i = 0; i < BLOCK; ++i) {
-        uint32_t bits = static_cast<uint32_t>(x[r * in + b * BLOCK + i]) << 16;
-        std::memcpy(&v[i], &bits, sizeof(float));
+        v[i] = from_bits(x[r * in + b * BLOCK + i]);
         amax = std::max(amax, std::fabs(v[i]));
         total += v[i];
       }
-      float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int8_t* a = out.a.data() + r * in + b * BLOCK;
-      for (int64_t i = 0; i < BLOCK; ++i) a[i] = static_cast<int8_t>(std::nearbyint(v[i] * inv));
-      out.d[r * blocks + b] = d;
+      const float inv = amax > 0.0f ? Acts::LIMIT / amax : 0.0f;
+      typename Acts::Value* a = out.a.data() + r * in + b * BLOCK;
+      for (int64_t i = 0; i < BLOCK; ++i)
+        a[(i & ~3) + Acts::ORDER[i & 3]] = static_cast<typename Acts::Value>(std::nearbyint(v[i] * inv));
+      out.d[r * blocks + b] = amax / Acts::LIMIT;
       out.sum[r * blocks + b] = total;
+    }
+}
+
+// Row r's 8 columns of weight block j, rounded to bf16, into out (row stride `width`, block `first` at 0).
+inline void store(const float* values, uint16_t* out, int64_t r, int64_t j, int64_t first, int64_t width) {
+  for (int64_t c = 0; c < COLS; ++c) out[r * width + COLS * (j - first) + c] = to_bits(values[c]);
+}
+
+// The arithmetic of multiply in plain loops (where AVX2 is missing).
+template <typename Acts>
+inline void multiply_plain(const Acts& x, const uint8_t* weights, const float* params, int64_t first, int64_t last,
+                           uint16_t* out, int64_t width) {
+  const int64_t in = x.in, blocks = in / BLOCK;
+  for (int64_t j = first; j < last; ++j)
+    for (int64_t r = 0; r < x.rows; ++r) {
+      float values[COLS] = {0};
+      for (int64_t g = 0; g < blocks; ++g) {
+        const uint8_t* wp = weights + (j * blocks + g) * BLOCK * COLS / 2;
+        const float* pp = params + (j * blocks + g) * 2 * COLS;
+        const typename Acts::Value* a = x.a.data() + r * in + g * BLOCK;
+        for (int64_t c = 0; c < COLS; ++c) {
+          int64_t dot = 0;
+          for (int p = 0; p < 4; ++p)
+            for (int i = 0; i < 4; ++i) {
+              uint8_t byte = wp[32 * p + 4 * c + i];
+              dot += (byte & 0x0F) * a[8 * p + Acts::ORDER[i]] + (byte >> 4) * a[8 * p + 4 + Acts::ORDER[i]];
+            }
+          values[c] += static_cast<float>(dot) * (pp[c] * x.d[r * blocks + g]) + pp[COLS + c] * x.sum[r * blocks + g];
+        }
+      }
+      store(values, out, r, j, first, width);
     }
 }
 
@@ -74,16 +132,8 @@ inline void quantize(const uint16_t* x, int64_t rows, int64_t in, Activations& o
 // columns (8 each): out column 8 (j - first) + c is column 8 j + c of the layer.
 inline void multiply(const Activations& x, const uint8_t* weights, const float* params, int64_t first,
                      int64_t last, uint16_t* out, int64_t width) {
-  const int64_t in = x.in, blocks = in / BLOCK;
-  auto store = [&](int64_t r, int64_t j, const float* values) {
-    for (int64_t c = 0; c < COLS; ++c) {
-      uint32_t u;
-      std::memcpy(&u, &values[c], sizeof(u));
-      uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-      out[r * width + COLS * (j - first) + c] = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : rounded;
-    }
-  };
 #if defined(__AVX2__) && defined(__FMA__)
+  const int64_t in = x.in, blocks = in / BLOCK;
   constexpr int64_t TILE = 4;  // rows sharing one unpacking of the weights
   const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   for (int64_t j = first; j < last; ++j)
@@ -116,79 +166,18 @@ inline void multiply(const Activations& x, const uint8_t* weights, const float* 
       for (int64_t t = 0; t < tile; ++t) {
         float values[COLS];
         _mm256_storeu_ps(values, acc[t]);
-        store(r0 + t, j, values);
+        store(values, out, r0 + t, j, first, width);
       }
     }
 #else
-  for (int64_t j = first; j < last; ++j)
-    for (int64_t r = 0; r < x.rows; ++r) {
-      float values[COLS] = {0};
-      for (int64_t g = 0; g < blocks; ++g) {
-        const uint8_t* wp = weights + (j * blocks + g) * BLOCK * COLS / 2;
-        const float* pp = params + (j * blocks + g) * 2 * COLS;
-        const int8_t* a = x.a.data() + r * in + g * BLOCK;
-        for (int64_t c = 0; c < COLS; ++c) {
-          int32_t dot = 0;
-          for (int p = 0; p < 4; ++p)
-            for (int i = 0; i < 4; ++i) {
-              uint8_t byte = wp[32 * p + 4 * c + i];
-              dot += (byte & 0x0F) * a[8 * p + i] + (byte >> 4) * a[8 * p + 4 + i];
-            }
-          values[c] += static_cast<float>(dot) * (pp[c] * x.d[r * blocks + g]) + pp[COLS + c] * x.sum[r * blocks + g];
-        }
-      }
-      store(r, j, values);
-    }
+  multiply_plain(x, weights, params, first, last, out, width);
 #endif
-}
-
-// int16 activations: the same weights, each row quantized to int16 per block (d = max|x| / 32767:
-// within ~1/65534 of the block's largest value, finer than bf16's own rounding), and multiplied
-// 16 multiply-adds per instruction (vpmaddwd). Half int8's speed from several rows, but the products
-// are those of the bf16 path to within fp32 rounding.
-struct Activations16 {
-  std::vector<int16_t> a;  // per quad of inputs k..k+3: a[k], a[k+2], a[k+1], a[k+3] (vpmaddwd pairs)
-  std::vector<float> d, sum;
-  int64_t rows = 0, in = 0;
-};
-
-inline void quantize(const uint16_t* x, int64_t rows, int64_t in, Activations16& out) {
-  const int64_t blocks = in / BLOCK;
-  out.rows = rows, out.in = in;
-  out.a.resize(rows * in);
-  out.d.resize(rows * blocks);
-  out.sum.resize(rows * blocks);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t b = 0; b < blocks; ++b) {
-      float v[BLOCK];
-      float amax = 0.0f, total = 0.0f;
-      for (int64_t i = 0; i < BLOCK; ++i) {
-        uint32_t bits = static_cast<uint32_t>(x[r * in + b * BLOCK + i]) << 16;
-        std::memcpy(&v[i], &bits, sizeof(float));
-        amax = std::max(amax, std::fabs(v[i]));
-        total += v[i];
-      }
-      float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-      int16_t* a = out.a.data() + r * in + b * BLOCK;
-      static constexpr int ORDER[4] = {0, 2, 1, 3};
-      for (int64_t i = 0; i < BLOCK; ++i) a[(i & ~3) + ORDER[i & 3]] = static_cast<int16_t>(std::nearbyint(v[i] * inv));
-      out.d[r * blocks + b] = amax / 32767.0f;
-      out.sum[r * blocks + b] = total;
-    }
 }
 
 inline void multiply(const Activations16& x, const uint8_t* weights, const float* params, int64_t first,
                      int64_t last, uint16_t* out, int64_t width) {
-  const int64_t in = x.in, blocks = in / BLOCK;
-  auto store = [&](int64_t r, int64_t j, const float* values) {
-    for (int64_t c = 0; c < COLS; ++c) {
-      uint32_t u;
-      std::memcpy(&u, &values[c], sizeof(u));
-      uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-      out[r * width + COLS * (j - first) + c] = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : rounded;
-    }
-  };
 #if defined(__AVX2__) && defined(__FMA__)
+  const int64_t in = x.in, blocks = in / BLOCK;
   constexpr int64_t TILE = 4;
   const __m256i mask = _mm256_set1_epi32(0x000F000F);
   for (int64_t j = first; j < last; ++j)
@@ -228,30 +217,11 @@ inline void multiply(const Activations16& x, const uint8_t* weights, const float
       for (int64_t t = 0; t < tile; ++t) {
         float values[COLS];
         _mm256_storeu_ps(values, acc[t]);
-        store(r0 + t, j, values);
+        store(values, out, r0 + t, j, first, width);
       }
     }
 #else
-  static constexpr int ORDER[4] = {0, 2, 1, 3};
-  for (int64_t j = first; j < last; ++j)
-    for (int64_t r = 0; r < x.rows; ++r) {
-      float values[COLS] = {0};
-      for (int64_t g = 0; g < blocks; ++g) {
-        const uint8_t* wp = weights + (j * blocks + g) * BLOCK * COLS / 2;
-        const float* pp = params + (j * blocks + g) * 2 * COLS;
-        const int16_t* a = x.a.data() + r * in + g * BLOCK;
-        for (int64_t c = 0; c < COLS; ++c) {
-          int64_t dot = 0;
-          for (int p = 0; p < 4; ++p)
-            for (int i = 0; i < 4; ++i) {
-              uint8_t byte = wp[32 * p + 4 * c + i];
-              dot += (byte & 0x0F) * a[8 * p + ORDER[i]] + (byte >> 4) * a[8 * p + 4 + ORDER[i]];
-            }
-          values[c] += static_cast<float>(dot) * (pp[c] * x.d[r * blocks + g]) + pp[COLS + c] * x.sum[r * blocks + g];
-        }
-      }
-      store(r, j, values);
-    }
+  multiply_plain(x, weights, params, first, last, out, width);
 #endif
 }
 
@@ -286,25 +256,6 @@ inline std::pair<at::Tensor, at::Tensor> pack_dense(const at::Tensor& w, const a
       }
     }
   return {bytes, params};
-}
-
-// The layout above from a layer's integers q (out x in, 0..15), scales s and offsets m ((in / group)
-// x out, fp32; weight = s * q + m): bytes (out / 8 x in / 32 x 128) and params (out / 8 x in / 32 x 16).
-inline std::pair<at::Tensor, at::Tensor> pack(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m,
-                                              int64_t group) {
-  const int64_t out = q.size(0), in = q.size(1), blocks = in / BLOCK;
-  TORCH_CHECK(out % COLS == 0 && in % BLOCK == 0 && group % BLOCK == 0, "loopbot int8 x int4: shapes");
-  // (out/8, 8 c, blocks, 4 p, 2 h, 4 i) -> (out/8, blocks, 4 p, 8 c, 4 i, 2 h)
-  at::Tensor nibbles = q.to(at::kByte).reshape({out / COLS, COLS, blocks, 4, 2, 4}).permute({0, 2, 3, 1, 5, 4});
-  nibbles = nibbles.contiguous();
-  at::Tensor bytes = nibbles.select(-1, 0).bitwise_or(nibbles.select(-1, 1).bitwise_left_shift(4)).contiguous();
-  // each 32-block takes its group's s and m: (blocks, out) -> (out/8, blocks, [s, m], 8 c)
-  at::Tensor index = at::arange(blocks, at::kLong).div(group / BLOCK, "floor");
-  auto per_block = [&](const at::Tensor& t) {
-    return t.to(at::kFloat).index_select(0, index).reshape({blocks, out / COLS, COLS}).permute({1, 0, 2});
-  };
-  at::Tensor params = at::stack({per_block(s), per_block(m)}, 2).contiguous().reshape({out / COLS, blocks, 2 * COLS});
-  return {bytes.reshape({out / COLS, blocks, BLOCK * COLS / 2}), params};
 }
 
 }  // namespace int4_matmul
